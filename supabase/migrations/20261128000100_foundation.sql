@@ -1,0 +1,253 @@
+/*
+ * Foundation: what every other migration builds on.
+ *
+ *   private                  helper functions, never exposed through PostgREST
+ *   execution_audit_log      G9 — append-only for every role, postgres included
+ *   system_controls          the operator's global switches (one row)
+ *   market_allowlist         G4 — the global half of the deny-by-default allowlist
+ *   trading_settings         per-user risk settings, created for every new auth user
+ *   trading_allowlist        G4 — the user's half of the allowlist
+ *
+ * Supabase grants ALL on new tables and functions in `public` to anon/authenticated by default;
+ * every table here revokes that first and grants back only what the policies below allow.
+ */
+
+-- =============================================================================================
+-- Section - private helpers schema
+-- =============================================================================================
+create schema if not exists private;
+revoke all on schema private from public, anon, authenticated;
+grant usage on schema private to service_role;
+
+-- Keeps updated_at honest without trusting clients.
+create or replace function private.touch_updated_at() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  new.updated_at := now();
+  return new;
+end;
+$$;
+
+-- =============================================================================================
+-- Section - execution_audit_log (G9)
+-- =============================================================================================
+create table public.execution_audit_log (
+  id bigint generated always as identity primary key,
+  user_id uuid,
+  proposal_id uuid,
+  execution_id uuid,
+  event text not null check (event ~ '^[a-z][a-z0-9_.]{0,63}$'),
+  detail jsonb not null default '{}'::jsonb,
+  created_at timestamptz not null default now()
+);
+-- No foreign keys on purpose: audit rows must outlive whatever they describe, and a cascading
+-- delete would be an UPDATE/DELETE on this table.
+
+create index execution_audit_log_user_created_idx
+  on public.execution_audit_log (user_id, created_at desc);
+create index execution_audit_log_proposal_idx
+  on public.execution_audit_log (proposal_id) where proposal_id is not null;
+create index execution_audit_log_execution_idx
+  on public.execution_audit_log (execution_id) where execution_id is not null;
+
+alter table public.execution_audit_log enable row level security;
+
+revoke all on public.execution_audit_log from public, anon, authenticated, service_role;
+grant select on public.execution_audit_log to authenticated;
+grant select, insert on public.execution_audit_log to service_role;
+
+-- Rejects every UPDATE, DELETE and TRUNCATE, whoever asks (G9).
+create or replace function private.reject_audit_change() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  raise exception 'execution_audit_log is append-only: % is not allowed', tg_op
+    using errcode = '42501', hint = 'audit rows can only be inserted';
+end;
+$$;
+
+create trigger execution_audit_log_append_only
+  before update or delete on public.execution_audit_log
+  for each row execute function private.reject_audit_change();
+create trigger execution_audit_log_no_truncate
+  before truncate on public.execution_audit_log
+  for each statement execute function private.reject_audit_change();
+-- ALWAYS: the triggers fire even with session_replication_role = replica.
+alter table public.execution_audit_log enable always trigger execution_audit_log_append_only;
+alter table public.execution_audit_log enable always trigger execution_audit_log_no_truncate;
+
+create policy "users can read their own audit rows"
+  on public.execution_audit_log for select to authenticated
+  using (user_id = (select auth.uid()));
+
+-- Appends one audit row; the only writer of execution_audit_log besides service_role inserts.
+create or replace function private.audit(
+  p_event text,
+  p_user_id uuid,
+  p_proposal_id uuid default null,
+  p_execution_id uuid default null,
+  p_detail jsonb default '{}'::jsonb
+) returns bigint
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_id bigint;
+begin
+  insert into public.execution_audit_log (user_id, proposal_id, execution_id, event, detail)
+  values (p_user_id, p_proposal_id, p_execution_id, p_event, coalesce(p_detail, '{}'::jsonb))
+  returning id into v_id;
+  return v_id;
+end;
+$$;
+revoke all on function private.audit(text, uuid, uuid, uuid, jsonb) from public, anon, authenticated;
+grant execute on function private.audit(text, uuid, uuid, uuid, jsonb) to service_role;
+
+-- =============================================================================================
+-- Section - system_controls (one row; operator only)
+-- =============================================================================================
+create table public.system_controls (
+  id boolean primary key default true check (id),
+  trading_halted boolean not null default false,
+  live_trading_allowed boolean not null default false,
+  max_order_quote numeric not null default 100 check (max_order_quote > 0),
+  updated_at timestamptz not null default now()
+);
+
+alter table public.system_controls enable row level security;
+
+revoke all on public.system_controls from public, anon, authenticated, service_role;
+grant select, update on public.system_controls to service_role;
+
+create trigger system_controls_touch before update on public.system_controls
+  for each row execute function private.touch_updated_at();
+
+insert into public.system_controls (id) values (true) on conflict do nothing;
+-- No policies: anon and authenticated see nothing; service_role bypasses RLS.
+
+-- =============================================================================================
+-- Section - market_allowlist (G4, global half)
+-- =============================================================================================
+create table public.market_allowlist (
+  market text primary key check (market ~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$'),
+  enabled boolean not null default false,
+  min_order_quote numeric not null default 5 check (min_order_quote > 0),
+  max_order_quote numeric check (max_order_quote > 0),
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint market_allowlist_bounds check (max_order_quote is null or max_order_quote >= min_order_quote)
+);
+
+alter table public.market_allowlist enable row level security;
+
+revoke all on public.market_allowlist from public, anon, authenticated, service_role;
+grant select on public.market_allowlist to authenticated;
+grant select, insert, update, delete on public.market_allowlist to service_role;
+
+create trigger market_allowlist_touch before update on public.market_allowlist
+  for each row execute function private.touch_updated_at();
+
+create policy "authenticated users can read the market allowlist"
+  on public.market_allowlist for select to authenticated
+  using (true);
+
+-- =============================================================================================
+-- Section - trading_settings (one row per auth user, safe defaults)
+-- =============================================================================================
+create table public.trading_settings (
+  user_id uuid primary key references auth.users (id) on delete cascade,
+  trading_enabled boolean not null default false,
+  live_trading_enabled boolean not null default false,
+  auto_execute boolean not null default false,
+  min_confidence numeric not null default 0.70 check (min_confidence between 0 and 1),
+  max_order_quote numeric not null default 50 check (max_order_quote > 0),
+  max_daily_quote numeric not null default 200 check (max_daily_quote > 0),
+  max_trades_per_day integer not null default 10 check (max_trades_per_day between 0 and 1000),
+  cooldown_seconds integer not null default 3600 check (cooldown_seconds between 0 and 31536000),
+  anti_flip_seconds integer not null default 86400 check (anti_flip_seconds between 0 and 31536000),
+  gpt_daily_budget_usd numeric not null default 1.00 check (gpt_daily_budget_usd >= 0),
+  gpt_hourly_budget_usd numeric not null default 0.25 check (gpt_hourly_budget_usd >= 0),
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+
+alter table public.trading_settings enable row level security;
+
+-- Column grants are the tool that keeps the operator's columns (live_trading_enabled, budgets)
+-- out of users' reach: a user may update only the risk columns, and only on their own row.
+revoke all on public.trading_settings from public, anon, authenticated, service_role;
+grant select on public.trading_settings to authenticated;
+grant update (trading_enabled, auto_execute, min_confidence, max_order_quote, max_daily_quote,
+              max_trades_per_day, cooldown_seconds, anti_flip_seconds)
+  on public.trading_settings to authenticated;
+grant select, insert, update, delete on public.trading_settings to service_role;
+
+create trigger trading_settings_touch before update on public.trading_settings
+  for each row execute function private.touch_updated_at();
+
+create policy "users can read their own trading settings"
+  on public.trading_settings for select to authenticated
+  using (user_id = (select auth.uid()));
+create policy "users can update their own trading settings"
+  on public.trading_settings for update to authenticated
+  using (user_id = (select auth.uid()))
+  with check (user_id = (select auth.uid()));
+
+-- Every new auth user gets a settings row with the safe defaults (trading off, paper only).
+create or replace function private.create_trading_settings_for_new_user() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  insert into public.trading_settings (user_id) values (new.id) on conflict (user_id) do nothing;
+  return new;
+end;
+$$;
+revoke all on function private.create_trading_settings_for_new_user() from public, anon, authenticated;
+
+create trigger on_auth_user_created_trading_settings
+  after insert on auth.users
+  for each row execute function private.create_trading_settings_for_new_user();
+
+-- =============================================================================================
+-- Section - trading_allowlist (G4, the user's half)
+-- =============================================================================================
+create table public.trading_allowlist (
+  user_id uuid not null default auth.uid() references auth.users (id) on delete cascade,
+  market text not null references public.market_allowlist (market) on delete cascade,
+  enabled boolean not null default true,
+  max_order_quote numeric check (max_order_quote > 0),
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  primary key (user_id, market)
+);
+create index trading_allowlist_market_idx on public.trading_allowlist (market);
+
+alter table public.trading_allowlist enable row level security;
+
+revoke all on public.trading_allowlist from public, anon, authenticated, service_role;
+grant select, insert, delete on public.trading_allowlist to authenticated;
+grant update (enabled, max_order_quote) on public.trading_allowlist to authenticated;
+grant select, insert, update, delete on public.trading_allowlist to service_role;
+
+create trigger trading_allowlist_touch before update on public.trading_allowlist
+  for each row execute function private.touch_updated_at();
+
+create policy "users can read their own allowlist"
+  on public.trading_allowlist for select to authenticated
+  using (user_id = (select auth.uid()));
+create policy "users can add markets to their own allowlist"
+  on public.trading_allowlist for insert to authenticated
+  with check (user_id = (select auth.uid()));
+create policy "users can change their own allowlist"
+  on public.trading_allowlist for update to authenticated
+  using (user_id = (select auth.uid()))
+  with check (user_id = (select auth.uid()));
+create policy "users can remove markets from their own allowlist"
+  on public.trading_allowlist for delete to authenticated
+  using (user_id = (select auth.uid()));
