@@ -1,0 +1,30 @@
+# Auto Invest Oracle — execution backend. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+PY := .venv/bin/python
+DB_PORT ?= 54322
+SANDBOX_PORT ?= 54330
+
+.PHONY: setup test lint db db-down db-reset sandbox
+
+setup: ## install what is missing (venv, PostgreSQL 15 + pg_cron + pgTAP, Supabase CLI)
+	@scripts/setup.sh
+
+test: setup ## the whole suite: ruff, pytest (database, pgTAP via pg_prove, Supabase CLI, exchange, sandbox)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy shared sandbox
+
+db: setup ## start the project-local PostgreSQL on $(DB_PORT) (local + migrations + seed) and print its URL
+	@$(PY) -m scripts.pgcluster up --port $(DB_PORT) --seed
+
+db-down:
+	@$(PY) -m scripts.pgcluster down --port $(DB_PORT)
+
+db-reset: setup
+	@$(PY) -m scripts.pgcluster reset --port $(DB_PORT) --seed
+
+sandbox: setup ## the local Bitvavo sandbox on 127.0.0.1:$(SANDBOX_PORT)
+	$(PY) -m sandbox.bitvavo --host 127.0.0.1 --port $(SANDBOX_PORT)
