@@ -1,0 +1,315 @@
+/*
+ * Scheduler: the scan-job queue that `scan_scheduler` drains (G2).
+ *
+ *   scan_jobs                one row per (user, market): how often to scan, when next, who holds it
+ *   claim_due_scan_jobs      hands due jobs to a worker under a lease (FOR UPDATE SKIP LOCKED)
+ *   heartbeat_scan_job       the lease holder extends its lease while it works
+ *   release_job_lock         the lease holder reports the outcome; schedules the next run / backoff
+ *   cleanup_expired_locks    frees leases of crashed workers (also run by run_maintenance)
+ *   debug_check_locks        what is leased right now, for the SQL editor
+ *
+ * G2 in one sentence: a job row is leased by one worker id at a time, the lease is taken only under
+ * the row lock (SKIP LOCKED + re-check of the lease on the locked row), and every later write of the
+ * lease requires `locked_by = p_worker_id`, so a worker whose lease was taken over can neither extend
+ * nor release it. A crashed worker's lease expires and the job becomes claimable again; nothing is
+ * deleted, so nothing is lost.
+ *
+ * Worker ids must be unique per worker process run (e.g. `<host>:<pid>:<uuid>`): the lease belongs to
+ * the id, so two processes sharing an id would share a lease.
+ *
+ * Users manage their own jobs through PostgREST (create for an allowlisted market, toggle `enabled`,
+ * change `interval_seconds`, delete); the lease and bookkeeping columns are writable only by the
+ * RPCs below, which are service-only.
+ */
+
+-- =============================================================================================
+-- Section - scan_jobs
+-- =============================================================================================
+create table public.scan_jobs (
+  id uuid primary key default extensions.gen_random_uuid(),
+  user_id uuid not null default auth.uid() references auth.users (id) on delete cascade,
+  market text not null references public.market_allowlist (market) on delete cascade,
+  interval_seconds integer not null default 900,
+  enabled boolean not null default true,
+  next_run_at timestamptz not null default now(),
+  locked_by text,
+  locked_at timestamptz,
+  lock_expires_at timestamptz,
+  attempts integer not null default 0,
+  consecutive_failures integer not null default 0,
+  last_run_at timestamptz,
+  last_success_at timestamptz,
+  last_error text,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  -- One job per (user, market): a second one would only double the scans, proposals and GPT spend.
+  constraint scan_jobs_user_market_key unique (user_id, market),
+  -- At least a minute (pg_cron's resolution), at most a week.
+  constraint scan_jobs_interval_bounds check (interval_seconds between 60 and 604800),
+  -- A lease is all three columns or none of them, and ends after it starts.
+  constraint scan_jobs_lock_complete check (
+    (locked_by is null and locked_at is null and lock_expires_at is null)
+    or (locked_by is not null and locked_at is not null and lock_expires_at is not null
+        and lock_expires_at > locked_at)
+  ),
+  constraint scan_jobs_locked_by_format check (locked_by is null or length(locked_by) between 1 and 200),
+  constraint scan_jobs_counters_nonnegative check (attempts >= 0 and consecutive_failures >= 0),
+  constraint scan_jobs_last_error_length check (last_error is null or length(last_error) <= 2000)
+);
+
+-- The due-job scan of claim_due_scan_jobs: enabled jobs in next_run_at order.
+create index scan_jobs_due_idx on public.scan_jobs (next_run_at) where enabled;
+-- cleanup_expired_locks / debug_check_locks: only leased rows.
+create index scan_jobs_lock_expires_idx on public.scan_jobs (lock_expires_at) where locked_by is not null;
+-- The market foreign key's cascade.
+create index scan_jobs_market_idx on public.scan_jobs (market);
+
+alter table public.scan_jobs enable row level security;
+
+-- Column grants keep the lease and bookkeeping columns out of users' reach: a user may choose the
+-- market and interval of a new job and later change only `enabled` and `interval_seconds`.
+revoke all on public.scan_jobs from public, anon, authenticated, service_role;
+grant select, delete on public.scan_jobs to authenticated;
+grant insert (user_id, market, interval_seconds, enabled) on public.scan_jobs to authenticated;
+grant update (enabled, interval_seconds) on public.scan_jobs to authenticated;
+grant select, insert, update, delete on public.scan_jobs to service_role;
+
+create trigger scan_jobs_touch before update on public.scan_jobs
+  for each row execute function private.touch_updated_at();
+
+create policy "users can read their own scan jobs"
+  on public.scan_jobs for select to authenticated
+  using (user_id = (select auth.uid()));
+-- G4 at the door: a job only for a market the user has enabled and the operator has enabled.
+create policy "users can create scan jobs for their own allowlisted markets"
+  on public.scan_jobs for insert to authenticated
+  with check (
+    user_id = (select auth.uid())
+    and exists (
+      select 1
+      from public.trading_allowlist ta
+      join public.market_allowlist ma on ma.market = ta.market
+      where ta.user_id = (select auth.uid())
+        and ta.market = scan_jobs.market
+        and ta.enabled
+        and ma.enabled
+    )
+  );
+create policy "users can change their own scan jobs"
+  on public.scan_jobs for update to authenticated
+  using (user_id = (select auth.uid()))
+  with check (user_id = (select auth.uid()));
+create policy "users can delete their own scan jobs"
+  on public.scan_jobs for delete to authenticated
+  using (user_id = (select auth.uid()));
+
+-- =============================================================================================
+-- Section - scheduler RPCs (service-only)
+-- =============================================================================================
+
+-- G2: leases up to p_limit due jobs to one worker; a job is leased to at most one worker at a time.
+create or replace function public.claim_due_scan_jobs(
+  p_worker_id text,
+  p_limit integer default 10,
+  p_lock_seconds integer default 300
+) returns setof public.scan_jobs
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_worker_id is null or btrim(p_worker_id) = '' or length(p_worker_id) > 200 then
+    raise exception 'p_worker_id must be a non-empty text of at most 200 characters'
+      using errcode = '22023';
+  end if;
+  if p_limit is null or p_limit not between 1 and 1000 then
+    raise exception 'p_limit must be between 1 and 1000, got %', p_limit using errcode = '22023';
+  end if;
+  if p_lock_seconds is null or p_lock_seconds not between 10 and 3600 then
+    raise exception 'p_lock_seconds must be between 10 and 3600, got %', p_lock_seconds
+      using errcode = '22023';
+  end if;
+
+  -- SKIP LOCKED: concurrent workers pass over rows another worker is claiming right now instead of
+  -- queueing behind it. If that worker commits before we lock a row, FOR UPDATE re-evaluates the
+  -- WHERE clause on the new row version, whose lease is then live, so the row is dropped: the race
+  -- "two workers both saw the job as free" ends with one lease.
+  return query
+  with due as (
+    select j.id
+    from public.scan_jobs j
+    where j.enabled
+      and j.next_run_at <= now()
+      and (j.locked_by is null or j.lock_expires_at <= now())
+    order by j.next_run_at, j.id
+    limit p_limit
+    for update skip locked
+  )
+  update public.scan_jobs j
+     set locked_by = p_worker_id,
+         locked_at = now(),
+         lock_expires_at = now() + make_interval(secs => p_lock_seconds),
+         attempts = j.attempts + 1
+    from due
+   where j.id = due.id
+  returning j.*;
+end;
+$$;
+revoke execute on function public.claim_due_scan_jobs(text, integer, integer) from public, anon, authenticated;
+grant execute on function public.claim_due_scan_jobs(text, integer, integer) to service_role;
+
+-- G2: only the current lease holder can extend its lease; false once it was freed or taken over.
+create or replace function public.heartbeat_scan_job(
+  p_job_id uuid,
+  p_worker_id text,
+  p_lock_seconds integer default 300
+) returns boolean
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_found boolean;
+begin
+  if p_job_id is null then
+    raise exception 'p_job_id is required' using errcode = '22023';
+  end if;
+  if p_worker_id is null or btrim(p_worker_id) = '' then
+    raise exception 'p_worker_id must be a non-empty text' using errcode = '22023';
+  end if;
+  if p_lock_seconds is null or p_lock_seconds not between 10 and 3600 then
+    raise exception 'p_lock_seconds must be between 10 and 3600, got %', p_lock_seconds
+      using errcode = '22023';
+  end if;
+
+  -- A lease that expired but that nobody has taken over or cleaned up is still this worker's:
+  -- extending it cannot give the job two holders, because every taker changes locked_by first.
+  update public.scan_jobs j
+     set lock_expires_at = greatest(j.lock_expires_at, now() + make_interval(secs => p_lock_seconds))
+   where j.id = p_job_id
+     and j.locked_by = p_worker_id;
+  v_found := found;
+  return v_found;
+end;
+$$;
+revoke execute on function public.heartbeat_scan_job(uuid, text, integer) from public, anon, authenticated;
+grant execute on function public.heartbeat_scan_job(uuid, text, integer) to service_role;
+
+-- G2: only the lease holder ends the lease; success schedules the next run, failure backs off
+-- exponentially (30 s × 2^(failures − 1)) but never waits longer than the job's interval.
+create or replace function public.release_job_lock(
+  p_job_id uuid,
+  p_worker_id text,
+  p_succeeded boolean,
+  p_error text default null
+) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_job public.scan_jobs;
+  v_backoff_seconds numeric;
+begin
+  if p_job_id is null then
+    raise exception 'p_job_id is required' using errcode = '22023';
+  end if;
+  if p_worker_id is null or btrim(p_worker_id) = '' then
+    raise exception 'p_worker_id must be a non-empty text' using errcode = '22023';
+  end if;
+  if p_succeeded is null then
+    raise exception 'p_succeeded is required' using errcode = '22023';
+  end if;
+
+  select * into v_job from public.scan_jobs j where j.id = p_job_id for update;
+  if not found then
+    return jsonb_build_object('released', false, 'next_run_at', null, 'reason', 'not_found');
+  end if;
+  if v_job.locked_by is distinct from p_worker_id then
+    return jsonb_build_object('released', false, 'next_run_at', v_job.next_run_at,
+                              'reason', 'not_lock_owner');
+  end if;
+
+  if p_succeeded then
+    update public.scan_jobs j
+       set locked_by = null, locked_at = null, lock_expires_at = null,
+           last_run_at = now(),
+           last_success_at = now(),
+           consecutive_failures = 0,
+           next_run_at = now() + make_interval(secs => j.interval_seconds)
+     where j.id = p_job_id
+    returning * into v_job;
+  else
+    -- Exponent capped so the arithmetic stays small; the interval caps the wait anyway.
+    v_backoff_seconds := least(v_job.interval_seconds::numeric,
+                               30 * power(2::numeric, least(v_job.consecutive_failures, 20)));
+    update public.scan_jobs j
+       set locked_by = null, locked_at = null, lock_expires_at = null,
+           last_run_at = now(),
+           consecutive_failures = j.consecutive_failures + 1,
+           last_error = left(coalesce(nullif(btrim(p_error), ''), 'unspecified error'), 2000),
+           next_run_at = now() + make_interval(secs => v_backoff_seconds::double precision)
+     where j.id = p_job_id
+    returning * into v_job;
+  end if;
+
+  return jsonb_build_object(
+    'released', true,
+    'next_run_at', v_job.next_run_at,
+    'reason', case when p_succeeded then 'succeeded' else 'failed' end,
+    'consecutive_failures', v_job.consecutive_failures
+  );
+end;
+$$;
+revoke execute on function public.release_job_lock(uuid, text, boolean, text) from public, anon, authenticated;
+grant execute on function public.release_job_lock(uuid, text, boolean, text) to service_role;
+
+-- G2: frees every lease past lock_expires_at (a crashed worker's) and counts it as a failed run;
+-- the job keeps its next_run_at, so it is due again at once. Returns how many leases it freed.
+create or replace function public.cleanup_expired_locks() returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  -- Row locks serialise this with a concurrent claim of the same expired lease: whichever comes
+  -- second re-checks its WHERE clause on the other's result and leaves the row alone.
+  update public.scan_jobs j
+     set locked_by = null, locked_at = null, lock_expires_at = null,
+         consecutive_failures = j.consecutive_failures + 1,
+         last_error = left('lease expired: worker ' || j.locked_by || ' did not release the job', 2000)
+   where j.locked_by is not null
+     and j.lock_expires_at <= now();
+  get diagnostics v_count = row_count;
+  return v_count;
+end;
+$$;
+revoke execute on function public.cleanup_expired_locks() from public, anon, authenticated;
+grant execute on function public.cleanup_expired_locks() to service_role;
+
+-- Lists every leased job with whether its lease has expired; reads only, for the SQL editor.
+create or replace function public.debug_check_locks()
+returns table (
+  job_id uuid,
+  user_id uuid,
+  market text,
+  locked_by text,
+  locked_at timestamptz,
+  lock_expires_at timestamptz,
+  expired boolean
+)
+language sql
+stable
+security definer
+set search_path = ''
+as $$
+  select j.id, j.user_id, j.market, j.locked_by, j.locked_at, j.lock_expires_at,
+         j.lock_expires_at <= now()
+  from public.scan_jobs j
+  where j.locked_by is not null
+  order by j.lock_expires_at, j.id
+$$;
+revoke execute on function public.debug_check_locks() from public, anon, authenticated;
+grant execute on function public.debug_check_locks() to service_role;
