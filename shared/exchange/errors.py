@@ -1,0 +1,319 @@
+"""Everything that can go wrong talking to Bitvavo, as one exception tree.
+
+The names tell the caller what to do:
+
+    ExchangeError                      the exchange (or the road to it) said no / said nothing
+    ├── ExchangeRejected               a definitive answer: the request had no effect
+    │   ├── AuthenticationError        300-399  (key, timestamp, window, signature, permission)
+    │   ├── InvalidRequest             102, 203-205
+    │   ├── BelowMinimumSize           212, 217
+    │   ├── InsufficientBalance        216
+    │   ├── ClientOrderIdConflict      220
+    │   ├── OrderNotFound              240
+    │   ├── MarketUnavailable          219, 423, 424, 431
+    │   └── RateLimitBanned            105 (or HTTP 429), also raised locally while banned
+    ├── OutcomeUnknown                 G10: the request may or may not have taken effect;
+    │   ├── ExchangeServerError        5xx, 101, 107, 109      never re-send, reconcile by
+    │   ├── ExchangeTimeout            timeouts                 clientOrderId
+    │   ├── ExchangeTransportError     connection reset / closed without an answer
+    │   └── MalformedResponse          a success status with a body we cannot read
+    └── RateLimitWouldExceed           refused locally, nothing was sent
+
+    ExchangeUsageError                 our own code misused a client; nothing was sent
+    ├── KeySeparationError             G3: the wrong role's method, or the wrong key
+    │   └── MissingCredentials         the role's key/secret/operator id is not configured
+    └── InvalidOrderRequest            an order that must not be sent (also a ValueError)
+
+`outcome_unknown` is True exactly for OutcomeUnknown (timeouts, transport errors, 5xx and codes
+101/107/109). `error_for` maps an HTTP answer to its exception with the two tables below.
+Messages carry the exchange's own error text and the endpoint, never keys, secrets or signatures.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+
+class ExchangeError(Exception):
+    """Base of every error coming from the exchange or the network path to it."""
+
+    outcome_unknown: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        error_code: int | None = None,
+        endpoint: str | None = None,
+    ) -> None:
+        self.message = message
+        self.http_status = http_status
+        self.error_code = error_code
+        self.endpoint = endpoint
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.endpoint:
+            parts.append(self.endpoint)
+        if self.http_status is not None:
+            parts.append(f"HTTP {self.http_status}")
+        if self.error_code is not None:
+            parts.append(f"errorCode {self.error_code}")
+        prefix = ", ".join(parts)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+# -- definitive answers: the request had no effect ------------------------------------------
+
+
+class ExchangeRejected(ExchangeError):
+    """Bitvavo answered with a client error: the request was refused and had no effect."""
+
+
+class AuthenticationError(ExchangeRejected):
+    """Codes 300-399: missing/invalid key, timestamp, signature, or permissions."""
+
+
+class AccessWindowError(AuthenticationError):
+    """302/303/304: invalid timestamp, window out of range, or request older than the window."""
+
+
+class ApiKeyInactive(AuthenticationError):
+    """305/306: the key is not active."""
+
+
+class IpNotWhitelisted(AuthenticationError):
+    """307: the key does not allow access from this IP."""
+
+
+class InvalidSignature(AuthenticationError):
+    """308/309: the signature is malformed or does not match."""
+
+
+class PermissionDenied(AuthenticationError):
+    """The key lacks the permission the call needs."""
+
+
+class TradePermissionMissing(PermissionDenied):
+    """310: the key does not allow trading."""
+
+
+class ViewPermissionMissing(PermissionDenied):
+    """311: the key does not allow showing account information."""
+
+
+class InvalidRequest(ExchangeRejected):
+    """The request itself was malformed (a bug on our side)."""
+
+
+class InvalidJson(InvalidRequest):
+    """102: the body is not valid JSON."""
+
+
+class InvalidParameter(InvalidRequest):
+    """203/204/205: a parameter is missing, incompatible or has an invalid value."""
+
+
+class BelowMinimumSize(ExchangeRejected):
+    """212/217: amount or amountQuote below the market minimum."""
+
+
+class InsufficientBalance(ExchangeRejected):
+    """216: not enough balance."""
+
+
+class ClientOrderIdConflict(ExchangeRejected):
+    """220: an open order in this market already uses this clientOrderId."""
+
+
+class OrderNotFound(ExchangeRejected):
+    """240: no such order (or no longer active, for cancel)."""
+
+
+class MarketUnavailable(ExchangeRejected):
+    """219/423/424/431: market delisted, halted, cancel-only, or its data unavailable."""
+
+
+class RateLimitBanned(ExchangeRejected):
+    """105 / HTTP 429: the key or IP is banned until `ban_expires_at` (tz-aware UTC)."""
+
+    def __init__(self, message: str, *, ban_expires_at: datetime | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.ban_expires_at = ban_expires_at
+
+
+# -- outcome unknown (G10) ---------------------------------------------------------------------
+
+
+class OutcomeUnknown(ExchangeError):
+    """The request may or may not have taken effect. Never re-send a non-idempotent request
+    after this: reconcile it (an order by its clientOrderId)."""
+
+    outcome_unknown: ClassVar[bool] = True
+
+
+class ExchangeServerError(OutcomeUnknown):
+    """Any 5xx, or codes 101 (unknown error), 107 (overloaded), 109 (timeout)."""
+
+
+class ExchangeTimeout(OutcomeUnknown):
+    """No answer within our timeout (connect, write, read or pool)."""
+
+
+class ExchangeTransportError(OutcomeUnknown):
+    """Connection refused/reset, or the server closed it without an answer."""
+
+
+class MalformedResponse(OutcomeUnknown):
+    """A success status whose body is not the JSON we expect: we cannot tell what happened."""
+
+
+# -- refused locally ------------------------------------------------------------------------------
+
+
+class RateLimitWouldExceed(ExchangeError):
+    """Sending now would take the rate-limit budget below our safety margin and waiting for the
+    reset would take too long. Nothing was sent."""
+
+    def __init__(self, message: str, *, resets_at: datetime | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.resets_at = resets_at
+
+
+# -- misuse of the clients (not an exchange answer) --------------------------------------------
+
+
+class ExchangeUsageError(Exception):
+    """Our own code used an exchange client in a way that is not allowed. Nothing was sent."""
+
+
+class KeySeparationError(ExchangeUsageError):
+    """G3: a method of the other role was called, or a key of the wrong role was supplied."""
+
+
+class MissingCredentials(KeySeparationError):
+    """The client's role needs a key, secret (and for trading an operator id) it was not given."""
+
+
+class InvalidOrderRequest(ExchangeUsageError, ValueError):
+    """An order request that must not be sent (bad market, side, amount, clientOrderId…)."""
+
+
+# -- mapping an HTTP answer to an exception ----------------------------------------------------
+
+# Bitvavo errorCode → exception class. Codes win over the HTTP status except that 5xx and
+# 101/107/109 always mean "outcome unknown".
+ERROR_CODES: dict[int, type[ExchangeError]] = {
+    101: ExchangeServerError,
+    102: InvalidJson,
+    105: RateLimitBanned,
+    107: ExchangeServerError,
+    109: ExchangeServerError,
+    203: InvalidParameter,
+    204: InvalidParameter,
+    205: InvalidParameter,
+    212: BelowMinimumSize,
+    216: InsufficientBalance,
+    217: BelowMinimumSize,
+    219: MarketUnavailable,
+    220: ClientOrderIdConflict,
+    240: OrderNotFound,
+    300: AuthenticationError,
+    301: AuthenticationError,
+    302: AccessWindowError,
+    303: AccessWindowError,
+    304: AccessWindowError,
+    305: ApiKeyInactive,
+    306: ApiKeyInactive,
+    307: IpNotWhitelisted,
+    308: InvalidSignature,
+    309: InvalidSignature,
+    310: TradePermissionMissing,
+    311: ViewPermissionMissing,
+    423: MarketUnavailable,
+    424: MarketUnavailable,
+    431: MarketUnavailable,
+}
+
+# Codes not in ERROR_CODES: by range.
+ERROR_CODE_RANGES: tuple[tuple[range, type[ExchangeError]], ...] = (
+    (range(300, 400), AuthenticationError),
+)
+
+# No (known) code: by HTTP status.
+HTTP_STATUSES: dict[int, type[ExchangeError]] = {
+    401: AuthenticationError,
+    403: AuthenticationError,
+    429: RateLimitBanned,
+}
+# A 404 without errorCode 240 (wrong base URL, a proxy's page) is deliberately NOT OrderNotFound:
+# the reconciler treats "not found" as "certainly not placed".
+
+OUTCOME_UNKNOWN_CODES = frozenset({101, 107, 109})
+
+_BAN_EXPIRY = re.compile(r" at (\d{10,})")
+
+
+def error_for(
+    http_status: int | None,
+    body: object,
+    *,
+    endpoint: str | None = None,
+    rate_limit_reset_at: datetime | None = None,
+) -> ExchangeError:
+    """The exception for an error answer: `body` is the parsed JSON (or anything else)."""
+    code: int | None = None
+    text = ""
+    if isinstance(body, dict):
+        raw_code = body.get("errorCode")
+        if isinstance(raw_code, int) and not isinstance(raw_code, bool):
+            code = raw_code
+        elif isinstance(raw_code, str) and raw_code.isdigit():
+            code = int(raw_code)
+        raw_text = body.get("error")
+        if isinstance(raw_text, str):
+            text = raw_text
+    if not text:
+        text = "no error text" if http_status is None else f"HTTP {http_status} without error text"
+
+    cls = _class_for(http_status, code)
+    kw: dict[str, Any] = {"http_status": http_status, "error_code": code, "endpoint": endpoint}
+    if cls is RateLimitBanned:
+        return RateLimitBanned(text, ban_expires_at=ban_expiry(text, rate_limit_reset_at), **kw)
+    return cls(text, **kw)
+
+
+def _class_for(http_status: int | None, code: int | None) -> type[ExchangeError]:
+    if code in OUTCOME_UNKNOWN_CODES or (http_status is not None and http_status >= 500):
+        return ExchangeServerError
+    if code is not None:
+        if code in ERROR_CODES:
+            return ERROR_CODES[code]
+        for codes, cls in ERROR_CODE_RANGES:
+            if code in codes:
+                return cls
+    if http_status is not None and http_status in HTTP_STATUSES:
+        return HTTP_STATUSES[http_status]
+    if http_status is not None and 400 <= http_status < 500:
+        return ExchangeRejected
+    # A 2xx/3xx that still carries an error, or no status at all: we cannot tell what happened.
+    return MalformedResponse
+
+
+def ban_expiry(message: str, rate_limit_reset_at: datetime | None = None) -> datetime | None:
+    """The ban's end: the milliseconds after " at " in Bitvavo's 105 message (as the official
+    SDK parses it), else the bitvavo-ratelimit-resetat header."""
+    match = _BAN_EXPIRY.search(message)
+    if match:
+        return datetime_from_ms(int(match.group(1)))
+    return rate_limit_reset_at
+
+
+def datetime_from_ms(ms: int) -> datetime:
+    """Exact tz-aware UTC datetime for integer milliseconds since the epoch."""
+    seconds, millis = divmod(ms, 1000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=millis * 1000)

@@ -1,0 +1,461 @@
+"""Typed, frozen views of Bitvavo's answers, and the one outbound model (an order request).
+
+Inbound: field aliases are Bitvavo's camelCase, unknown fields are ignored, numeric strings become
+Decimal, integer milliseconds become tz-aware UTC datetimes. The transport parses JSON with
+`parse_float=Decimal`, so a float never exists; a float handed to a model directly is refused.
+
+Outbound: `OrderRequest` validates an order before anything is signed and renders it as the
+exact body Bitvavo expects (amounts as strings, operatorId as int, clientOrderId as UUID text).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from shared.exchange.errors import InvalidOrderRequest, datetime_from_ms
+
+MARKET_PATTERN = re.compile(r"^[A-Z0-9]{1,15}-[A-Z]{2,6}$")
+
+
+def _decimal_not_float(value: Any) -> Any:
+    if isinstance(value, float):
+        raise ValueError("floats are not accepted for money: use a string or Decimal")
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    if isinstance(value, Decimal) and not value.is_finite():
+        raise ValueError("amounts must be finite")
+    return value
+
+
+def _datetime_from_ms(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a timestamp")
+    if isinstance(value, int):
+        return datetime_from_ms(value)
+    if isinstance(value, str) and value.isdigit():
+        return datetime_from_ms(int(value))
+    return value
+
+
+Amount = Annotated[
+    Decimal,
+    BeforeValidator(_decimal_not_float),
+    PlainSerializer(lambda d: format(d, "f"), return_type=str),
+]
+"""A Decimal that refuses floats and serialises as a plain string (never an exponent)."""
+
+Timestamp = Annotated[datetime, BeforeValidator(_datetime_from_ms)]
+"""Integer milliseconds since the epoch (Bitvavo's format) as a tz-aware UTC datetime."""
+
+
+class BitvavoModel(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="ignore",
+        alias_generator=to_camel,
+        populate_by_name=True,
+    )
+
+
+# -- public market data ---------------------------------------------------------------------
+
+
+class ServerTime(BitvavoModel):
+    time: Timestamp
+
+
+class Market(BitvavoModel):
+    market: str
+    status: str
+    base: str
+    quote: str
+    price_precision: int | None = None
+    min_order_in_base_asset: Amount | None = None
+    min_order_in_quote_asset: Amount | None = None
+    max_order_in_base_asset: Amount | None = None
+    max_order_in_quote_asset: Amount | None = None
+    quantity_decimals: int | None = None
+    notional_decimals: int | None = None
+    tick_size: Amount | None = None
+    max_open_orders: int | None = None
+    order_types: tuple[str, ...] = ()
+    fee_category: str | None = None
+
+
+class Asset(BitvavoModel):
+    symbol: str
+    name: str | None = None
+    decimals: int | None = None
+    deposit_fee: Amount | None = None
+    deposit_confirmations: int | None = None
+    deposit_status: str | None = None
+    withdrawal_fee: Amount | None = None
+    withdrawal_min_amount: Amount | None = None
+    withdrawal_status: str | None = None
+    networks: tuple[str, ...] = ()
+    message: str | None = None
+
+
+class TickerPrice(BitvavoModel):
+    market: str
+    price: Amount | None = None
+
+
+class TickerBook(BitvavoModel):
+    market: str
+    bid: Amount | None = None
+    bid_size: Amount | None = None
+    ask: Amount | None = None
+    ask_size: Amount | None = None
+
+
+class Ticker24h(BitvavoModel):
+    market: str
+    open: Amount | None = None
+    high: Amount | None = None
+    low: Amount | None = None
+    last: Amount | None = None
+    volume: Amount | None = None
+    volume_quote: Amount | None = None
+    bid: Amount | None = None
+    bid_size: Amount | None = None
+    ask: Amount | None = None
+    ask_size: Amount | None = None
+    timestamp: Timestamp | None = None
+    start_timestamp: Timestamp | None = None
+    open_timestamp: Timestamp | None = None
+    close_timestamp: Timestamp | None = None
+
+
+class BookLevel(BitvavoModel):
+    """One `[price, size]` row of an order book."""
+
+    price: Amount
+    size: Amount
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            if len(value) < 2:
+                raise ValueError("a book row is [price, size]")
+            return {"price": value[0], "size": value[1]}
+        return value
+
+
+class OrderBook(BitvavoModel):
+    market: str
+    nonce: int | None = None
+    bids: tuple[BookLevel, ...] = ()
+    asks: tuple[BookLevel, ...] = ()
+    timestamp: Timestamp | None = None
+
+
+class Candle(BitvavoModel):
+    """One `[timestamp_ms, open, high, low, close, volume]` row."""
+
+    timestamp: Timestamp
+    open: Amount
+    high: Amount
+    low: Amount
+    close: Amount
+    volume: Amount
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            if len(value) != 6:
+                raise ValueError("a candle row is [timestamp, open, high, low, close, volume]")
+            keys = ("timestamp", "open", "high", "low", "close", "volume")
+            return dict(zip(keys, value, strict=True))
+        return value
+
+
+# -- account and orders -----------------------------------------------------------------------
+
+
+class Balance(BitvavoModel):
+    symbol: str
+    available: Amount
+    in_order: Amount = Decimal(0)
+
+
+class Fill(BitvavoModel):
+    id: str
+    timestamp: Timestamp
+    amount: Amount
+    price: Amount
+    taker: bool | None = None
+    fee: Amount | None = None
+    fee_currency: str | None = None
+    settled: bool | None = None
+
+
+FINAL_ORDER_STATUSES = frozenset(
+    {
+        "filled",
+        "canceled",
+        "canceledAuction",
+        "canceledSelfTradePrevention",
+        "canceledIOC",
+        "canceledFOK",
+        "canceledMarketProtection",
+        "canceledPostOnly",
+        "expired",
+        "rejected",
+    }
+)
+
+
+class Order(BitvavoModel):
+    """An order as Bitvavo reports it (POST/GET /order). `status` is kept as Bitvavo's text:
+    an unknown status must not make a filled order unreadable."""
+
+    order_id: str
+    client_order_id: uuid.UUID | None = None
+    market: str
+    side: Literal["buy", "sell"]
+    order_type: str
+    status: str
+    created: Timestamp | None = None
+    updated: Timestamp | None = None
+    amount: Amount | None = None
+    amount_remaining: Amount | None = None
+    amount_quote: Amount | None = None
+    amount_quote_remaining: Amount | None = None
+    price: Amount | None = None
+    on_hold: Amount | None = None
+    on_hold_currency: str | None = None
+    filled_amount: Amount = Decimal(0)
+    filled_amount_quote: Amount = Decimal(0)
+    fee_paid: Amount = Decimal(0)
+    fee_currency: str | None = None
+    fills: tuple[Fill, ...] = ()
+    self_trade_prevention: str | None = None
+    visible: bool | None = None
+    time_in_force: str | None = None
+    post_only: bool | None = None
+    operator_id: int | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_ORDER_STATUSES
+
+    @property
+    def average_price(self) -> Decimal | None:
+        if self.filled_amount == 0:
+            return None
+        return self.filled_amount_quote / self.filled_amount
+
+
+class OrderCancellation(BitvavoModel):
+    """DELETE /order answer."""
+
+    order_id: str
+    client_order_id: uuid.UUID | None = None
+    operator_id: int | None = None
+
+
+# -- outbound -------------------------------------------------------------------------------------
+
+
+def _market_shape(value: str) -> str:
+    if not MARKET_PATTERN.fullmatch(value):
+        raise ValueError("market is not like BTC-EUR")
+    return value
+
+
+MarketName = Annotated[str, AfterValidator(_market_shape)]
+
+
+def _plain(value: Decimal) -> str:
+    return format(value, "f")
+
+
+class OrderRequest(BaseModel):
+    """A validated order, rendered by `to_body()` as POST /order's JSON body.
+
+    Shared by BitvavoTrade and PaperTrade so both refuse exactly the same requests."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    market: MarketName
+    side: Literal["buy", "sell"]
+    order_type: Literal["market", "limit"]
+    client_order_id: uuid.UUID
+    operator_id: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    amount: Amount | None = None
+    amount_quote: Amount | None = None
+    price: Amount | None = None
+    time_in_force: Literal["GTC", "IOC", "FOK"] | None = None
+    post_only: bool = False
+
+    @field_validator("client_order_id", mode="before")
+    @classmethod
+    def _uuid_only(cls, value: Any) -> Any:
+        if isinstance(value, uuid.UUID):
+            return value
+        if isinstance(value, str):
+            try:
+                return uuid.UUID(value)
+            except ValueError:
+                raise ValueError("clientOrderId must be a UUID") from None
+        raise ValueError("clientOrderId must be a UUID")
+
+    @field_validator("amount", "amount_quote", "price")
+    @classmethod
+    def _positive(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and value <= 0:
+            raise ValueError("must be greater than zero")
+        return value
+
+    @model_validator(mode="after")
+    def _amounts_fit_type(self) -> OrderRequest:
+        if self.order_type == "market":
+            if (self.amount is None) == (self.amount_quote is None):
+                raise ValueError("a market order needs exactly one of amount and amount_quote")
+            if self.price is not None:
+                raise ValueError("a market order has no price")
+        else:
+            if self.amount is None or self.price is None:
+                raise ValueError("a limit order needs amount and price")
+            if self.amount_quote is not None:
+                raise ValueError("a limit order is placed by amount, not amount_quote")
+        return self
+
+    def to_body(self) -> dict[str, Any]:
+        """Bitvavo's body, key order fixed (the signature covers it), no float anywhere."""
+        body: dict[str, Any] = {
+            "market": self.market,
+            "side": self.side,
+            "orderType": self.order_type,
+        }
+        if self.amount is not None:
+            body["amount"] = _plain(self.amount)
+        if self.amount_quote is not None:
+            body["amountQuote"] = _plain(self.amount_quote)
+        if self.price is not None:
+            body["price"] = _plain(self.price)
+        if self.time_in_force is not None:
+            body["timeInForce"] = self.time_in_force
+        if self.post_only:
+            body["postOnly"] = True
+        body["clientOrderId"] = str(self.client_order_id)
+        if self.operator_id is not None:
+            body["operatorId"] = self.operator_id
+        return body
+
+    @classmethod
+    def market_order(
+        cls,
+        market: str,
+        side: str,
+        *,
+        amount_quote: Any = None,
+        amount: Any = None,
+        client_order_id: uuid.UUID | str | None = None,
+        operator_id: int | None = None,
+    ) -> OrderRequest:
+        return cls._checked(
+            market=market,
+            side=side,
+            order_type="market",
+            amount=amount,
+            amount_quote=amount_quote,
+            client_order_id=uuid.uuid4() if client_order_id is None else client_order_id,
+            operator_id=operator_id,
+        )
+
+    @classmethod
+    def limit_order(
+        cls,
+        market: str,
+        side: str,
+        amount: Any,
+        price: Any,
+        *,
+        client_order_id: uuid.UUID | str | None = None,
+        time_in_force: str = "GTC",
+        post_only: bool = False,
+        operator_id: int | None = None,
+    ) -> OrderRequest:
+        return cls._checked(
+            market=market,
+            side=side,
+            order_type="limit",
+            amount=amount,
+            price=price,
+            client_order_id=uuid.uuid4() if client_order_id is None else client_order_id,
+            time_in_force=time_in_force,
+            post_only=post_only,
+            operator_id=operator_id,
+        )
+
+    @classmethod
+    def _checked(cls, **fields: Any) -> OrderRequest:
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            raise InvalidOrderRequest(_describe(exc)) from None
+
+
+class OrderReference(BaseModel):
+    """Which order GET/DELETE /order is about: a market and exactly one of the two ids."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    market: MarketName
+    client_order_id: uuid.UUID | None = None
+    order_id: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_id(self) -> OrderReference:
+        if (self.client_order_id is None) == (self.order_id is None):
+            raise ValueError("give exactly one of client_order_id and order_id")
+        return self
+
+    @classmethod
+    def of(
+        cls,
+        market: str,
+        client_order_id: uuid.UUID | str | None,
+        order_id: str | None,
+    ) -> OrderReference:
+        try:
+            return cls(market=market, client_order_id=client_order_id, order_id=order_id)
+        except ValidationError as exc:
+            raise InvalidOrderRequest(_describe(exc)) from None
+
+    def to_params(self) -> dict[str, str]:
+        params = {"market": self.market}
+        if self.client_order_id is not None:
+            params["clientOrderId"] = str(self.client_order_id)
+        else:
+            assert self.order_id is not None
+            params["orderId"] = self.order_id
+        return params
+
+
+def _describe(exc: ValidationError) -> str:
+    """A ValidationError's reasons without echoing the input values."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'order'}: {err['msg']}" for err in exc.errors()
+    )

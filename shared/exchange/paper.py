@@ -1,0 +1,245 @@
+"""PaperTrade: BitvavoTrade's interface, simulated in memory, no credentials (TRADING_MODE=paper).
+
+A market order fills at once at `price_source(market)` (trading_execute passes the public
+ticker price). The taker fee is charged in the quote currency. A limit order fills at the
+current price when it is marketable, otherwise it rests as `new` until cancelled. Orders are
+kept in memory so `get_order(client_order_id=…)` answers like the exchange would, and refusals
+use the exchange's exceptions (OrderNotFound, ClientOrderIdConflict) so callers handle one set.
+A clientOrderId is never accepted twice (stricter than Bitvavo, which only forbids reuse among
+open orders).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+from typing import Any, Literal
+
+from shared.exchange.errors import (
+    ClientOrderIdConflict,
+    InvalidOrderRequest,
+    OrderNotFound,
+    datetime_from_ms,
+)
+from shared.exchange.models import Fill, Order, OrderCancellation, OrderReference, OrderRequest
+from shared.exchange.ratelimit import Clock
+from shared.exchange.roles import Side
+
+DEFAULT_TAKER_FEE_RATE = Decimal("0.0025")
+AMOUNT_QUANTUM = Decimal("1e-8")
+
+PriceSource = Callable[[str], Decimal]
+
+class PaperTrade:
+    def __init__(
+        self,
+        price_source: PriceSource,
+        *,
+        taker_fee_rate: Decimal = DEFAULT_TAKER_FEE_RATE,
+        operator_id: int | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        if isinstance(taker_fee_rate, float) or not 0 <= taker_fee_rate < 1:
+            raise ValueError("taker_fee_rate must be a Decimal in [0, 1)")
+        self._price_source = price_source
+        self.taker_fee_rate = Decimal(taker_fee_rate)
+        self.operator_id = operator_id
+        self._clock = clock
+        self._orders: dict[uuid.UUID, Order] = {}
+        self._lock = threading.Lock()
+
+    # -- orders -------------------------------------------------------------------------------
+
+    def place_market_order(
+        self,
+        market: str,
+        side: Side,
+        *,
+        amount_quote: Decimal | None = None,
+        amount: Decimal | None = None,
+        client_order_id: uuid.UUID | str | None = None,
+    ) -> Order:
+        request = OrderRequest.market_order(
+            market,
+            side,
+            amount_quote=amount_quote,
+            amount=amount,
+            client_order_id=client_order_id,
+            operator_id=self.operator_id,
+        )
+        return self._place(request, fill_price=self._price(market))
+
+    def place_limit_order(
+        self,
+        market: str,
+        side: Side,
+        amount: Decimal,
+        price: Decimal,
+        *,
+        client_order_id: uuid.UUID | str | None = None,
+        time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC",
+        post_only: bool = False,
+    ) -> Order:
+        request = OrderRequest.limit_order(
+            market,
+            side,
+            amount,
+            price,
+            client_order_id=client_order_id,
+            time_in_force=time_in_force,
+            post_only=post_only,
+            operator_id=self.operator_id,
+        )
+        assert request.price is not None
+        current = self._price(market)
+        marketable = current <= request.price if side == "buy" else current >= request.price
+        if marketable and post_only:
+            return self._place(request, fill_price=None, status="canceledPostOnly")
+        if not marketable and time_in_force != "GTC":
+            status = "canceledIOC" if time_in_force == "IOC" else "canceledFOK"
+            return self._place(request, fill_price=None, status=status)
+        return self._place(request, fill_price=current if marketable else None)
+
+    def get_order(
+        self,
+        market: str,
+        *,
+        client_order_id: uuid.UUID | str | None = None,
+        order_id: str | None = None,
+    ) -> Order:
+        reference = OrderReference.of(market, client_order_id, order_id)
+        with self._lock:
+            return self._find(reference)
+
+    def cancel_order(
+        self,
+        market: str,
+        *,
+        client_order_id: uuid.UUID | str | None = None,
+        order_id: str | None = None,
+    ) -> OrderCancellation:
+        reference = OrderReference.of(market, client_order_id, order_id)
+        with self._lock:
+            order = self._find(reference)
+            if order.status != "new":
+                raise OrderNotFound(
+                    "No order found. Please be aware that simultaneously updating the same "
+                    "order may return this error.",
+                    http_status=404,
+                    error_code=240,
+                    endpoint="DELETE /order",
+                )
+            assert order.client_order_id is not None
+            self._orders[order.client_order_id] = order.model_copy(
+                update={"status": "canceled", "updated": self._now()}
+            )
+        return OrderCancellation(
+            order_id=order.order_id,
+            client_order_id=order.client_order_id,
+            operator_id=self.operator_id,
+        )
+
+    # -- simulation ---------------------------------------------------------------------------
+
+    def _price(self, market: str) -> Decimal:
+        price = self._price_source(market)
+        if not isinstance(price, Decimal) or not price.is_finite() or price <= 0:
+            raise InvalidOrderRequest(f"no usable paper price for {market}: {price!r}")
+        return price
+
+    def _place(
+        self,
+        request: OrderRequest,
+        *,
+        fill_price: Decimal | None,
+        status: str | None = None,
+    ) -> Order:
+        now = self._now()
+        fields: dict[str, Any] = {
+            "order_id": str(uuid.uuid4()),
+            "client_order_id": request.client_order_id,
+            "market": request.market,
+            "side": request.side,
+            "order_type": request.order_type,
+            "created": now,
+            "updated": now,
+            "amount": request.amount,
+            "amount_quote": request.amount_quote,
+            "price": request.price,
+            "fee_currency": request.market.split("-")[1],
+            "time_in_force": request.time_in_force,
+            "post_only": request.post_only if request.order_type == "limit" else None,
+            "operator_id": request.operator_id,
+            "self_trade_prevention": "decrementAndCancel",
+            "visible": False,
+        }
+        if fill_price is None:
+            fields["status"] = status or "new"
+            if status is None:
+                fields["amount_remaining"] = request.amount
+        else:
+            fields.update(self._fill(request, fill_price, now))
+        order = Order(**fields)
+        with self._lock:
+            if request.client_order_id in self._orders:
+                raise ClientOrderIdConflict(
+                    "A order with this clientOrderId already exists.",
+                    http_status=400,
+                    error_code=220,
+                    endpoint="POST /order",
+                )
+            self._orders[request.client_order_id] = order
+        return order
+
+    def _fill(self, request: OrderRequest, price: Decimal, now: datetime) -> dict[str, Any]:
+        if request.amount is not None:
+            amount = request.amount
+            quote = (amount * price).quantize(AMOUNT_QUANTUM, ROUND_HALF_EVEN)
+        else:
+            assert request.amount_quote is not None
+            amount = (request.amount_quote / price).quantize(AMOUNT_QUANTUM, ROUND_DOWN)
+            quote = request.amount_quote
+        if amount <= 0:
+            raise InvalidOrderRequest("the order is too small to fill a single unit")
+        fee = (quote * self.taker_fee_rate).quantize(AMOUNT_QUANTUM, ROUND_HALF_EVEN)
+        fee_currency = request.market.split("-")[1]
+        fill = Fill(
+            id=str(uuid.uuid4()),
+            timestamp=now,
+            amount=amount,
+            price=price,
+            taker=True,
+            fee=fee,
+            fee_currency=fee_currency,
+            settled=True,
+        )
+        return {
+            "status": "filled",
+            "amount_remaining": Decimal(0) if request.amount is not None else None,
+            "amount_quote_remaining": Decimal(0) if request.amount_quote is not None else None,
+            "filled_amount": amount,
+            "filled_amount_quote": quote,
+            "fee_paid": fee,
+            "fills": (fill,),
+        }
+
+    def _find(self, reference: OrderReference) -> Order:
+        order: Order | None = None
+        if reference.client_order_id is not None:
+            order = self._orders.get(reference.client_order_id)
+        else:
+            order = next(
+                (o for o in self._orders.values() if o.order_id == reference.order_id), None
+            )
+        if order is None or order.market != reference.market:
+            raise OrderNotFound(
+                "No order found.", http_status=404, error_code=240, endpoint="GET /order"
+            )
+        return order
+
+    def _now(self) -> datetime:
+        return datetime_from_ms(int(self._clock() * 1000))

@@ -1,0 +1,219 @@
+"""BitvavoTrade: place, read and cancel orders with the trade key — trading_execute only (G3).
+
+This module is left out of the scanner's bundle, and `shared.exchange` never imports it:
+import it as `from shared.exchange.trade import BitvavoTrade`.
+
+Every order carries `operatorId` and a UUID `clientOrderId` (generated when not given), so an
+order whose answer is lost can be found again with `get_order(client_order_id=…)`.
+POST /order is sent exactly once: a timeout, a transport failure, a 5xx or codes 101/107/109
+raise an OutcomeUnknown error and the caller reconciles (G10). Nothing here retries.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from decimal import Decimal
+from typing import Any, Literal, NoReturn
+
+import httpx
+from pydantic import SecretStr
+
+from shared.exchange.errors import KeySeparationError, MissingCredentials
+from shared.exchange.models import Order, OrderCancellation, OrderReference, OrderRequest
+from shared.exchange.ratelimit import Clock, Sleep
+from shared.exchange.roles import Side, refuse_market_data
+from shared.exchange.settings import DEFAULT_REST_URL, TradeExchangeSettings
+from shared.exchange.transport import DEFAULT_TIMEOUT, BitvavoTransport, Credentials
+
+_CLIENT = "BitvavoTrade"
+
+
+def _text(value: str | SecretStr | None) -> str | None:
+    if value is None:
+        return None
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return text or None
+
+
+class BitvavoTrade:
+    def __init__(
+        self,
+        base_url: str = DEFAULT_REST_URL,
+        *,
+        api_key: str | SecretStr | None,
+        api_secret: str | SecretStr | None,
+        operator_id: int | None,
+        readonly_api_key: str | SecretStr | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        http_transport: httpx.BaseTransport | None = None,
+        clock: Clock = time.time,
+        sleep: Sleep = time.sleep,
+        **transport_options: Any,
+    ) -> None:
+        key, secret = _text(api_key), _text(api_secret)
+        missing = [
+            name
+            for name, value in (
+                ("BITVAVO_TRADE_API_KEY", key),
+                ("BITVAVO_TRADE_API_SECRET", secret),
+                ("BITVAVO_OPERATOR_ID", operator_id),
+            )
+            if value is None
+        ]
+        if missing:
+            raise MissingCredentials(f"{_CLIENT} needs {', '.join(missing)}")
+        if isinstance(operator_id, bool) or not isinstance(operator_id, int) or operator_id < 0:
+            raise MissingCredentials(f"{_CLIENT} needs BITVAVO_OPERATOR_ID as a non-negative int")
+        # G3: the trade key must not be the read-only key. Also checked against the process
+        # environment, so a client built by hand cannot skip it.
+        readonly = _text(readonly_api_key) or os.environ.get("BITVAVO_READONLY_API_KEY") or None
+        if readonly is not None and readonly == key:
+            raise KeySeparationError(
+                f"{_CLIENT} refuses the read-only key: BITVAVO_TRADE_API_KEY must be a "
+                "separate key with trade permission"
+            )
+        assert key is not None and secret is not None
+        self.operator_id: int = operator_id
+        self._transport = BitvavoTransport(
+            base_url,
+            credentials=Credentials.of(key, secret),
+            timeout=timeout,
+            http_transport=http_transport,
+            clock=clock,
+            sleep=sleep,
+            **transport_options,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: TradeExchangeSettings | None = None, **options: Any
+    ) -> BitvavoTrade:
+        settings = settings or TradeExchangeSettings()
+        return cls(
+            settings.bitvavo_rest_url,
+            api_key=settings.bitvavo_trade_api_key,
+            api_secret=settings.bitvavo_trade_api_secret,
+            operator_id=settings.bitvavo_operator_id,
+            readonly_api_key=settings.bitvavo_readonly_api_key,
+            **options,
+        )
+
+    @property
+    def transport(self) -> BitvavoTransport:
+        return self._transport
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> BitvavoTrade:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- orders -------------------------------------------------------------------------------
+
+    def place_market_order(
+        self,
+        market: str,
+        side: Side,
+        *,
+        amount_quote: Decimal | None = None,
+        amount: Decimal | None = None,
+        client_order_id: uuid.UUID | str | None = None,
+    ) -> Order:
+        """Exactly one of `amount_quote` (spend/receive this much quote) and `amount` (base)."""
+        request = OrderRequest.market_order(
+            market,
+            side,
+            amount_quote=amount_quote,
+            amount=amount,
+            client_order_id=client_order_id,
+            operator_id=self.operator_id,
+        )
+        return self._place(request)
+
+    def place_limit_order(
+        self,
+        market: str,
+        side: Side,
+        amount: Decimal,
+        price: Decimal,
+        *,
+        client_order_id: uuid.UUID | str | None = None,
+        time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC",
+        post_only: bool = False,
+    ) -> Order:
+        request = OrderRequest.limit_order(
+            market,
+            side,
+            amount,
+            price,
+            client_order_id=client_order_id,
+            time_in_force=time_in_force,
+            post_only=post_only,
+            operator_id=self.operator_id,
+        )
+        return self._place(request)
+
+    def get_order(
+        self,
+        market: str,
+        *,
+        client_order_id: uuid.UUID | str | None = None,
+        order_id: str | None = None,
+    ) -> Order:
+        """The way to learn an order's fate after OutcomeUnknown (raises OrderNotFound)."""
+        reference = OrderReference.of(market, client_order_id, order_id)
+        payload = self._transport.request(
+            "GET", "/order", params=reference.to_params(), signed=True
+        )
+        return Order.model_validate(payload)
+
+    def cancel_order(
+        self,
+        market: str,
+        *,
+        client_order_id: uuid.UUID | str | None = None,
+        order_id: str | None = None,
+    ) -> OrderCancellation:
+        reference = OrderReference.of(market, client_order_id, order_id)
+        params = {**reference.to_params(), "operatorId": self.operator_id}
+        payload = self._transport.request("DELETE", "/order", params=params, signed=True)
+        return OrderCancellation.model_validate(payload)
+
+    def _place(self, request: OrderRequest) -> Order:
+        # Sent once. No retry, whatever happens (G10).
+        payload = self._transport.request("POST", "/order", body=request.to_body(), signed=True)
+        return Order.model_validate(payload)
+
+    # -- the read-only role's methods: refused (G3) -----------------------------------------------
+
+    def time(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise refuse_market_data(_CLIENT, "fetch market data")
+
+    def markets(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise refuse_market_data(_CLIENT, "fetch market data")
+
+    def assets(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise refuse_market_data(_CLIENT, "fetch market data")
+
+    def ticker_price(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise refuse_market_data(_CLIENT, "fetch market data")
+
+    def ticker_book(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise refuse_market_data(_CLIENT, "fetch market data")
+
+    def ticker_24h(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise refuse_market_data(_CLIENT, "fetch market data")
+
+    def order_book(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise refuse_market_data(_CLIENT, "fetch market data")
+
+    def candles(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise refuse_market_data(_CLIENT, "fetch market data")
+
+    def balance(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise refuse_market_data(_CLIENT, "read balances")
