@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.pg import Database, SessionCluster
+from tests.sandbox_server import bitvavo_sandbox, bitvavo_sandbox_session  # noqa: F401
 
 
 @pytest.fixture(scope="session")

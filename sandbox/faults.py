@@ -1,0 +1,90 @@
+"""Fault injection for the next `times` `POST /order` requests (SPEC §5).
+
+- `error`: answer `http_status`/`error_code` (default 500/101) without placing; with
+  `"place": true` the order is placed first, which is what a real 101/109 may mean. With
+  `"error_code": null` the body is an HTML page (a proxy's 502) instead of Bitvavo's JSON.
+- `latency`: sleep `latency_ms`, then process normally.
+- `drop_after_accept`: place (and fill) the order, then close the connection without a byte.
+- `none`: clear the plan.
+
+A fault is consumed by a `POST /order` that passed authentication and the rate limit.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+KINDS = ("none", "latency", "error", "drop_after_accept")
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    http_status: int = 500
+    error_code: int | None = 101
+    latency_ms: int = 0
+    place: bool = False
+
+    def describe(self) -> dict[str, object]:
+        return {"fault": self.kind, "http_status": self.http_status,
+                "error_code": self.error_code, "latency_ms": self.latency_ms,
+                "place": self.place}
+
+
+class FaultPlan:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fault: Fault | None = None
+        self._remaining = 0
+
+    def configure(self, spec: dict[str, object]) -> dict[str, object]:
+        kind = spec.get("fault")
+        if kind not in KINDS:
+            raise ValueError(f"fault must be one of {', '.join(KINDS)}")
+        times = spec.get("times", 1)
+        if not isinstance(times, int) or isinstance(times, bool) or times < 0:
+            raise ValueError("times must be a non-negative integer")
+        http_status = spec.get("http_status", 500)
+        error_code = spec.get("error_code", 101)
+        latency_ms = spec.get("latency_ms", 0)
+        place = spec.get("place", False)
+        if not isinstance(http_status, int) or not 100 <= http_status <= 599:
+            raise ValueError("http_status must be an HTTP status code")
+        if error_code is not None and not isinstance(error_code, int):
+            raise ValueError("error_code must be an integer or null")
+        if not isinstance(latency_ms, int) or not 0 <= latency_ms <= 120_000:
+            raise ValueError("latency_ms must be an integer between 0 and 120000")
+        if not isinstance(place, bool):
+            raise ValueError("place must be a boolean")
+        with self._lock:
+            if kind == "none" or times == 0:
+                self._fault, self._remaining = None, 0
+            else:
+                self._fault = Fault(str(kind), http_status, error_code, latency_ms, place)
+                self._remaining = times
+            return self._describe_locked()
+
+    def take(self) -> Fault | None:
+        """The fault for this `POST /order`, if any; counts it down."""
+        with self._lock:
+            if self._fault is None:
+                return None
+            fault = self._fault
+            self._remaining -= 1
+            if self._remaining <= 0:
+                self._fault, self._remaining = None, 0
+            return fault
+
+    def describe(self) -> dict[str, object]:
+        with self._lock:
+            return self._describe_locked()
+
+    def _describe_locked(self) -> dict[str, object]:
+        if self._fault is None:
+            return {"fault": "none", "remaining": 0}
+        return {**self._fault.describe(), "remaining": self._remaining}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._fault, self._remaining = None, 0

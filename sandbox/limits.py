@@ -1,0 +1,84 @@
+"""Bitvavo's rate limit: weight points per minute per API key (per IP when unauthenticated).
+
+Every answer carries `bitvavo-ratelimit-limit`, `-remaining` and `-resetat` (ms of the next
+window). A request that would exceed the limit is answered 429/105 and bans its identity:
+~1 minute for a key, ~15 minutes for an IP, as the reference records.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from sandbox.errors import ApiError
+
+KEY_BAN_MS = 60_000
+IP_BAN_MS = 15 * 60_000
+WINDOW_MS = 60_000
+
+
+@dataclass
+class _Usage:
+    window_start: int = 0
+    used: int = 0
+    banned_until: int = 0
+
+
+@dataclass(frozen=True)
+class Quota:
+    limit: int
+    remaining: int
+    reset_at: int
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "bitvavo-ratelimit-limit": str(self.limit),
+            "bitvavo-ratelimit-remaining": str(self.remaining),
+            "bitvavo-ratelimit-resetat": str(self.reset_at),
+        }
+
+
+class RateLimitBan(ApiError):
+    def __init__(self, until_ms: int, quota: Quota) -> None:
+        super().__init__(
+            105,
+            "Your IP or API key has been banned for not respecting the rate limit. "
+            f"The ban expires at {until_ms}.",
+        )
+        self.quota = quota
+
+
+class RateLimiter:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._usage: dict[str, _Usage] = {}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._usage.clear()
+
+    def charge(self, identity: str, weight: int, now_ms: int, *, is_key: bool) -> Quota:
+        """Count `weight` against `identity` (e.g. "key:…" or "ip:…"); raise on a ban."""
+        with self._lock:
+            usage = self._usage.setdefault(identity, _Usage())
+            window_start = now_ms - now_ms % WINDOW_MS
+            if usage.window_start != window_start:
+                usage.window_start, usage.used = window_start, 0
+            if usage.banned_until > now_ms:
+                raise RateLimitBan(usage.banned_until, Quota(self.limit, 0, usage.banned_until))
+            if usage.used + weight > self.limit:
+                usage.banned_until = now_ms + (KEY_BAN_MS if is_key else IP_BAN_MS)
+                usage.used = self.limit
+                raise RateLimitBan(usage.banned_until, Quota(self.limit, 0, usage.banned_until))
+            usage.used += weight
+            return Quota(self.limit, self.limit - usage.used, window_start + WINDOW_MS)
+
+    def peek(self, identity: str, now_ms: int) -> Quota:
+        with self._lock:
+            usage = self._usage.get(identity)
+            window_start = now_ms - now_ms % WINDOW_MS
+            if usage is not None and usage.banned_until > now_ms:
+                return Quota(self.limit, 0, usage.banned_until)
+            used = usage.used if usage and usage.window_start == window_start else 0
+            return Quota(self.limit, self.limit - used, window_start + WINDOW_MS)
