@@ -1,0 +1,133 @@
+/*
+ * Maintenance: the housekeeping that keeps G2 and G7 live when a worker or a GPT call dies
+ * half-way, and the pg_cron jobs that run it.
+ *
+ *   run_maintenance          every minute: frees expired scan-job leases, expires stale trade
+ *                            proposals, releases GPT reservations older than 15 minutes
+ *   cron 'run-maintenance'   * * * * *  select public.run_maintenance()
+ *   cron 'purge-cron-history' daily: pg_cron's own run log older than 7 days
+ *   cron 'invoke-scan-scheduler' (hosted Supabase only, when pg_net is installed): POSTs to the
+ *                            scan_scheduler function every minute, URL and bearer from Vault
+ *                            secrets `scan_scheduler_url` and `scan_scheduler_service_key`;
+ *                            locally the dev stack calls the function itself.
+ *
+ * pg_cron can only be created in its cron.database_name; this migration must run there (as it
+ * does on Supabase and in the test harness's template database). Scheduling is idempotent:
+ * each job is unscheduled by name first, so re-applying the file leaves exactly one of each.
+ */
+
+create extension if not exists pg_cron;
+
+-- =============================================================================================
+-- Section - run_maintenance (service-only)
+-- =============================================================================================
+
+-- Frees leases of crashed workers (G2), expires proposals past expires_at that were never executed,
+-- and releases GPT reservations whose call never settled within 15 minutes (G7); returns the counts.
+create or replace function public.run_maintenance() returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_expired_locks integer;
+  v_expired_proposals integer;
+  v_released_reservations integer;
+begin
+  v_expired_locks := public.cleanup_expired_locks();
+
+  -- Only proposals nobody started executing: `executing` and later states belong to
+  -- trade_executions' state machine and are settled by the reconciler, never by age.
+  with expired as (
+    update public.trade_proposals p
+       set status = 'expired'
+     where p.status in ('pending', 'approved')
+       and p.expires_at <= now()
+    returning p.id, p.user_id, p.expires_at
+  ), audited as (
+    insert into public.execution_audit_log (user_id, proposal_id, event, detail)
+    select e.user_id, e.id, 'proposal.expired',
+           jsonb_build_object('expires_at', e.expires_at, 'by', 'run_maintenance')
+    from expired e
+    returning 1
+  )
+  select count(*) into v_expired_proposals from audited;
+
+  -- A reservation this old belongs to a call that crashed or timed out without settling; holding
+  -- it would keep budget blocked for the rest of the hour/day.
+  with released as (
+    update public.gpt_usage_log l
+       set status = 'released', released_at = now(), release_reason = 'stale_reservation'
+     where l.status = 'reserved'
+       and l.created_at < now() - interval '15 minutes'
+    returning l.id, l.user_id, l.reserved_usd, l.created_at
+  ), audited as (
+    insert into public.execution_audit_log (user_id, event, detail)
+    select r.user_id, 'gpt_budget.reservation_released',
+           jsonb_build_object('reservation_id', r.id, 'reserved_usd', r.reserved_usd,
+                              'reserved_at', r.created_at, 'reason', 'stale_reservation')
+    from released r
+    returning 1
+  )
+  select count(*) into v_released_reservations from audited;
+
+  return jsonb_build_object(
+    'expired_locks', v_expired_locks,
+    'expired_proposals', v_expired_proposals,
+    'released_reservations', v_released_reservations,
+    'ran_at', now()
+  );
+end;
+$$;
+revoke execute on function public.run_maintenance() from public, anon, authenticated;
+grant execute on function public.run_maintenance() to service_role;
+
+-- =============================================================================================
+-- Section - pg_cron jobs
+-- =============================================================================================
+do $$
+begin
+  -- Commit durably even where the server runs with synchronous_commit = off (the throwaway test
+  -- clusters do, and stop in immediate mode): a lost job definition would silently stop
+  -- maintenance. A no-op where it is already on, as on Supabase.
+  perform set_config('synchronous_commit', 'on', true);
+  if exists (select from cron.job where jobname = 'run-maintenance') then
+    perform cron.unschedule('run-maintenance');
+  end if;
+  perform cron.schedule('run-maintenance', '* * * * *', $cmd$select public.run_maintenance()$cmd$);
+
+  -- A run every minute writes 1,440 rows a day into pg_cron's history; keep a week of it.
+  if exists (select from cron.job where jobname = 'purge-cron-history') then
+    perform cron.unschedule('purge-cron-history');
+  end if;
+  perform cron.schedule('purge-cron-history', '17 3 * * *',
+    $cmd$delete from cron.job_run_details where end_time < now() - interval '7 days'$cmd$);
+end
+$$;
+
+-- Hosted Supabase only: pg_net (schema `net`) and Vault exist there, not on a plain PostgreSQL.
+-- The command reads the URL and the key from Vault at every run, so rotating a secret needs no
+-- migration, and does nothing until the URL secret exists.
+do $$
+begin
+  if not (exists (select from pg_catalog.pg_extension where extname in ('pg_net', 'net'))
+          and to_regclass('vault.decrypted_secrets') is not null) then
+    raise notice 'pg_net or Vault not installed: invoke-scan-scheduler not scheduled (the local stack calls scan_scheduler itself)';
+    return;
+  end if;
+  if exists (select from cron.job where jobname = 'invoke-scan-scheduler') then
+    perform cron.unschedule('invoke-scan-scheduler');
+  end if;
+  perform cron.schedule('invoke-scan-scheduler', '* * * * *', $cmd$
+    select net.http_post(
+      url := (select s.decrypted_secret from vault.decrypted_secrets s where s.name = 'scan_scheduler_url'),
+      headers := jsonb_build_object(
+        'Authorization', 'Bearer ' || (select s.decrypted_secret from vault.decrypted_secrets s
+                                       where s.name = 'scan_scheduler_service_key'),
+        'Content-Type', 'application/json'),
+      body := '{}'::jsonb,
+      timeout_milliseconds := 5000)
+    where exists (select from vault.decrypted_secrets s where s.name = 'scan_scheduler_url')
+  $cmd$);
+end
+$$;
