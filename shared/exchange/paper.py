@@ -34,6 +34,7 @@ AMOUNT_QUANTUM = Decimal("1e-8")
 
 PriceSource = Callable[[str], Decimal]
 
+
 class PaperTrade:
     def __init__(
         self,

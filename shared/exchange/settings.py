@@ -56,9 +56,9 @@ class ReadonlyExchangeSettings(_ExchangeSettings):
     bitvavo_readonly_api_key: SecretStr | None = None
     bitvavo_readonly_api_secret: SecretStr | None = None
 
-    _check_credentials = field_validator(
-        "bitvavo_readonly_api_key", "bitvavo_readonly_api_secret"
-    )(_credential)
+    _check_credentials = field_validator("bitvavo_readonly_api_key", "bitvavo_readonly_api_secret")(
+        _credential
+    )
 
     @model_validator(mode="after")
     def _key_and_secret_together(self) -> Self:

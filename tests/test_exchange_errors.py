@@ -1,0 +1,131 @@
+"""Every error code of reference/bitvavo-api.md → its exception and its outcome_unknown flag."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from shared.exchange import errors as e
+
+# (HTTP status, errorCode, exception class, outcome_unknown)
+ERROR_TABLE = [
+    (400, 102, e.InvalidJson, False),
+    (400, 203, e.InvalidParameter, False),
+    (400, 204, e.InvalidParameter, False),
+    (400, 205, e.InvalidParameter, False),
+    (400, 212, e.BelowMinimumSize, False),
+    (400, 217, e.BelowMinimumSize, False),
+    (400, 216, e.InsufficientBalance, False),
+    (400, 220, e.ClientOrderIdConflict, False),
+    (400, 219, e.MarketUnavailable, False),
+    (400, 423, e.MarketUnavailable, False),
+    (400, 424, e.MarketUnavailable, False),
+    (409, 431, e.MarketUnavailable, False),
+    (403, 300, e.AuthenticationError, False),
+    (403, 301, e.AuthenticationError, False),
+    (403, 302, e.AccessWindowError, False),
+    (403, 303, e.AccessWindowError, False),
+    (403, 304, e.AccessWindowError, False),
+    (403, 305, e.ApiKeyInactive, False),
+    (403, 306, e.ApiKeyInactive, False),
+    (403, 307, e.IpNotWhitelisted, False),
+    (403, 308, e.InvalidSignature, False),
+    (403, 309, e.InvalidSignature, False),
+    (403, 310, e.TradePermissionMissing, False),
+    (403, 311, e.ViewPermissionMissing, False),
+    (403, 399, e.AuthenticationError, False),  # an auth code we do not know by name
+    (404, 240, e.OrderNotFound, False),
+    (429, 105, e.RateLimitBanned, False),
+    (500, 101, e.ExchangeServerError, True),
+    (503, 107, e.ExchangeServerError, True),
+    (503, 109, e.ExchangeServerError, True),
+    (400, 101, e.ExchangeServerError, True),  # the code decides even under a 4xx
+    (500, None, e.ExchangeServerError, True),
+    (502, None, e.ExchangeServerError, True),
+    (503, None, e.ExchangeServerError, True),
+    (504, None, e.ExchangeServerError, True),
+    (500, 216, e.ExchangeServerError, True),  # any 5xx is outcome unknown
+    (429, None, e.RateLimitBanned, False),
+    (401, None, e.AuthenticationError, False),
+    (403, None, e.AuthenticationError, False),
+    (400, 999, e.ExchangeRejected, False),
+    (404, None, e.ExchangeRejected, False),  # a bare 404 is never "order not found"
+    (200, 216, e.InsufficientBalance, False),  # an error body under a success status
+]
+
+
+@pytest.mark.parametrize(("status", "code", "cls", "unknown"), ERROR_TABLE)
+def test_error_table(status: int, code: int | None, cls: type, unknown: bool) -> None:
+    body = {"errorCode": code, "error": "some text"} if code is not None else {"x": 1}
+    error = e.error_for(status, body, endpoint="POST /order")
+    assert type(error) is cls
+    assert error.outcome_unknown is unknown
+    assert isinstance(error, e.OutcomeUnknown) is unknown
+    assert isinstance(error, e.ExchangeRejected) is (not unknown)
+    assert error.http_status == status
+    assert error.error_code == code
+    assert error.endpoint == "POST /order"
+
+
+def test_non_json_error_body_is_mapped_by_status() -> None:
+    assert type(e.error_for(502, None)) is e.ExchangeServerError
+    assert type(e.error_for(404, "<html>Not Found</html>")) is e.ExchangeRejected
+
+
+def test_string_error_code_is_understood() -> None:
+    assert type(e.error_for(400, {"errorCode": "216", "error": "x"})) is e.InsufficientBalance
+
+
+def test_message_and_str_carry_the_exchange_text() -> None:
+    error = e.error_for(
+        400,
+        {
+            "errorCode": 216,
+            "error": "You do not have sufficient balance to complete this operation.",
+        },
+        endpoint="POST /order",
+    )
+    assert error.message == "You do not have sufficient balance to complete this operation."
+    assert str(error) == (
+        "POST /order, HTTP 400, errorCode 216: "
+        "You do not have sufficient balance to complete this operation."
+    )
+
+
+def test_ban_expiry_is_parsed_from_the_message() -> None:
+    error = e.error_for(
+        429,
+        {
+            "errorCode": 105,
+            "error": "Your IP or API key has been banned for not respecting the rate limit. "
+            "The ban expires at 1700000060123.",
+        },
+    )
+    assert isinstance(error, e.RateLimitBanned)
+    assert error.ban_expires_at == datetime(2023, 11, 14, 22, 14, 20, 123000, tzinfo=UTC)
+    assert error.ban_expires_at.tzinfo is UTC
+
+
+def test_ban_expiry_falls_back_to_the_resetat_header() -> None:
+    reset = datetime(2030, 1, 1, tzinfo=UTC)
+    error = e.error_for(429, {"errorCode": 105, "error": "banned"}, rate_limit_reset_at=reset)
+    assert isinstance(error, e.RateLimitBanned)
+    assert error.ban_expires_at == reset
+
+
+def test_usage_errors_are_not_exchange_answers() -> None:
+    assert not issubclass(e.KeySeparationError, e.ExchangeError)
+    assert issubclass(e.KeySeparationError, e.ExchangeUsageError)
+    assert issubclass(e.MissingCredentials, e.KeySeparationError)
+    assert issubclass(e.InvalidOrderRequest, ValueError)
+    assert not issubclass(e.RateLimitWouldExceed, e.OutcomeUnknown)
+    assert e.RateLimitWouldExceed("x").outcome_unknown is False
+
+
+def test_every_documented_code_is_in_the_table() -> None:
+    documented = {102, 203, 204, 205, 212, 217, 216, 220, 219, 423, 424, 431, 240, 105}
+    documented |= set(range(300, 312)) | {101, 107, 109}
+    assert documented <= set(e.ERROR_CODES)
+    tested = {code for _, code, _, _ in ERROR_TABLE if code is not None}
+    assert documented <= tested

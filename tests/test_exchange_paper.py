@@ -1,0 +1,108 @@
+"""PaperTrade: BitvavoTrade's interface, fills at the given price, taker fee in quote."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from shared.exchange import Order, PaperTrade
+from shared.exchange.errors import ClientOrderIdConflict, InvalidOrderRequest, OrderNotFound
+from tests.exchange_doubles import FakeClock
+
+PRICE = Decimal("36000")
+
+
+@pytest.fixture
+def paper() -> PaperTrade:
+    prices = {"BTC-EUR": PRICE, "ETH-EUR": Decimal("2000")}
+    return PaperTrade(prices.__getitem__, operator_id=7, clock=FakeClock())
+
+
+def test_market_buy_by_amount_quote(paper: PaperTrade) -> None:
+    order = paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"))
+    assert isinstance(order, Order)
+    assert order.status == "filled" and order.is_final
+    assert order.filled_amount == Decimal("0.00027777")  # rounded down to 8 decimals
+    assert order.filled_amount_quote == Decimal("10")
+    assert order.fee_paid == Decimal("0.025") and order.fee_currency == "EUR"
+    assert order.fills[0].price == PRICE and order.fills[0].taker is True
+    assert order.operator_id == 7
+    assert isinstance(order.client_order_id, uuid.UUID) and order.client_order_id.version == 4
+    assert order.created is not None and order.created.tzinfo is not None
+
+
+def test_market_sell_by_amount(paper: PaperTrade) -> None:
+    order = paper.place_market_order("ETH-EUR", "sell", amount=Decimal("0.5"))
+    assert order.filled_amount == Decimal("0.5")
+    assert order.filled_amount_quote == Decimal("1000")
+    assert order.fee_paid == Decimal("2.5")
+
+
+def test_configurable_fee_rate() -> None:
+    paper = PaperTrade(lambda _: PRICE, taker_fee_rate=Decimal("0.0015"))
+    order = paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("100"))
+    assert order.fee_paid == Decimal("0.15")
+
+
+def test_fee_rate_must_not_be_float() -> None:
+    with pytest.raises(ValueError):
+        PaperTrade(lambda _: PRICE, taker_fee_rate=0.0025)  # type: ignore[arg-type]
+
+
+def test_get_order_by_client_order_id_and_order_id(paper: PaperTrade) -> None:
+    coid = uuid.uuid4()
+    placed = paper.place_market_order(
+        "BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id=str(coid)
+    )
+    assert paper.get_order("BTC-EUR", client_order_id=coid) == placed
+    assert paper.get_order("BTC-EUR", order_id=placed.order_id) == placed
+    with pytest.raises(OrderNotFound) as caught:
+        paper.get_order("BTC-EUR", client_order_id=uuid.uuid4())
+    assert caught.value.error_code == 240
+    with pytest.raises(OrderNotFound):
+        paper.get_order("ETH-EUR", client_order_id=coid)
+
+
+def test_client_order_id_is_never_reused(paper: PaperTrade) -> None:
+    coid = uuid.uuid4()
+    paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id=coid)
+    with pytest.raises(ClientOrderIdConflict):
+        paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id=coid)
+
+
+def test_same_validation_as_the_live_client(paper: PaperTrade) -> None:
+    with pytest.raises(InvalidOrderRequest):
+        paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"), amount=Decimal(1))
+    with pytest.raises(InvalidOrderRequest):
+        paper.place_market_order("BTC-EUR", "buy", amount_quote=10.0)  # type: ignore[arg-type]
+    with pytest.raises(InvalidOrderRequest):
+        paper.place_market_order(
+            "BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id="not-a-uuid"
+        )
+
+
+def test_limit_orders_rest_or_fill_and_can_be_cancelled(paper: PaperTrade) -> None:
+    resting = paper.place_limit_order("BTC-EUR", "buy", Decimal("0.001"), Decimal("30000"))
+    assert resting.status == "new" and resting.filled_amount == 0
+    cancelled = paper.cancel_order("BTC-EUR", client_order_id=resting.client_order_id)
+    assert cancelled.order_id == resting.order_id and cancelled.operator_id == 7
+    assert paper.get_order("BTC-EUR", order_id=resting.order_id).status == "canceled"
+    with pytest.raises(OrderNotFound):
+        paper.cancel_order("BTC-EUR", order_id=resting.order_id)
+
+    crossing = paper.place_limit_order("BTC-EUR", "buy", Decimal("0.001"), Decimal("40000"))
+    assert crossing.status == "filled" and crossing.fills[0].price == PRICE
+    assert crossing.filled_amount_quote == Decimal("36")
+
+    ioc = paper.place_limit_order(
+        "BTC-EUR", "sell", Decimal("1"), Decimal("99999"), time_in_force="IOC"
+    )
+    assert ioc.status == "canceledIOC"
+
+
+def test_unusable_price_is_refused() -> None:
+    paper = PaperTrade(lambda _: Decimal("0"))
+    with pytest.raises(InvalidOrderRequest):
+        paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"))
