@@ -281,17 +281,15 @@ class PricePath:
 
     def candles(self, market: str, interval: str, now_ms: int, limit: int,
                 start_ms: int | None, end_ms: int | None) -> list[list[object]]:
-        """Rows `[ms, open, high, low, close, volume]`, newest first, none after `now`."""
+        """Rows `[ms, open, high, low, close, volume]`, newest first, none after `now`;
+        `start_ms <= ms < end_ms` (ccxt asks for `end = since + limit × interval`)."""
         now_minute = now_ms // MINUTE_MS
-        last_minute = now_minute if end_ms is None else min(now_minute, end_ms // MINUTE_MS)
+        last_minute = now_minute if end_ms is None else min(now_minute, (end_ms - 1) // MINUTE_MS)
         rows: list[list[object]] = []
         first, end = _bucket_bounds(interval, last_minute)
         while len(rows) < limit:
             if start_ms is not None and first * MINUTE_MS < start_ms:
                 break
-            if end_ms is not None and first * MINUTE_MS > end_ms:
-                first, end = _bucket_bounds(interval, first - 1)
-                continue
             rows.append(self._bucket_row(market, first, min(end, now_minute + 1)))
             first, end = _bucket_bounds(interval, first - 1)
         return rows

@@ -209,7 +209,7 @@ def test_candles_shape_and_order(bitvavo_sandbox: SandboxServer) -> None:
     end = stamps[-1]
     bounded = public(bitvavo_sandbox,
                      f"/{MARKET}/candles?interval=1m&start={end - 120_000}&end={end}").json()
-    assert [row[0] for row in bounded] == [end, end - 60_000, end - 120_000]
+    assert [row[0] for row in bounded] == [end - 60_000, end - 120_000]  # end is exclusive
     assert_error(public(bitvavo_sandbox, f"/{MARKET}/candles"), 400, 203)
     assert_error(public(bitvavo_sandbox, f"/{MARKET}/candles?interval=7m"), 400, 205)
 
