@@ -1,0 +1,1067 @@
+/*
+ * Execution: proposals, the atomic pre-flight claim, the order state machine and the ledger.
+ *
+ *   trade_proposals            what the oracle suggests; users decide through decide_trade_proposal
+ *   trade_executions           at most one per proposal (G1); one exchange order and its state machine
+ *   trade_history              the ledger: one row per (partially) filled execution
+ *   create_trade_proposal      service-only; auto-approves per the user's settings
+ *   decide_trade_proposal      authenticated; approve or reject an own pending proposal
+ *   claim_trade_execution      service-only; the seven validators and the claim in one transaction
+ *                              (G1 idempotency, G4 allowlist, G5 cooldown, G6 anti-flip)
+ *   record_execution_result    service-only; the state machine, the ledger write, the proposal outcome
+ *   list_unsettled_executions  service-only; the reconciler's work list (G10)
+ *
+ * G1 in one sentence: every claim of one user queues on one advisory lock taken before anything is
+ * read, so the idempotency lookups and the validators see every earlier claim of that user, and the
+ * unique constraints on trade_executions (proposal_id; user_id + idempotency_key; client_order_id)
+ * are the backstop if anything ever bypasses the lock.
+ *
+ * The order state machine (private.execution_transition_allowed, enforced by the RPC and again by a
+ * trigger on the table):
+ *
+ *   claimed   → submitted | unknown | filled | partially_filled | canceled | rejected | failed
+ *   submitted → unknown | filled | partially_filled | canceled | rejected | failed
+ *   unknown   → submitted | filled | partially_filled | canceled | rejected | failed
+ *   filled, partially_filled, canceled, rejected, failed: final, never change
+ *
+ * `unknown` means "the last exchange call's outcome is not known" (timeout, 5xx, 101/107/109, crash);
+ * it may follow `submitted` (a status poll timed out) and may become `submitted` again (the
+ * reconciler found the order open by clientOrderId). Neither re-sends anything (G10). `failed` means
+ * certainly not placed. Reporting the current status again is a no-op (`unchanged`); anything else on
+ * a final execution is the outcome `illegal_transition`, never an exception.
+ *
+ * The proposal follows its execution: approved → executing (claim) → executed (any fill, including a
+ * cancel after a partial fill) | failed (rejected, failed, or canceled without a fill).
+ *
+ * Supabase grants ALL on new tables and functions in `public` to anon/authenticated by default;
+ * every table here revokes that first. No role has write grants on these tables: every write goes
+ * through the SECURITY DEFINER functions below.
+ */
+
+-- =============================================================================================
+-- Section - trade_proposals
+-- =============================================================================================
+create table public.trade_proposals (
+  id uuid primary key default extensions.gen_random_uuid(),
+  user_id uuid not null references auth.users (id) on delete cascade,
+  scan_job_id uuid references public.scan_jobs (id) on delete set null,
+  market text not null,
+  side text not null,
+  amount_quote numeric not null,
+  reference_price numeric,
+  confidence numeric not null,
+  rationale text not null default '',
+  source text not null,
+  model text,
+  status text not null default 'pending',
+  expires_at timestamptz not null,
+  decided_at timestamptz,
+  decided_by text,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  constraint trade_proposals_market_format check (market ~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$'),
+  constraint trade_proposals_side check (side in ('buy', 'sell')),
+  -- `< 'Infinity'` also excludes NaN, which sorts above every number in PostgreSQL.
+  constraint trade_proposals_amount_positive check (amount_quote > 0 and amount_quote < 'Infinity'),
+  constraint trade_proposals_reference_price_positive
+    check (reference_price is null or (reference_price > 0 and reference_price < 'Infinity')),
+  constraint trade_proposals_confidence_range check (confidence between 0 and 1),
+  constraint trade_proposals_rationale_length check (length(rationale) <= 10000),
+  constraint trade_proposals_source check (source in ('rules', 'openai', 'manual')),
+  constraint trade_proposals_model_length check (model is null or length(model) between 1 and 100),
+  constraint trade_proposals_status check (
+    status in ('pending', 'approved', 'rejected', 'executing', 'executed', 'failed', 'expired')
+  ),
+  constraint trade_proposals_decided_by check (decided_by in ('user', 'auto')),
+  -- A decision has an author and a time, or neither.
+  constraint trade_proposals_decision_complete check ((decided_by is null) = (decided_at is null)),
+  -- The target of trade_executions' (proposal_id, user_id) foreign key: an execution belongs to the
+  -- proposal's owner, by construction.
+  constraint trade_proposals_id_user_key unique (id, user_id)
+);
+
+-- Users' own list, newest first.
+create index trade_proposals_user_created_idx on public.trade_proposals (user_id, created_at desc);
+-- run_maintenance expires stale pending/approved proposals.
+create index trade_proposals_open_expiry_idx
+  on public.trade_proposals (expires_at) where status in ('pending', 'approved');
+-- The scan_jobs foreign key's ON DELETE SET NULL.
+create index trade_proposals_scan_job_idx
+  on public.trade_proposals (scan_job_id) where scan_job_id is not null;
+
+alter table public.trade_proposals enable row level security;
+
+-- Users read their own proposals and change them only through decide_trade_proposal.
+revoke all on public.trade_proposals from public, anon, authenticated, service_role;
+grant select on public.trade_proposals to authenticated;
+grant select on public.trade_proposals to service_role;
+
+-- The proposal's life: pending → approved | rejected | expired; approved → executing | expired;
+-- executing → executed | failed. What was proposed (user, market, side, amount, confidence, source,
+-- creation time) never changes.
+create or replace function private.guard_trade_proposal_update() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if (new.id, new.user_id, new.market, new.side, new.amount_quote, new.confidence, new.source,
+      new.created_at)
+     is distinct from
+     (old.id, old.user_id, old.market, old.side, old.amount_quote, old.confidence, old.source,
+      old.created_at) then
+    raise exception 'trade_proposals: what was proposed never changes (proposal %)', old.id
+      using errcode = '42501';
+  end if;
+  if new.status is distinct from old.status and not (
+       (old.status = 'pending' and new.status in ('approved', 'rejected', 'expired'))
+    or (old.status = 'approved' and new.status in ('executing', 'expired'))
+    or (old.status = 'executing' and new.status in ('executed', 'failed'))
+  ) then
+    raise exception 'trade_proposals: % → % is not allowed (proposal %)', old.status, new.status, old.id
+      using errcode = '42501';
+  end if;
+  return new;
+end;
+$$;
+revoke all on function private.guard_trade_proposal_update() from public, anon, authenticated;
+
+create trigger trade_proposals_guard before update on public.trade_proposals
+  for each row execute function private.guard_trade_proposal_update();
+create trigger trade_proposals_touch before update on public.trade_proposals
+  for each row execute function private.touch_updated_at();
+
+create policy "users can read their own trade proposals"
+  on public.trade_proposals for select to authenticated
+  using (user_id = (select auth.uid()));
+
+-- =============================================================================================
+-- Section - trade_executions (G1: at most one per proposal)
+-- =============================================================================================
+create table public.trade_executions (
+  id uuid primary key default extensions.gen_random_uuid(),
+  proposal_id uuid not null,
+  user_id uuid not null references auth.users (id) on delete restrict,
+  idempotency_key text not null,
+  client_order_id uuid not null default extensions.gen_random_uuid(),
+  mode text not null,
+  market text not null,
+  side text not null,
+  amount_quote numeric not null,
+  status text not null default 'claimed',
+  exchange_order_id text,
+  filled_amount numeric,
+  filled_amount_quote numeric,
+  price numeric,
+  fee_paid numeric,
+  fee_currency text,
+  error_code text,
+  error_message text,
+  claimed_at timestamptz not null default now(),
+  submitted_at timestamptz,
+  completed_at timestamptz,
+  updated_at timestamptz not null default now(),
+  -- What cooldown, anti-flip and daily limits count (G5, G6): every execution that may have moved
+  -- money — in flight, filled, or canceled after a partial fill. One definition, used by the
+  -- validators and by the partial indexes below.
+  counts_toward_limits boolean generated always as (
+    status not in ('rejected', 'failed') and not (status = 'canceled' and coalesce(filled_amount, 0) = 0)
+  ) stored,
+  -- G1: one execution per proposal, one proposal per (user, Idempotency-Key), one order id each.
+  constraint trade_executions_proposal_key unique (proposal_id),
+  constraint trade_executions_user_idempotency_key unique (user_id, idempotency_key),
+  constraint trade_executions_client_order_key unique (client_order_id),
+  -- The target of trade_history's (execution_id, user_id) foreign key.
+  constraint trade_executions_id_user_key unique (id, user_id),
+  -- The execution belongs to the proposal's owner; financial records are never cascaded away.
+  constraint trade_executions_proposal_fkey foreign key (proposal_id, user_id)
+    references public.trade_proposals (id, user_id) on delete restrict,
+  -- An HTTP Idempotency-Key: 1..255 printable ASCII characters, no leading or trailing space.
+  constraint trade_executions_idempotency_key_format check (
+    length(idempotency_key) between 1 and 255
+    and idempotency_key ~ '^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$'
+  ),
+  constraint trade_executions_mode check (mode in ('paper', 'live')),
+  constraint trade_executions_market_format check (market ~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$'),
+  constraint trade_executions_side check (side in ('buy', 'sell')),
+  constraint trade_executions_amount_positive check (amount_quote > 0 and amount_quote < 'Infinity'),
+  constraint trade_executions_status check (
+    status in ('claimed', 'submitted', 'filled', 'partially_filled', 'canceled', 'rejected', 'failed',
+               'unknown')
+  ),
+  constraint trade_executions_fill_figures check (
+    (filled_amount is null or (filled_amount >= 0 and filled_amount < 'Infinity'))
+    and (filled_amount_quote is null or (filled_amount_quote >= 0 and filled_amount_quote < 'Infinity'))
+    and (price is null or (price > 0 and price < 'Infinity'))
+    and (fee_paid is null or (fee_paid >= 0 and fee_paid < 'Infinity'))
+  ),
+  constraint trade_executions_text_lengths check (
+    (exchange_order_id is null or length(exchange_order_id) between 1 and 128)
+    and (fee_currency is null or length(fee_currency) between 1 and 16)
+    and (error_code is null or length(error_code) between 1 and 64)
+    and (error_message is null or length(error_message) <= 2000)
+  ),
+  -- A final execution has a completion time.
+  constraint trade_executions_completed_when_final check (
+    completed_at is not null or status in ('claimed', 'submitted', 'unknown')
+  )
+);
+
+-- G5 cooldown and G6 anti-flip: the newest counting execution of (user, market, mode) inside the
+-- window — a backward index scan that stops at the first row (side is in the index for anti-flip).
+create index trade_executions_recent_idx
+  on public.trade_executions (user_id, market, mode, claimed_at desc) include (side)
+  where counts_toward_limits;
+-- Daily limits: count and sum of today's counting executions of (user, mode), from the index alone.
+create index trade_executions_daily_idx
+  on public.trade_executions (user_id, mode, claimed_at) include (amount_quote)
+  where counts_toward_limits;
+-- list_unsettled_executions: the reconciler's open orders, oldest first.
+create index trade_executions_unsettled_idx
+  on public.trade_executions (claimed_at) where status in ('claimed', 'submitted', 'unknown');
+-- Users' own list, newest first.
+create index trade_executions_user_claimed_idx on public.trade_executions (user_id, claimed_at desc);
+
+alter table public.trade_executions enable row level security;
+
+revoke all on public.trade_executions from public, anon, authenticated, service_role;
+grant select on public.trade_executions to authenticated;
+grant select on public.trade_executions to service_role;
+
+-- The order state machine in one place; record_execution_result and the trigger below both ask it.
+create or replace function private.execution_transition_allowed(p_from text, p_to text) returns boolean
+language sql
+immutable
+set search_path = ''
+as $$
+  select case p_from
+    when 'claimed' then p_to in ('submitted', 'unknown', 'filled', 'partially_filled', 'canceled',
+                                 'rejected', 'failed')
+    when 'submitted' then p_to in ('unknown', 'filled', 'partially_filled', 'canceled', 'rejected',
+                                   'failed')
+    when 'unknown' then p_to in ('submitted', 'filled', 'partially_filled', 'canceled', 'rejected',
+                                 'failed')
+    else false
+  end
+$$;
+revoke all on function private.execution_transition_allowed(text, text) from public, anon, authenticated;
+
+-- Backstop for the state machine, whoever writes: identity columns never change, status moves only
+-- along private.execution_transition_allowed, and a final execution's result never changes.
+create or replace function private.guard_trade_execution_update() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if (new.id, new.proposal_id, new.user_id, new.idempotency_key, new.client_order_id, new.mode,
+      new.market, new.side, new.amount_quote)
+     is distinct from
+     (old.id, old.proposal_id, old.user_id, old.idempotency_key, old.client_order_id, old.mode,
+      old.market, old.side, old.amount_quote) then
+    raise exception 'trade_executions: what was claimed never changes (execution %)', old.id
+      using errcode = '42501';
+  end if;
+  if old.status in ('filled', 'partially_filled', 'canceled', 'rejected', 'failed')
+     and (new.status, new.exchange_order_id, new.filled_amount, new.filled_amount_quote, new.price,
+          new.fee_paid, new.fee_currency, new.error_code, new.error_message, new.completed_at)
+         is distinct from
+         (old.status, old.exchange_order_id, old.filled_amount, old.filled_amount_quote, old.price,
+          old.fee_paid, old.fee_currency, old.error_code, old.error_message, old.completed_at) then
+    raise exception 'trade_executions: a % execution is final (execution %)', old.status, old.id
+      using errcode = '42501';
+  end if;
+  if new.status <> old.status and not private.execution_transition_allowed(old.status, new.status) then
+    raise exception 'trade_executions: % → % is not allowed (execution %)', old.status, new.status, old.id
+      using errcode = '42501';
+  end if;
+  return new;
+end;
+$$;
+revoke all on function private.guard_trade_execution_update() from public, anon, authenticated;
+
+create trigger trade_executions_guard before update on public.trade_executions
+  for each row execute function private.guard_trade_execution_update();
+create trigger trade_executions_touch before update on public.trade_executions
+  for each row execute function private.touch_updated_at();
+
+create policy "users can read their own trade executions"
+  on public.trade_executions for select to authenticated
+  using (user_id = (select auth.uid()));
+
+-- =============================================================================================
+-- Section - trade_history (the ledger: one row per (partially) filled execution)
+-- =============================================================================================
+create table public.trade_history (
+  id uuid primary key default extensions.gen_random_uuid(),
+  execution_id uuid not null,
+  proposal_id uuid not null,
+  user_id uuid not null references auth.users (id) on delete restrict,
+  market text not null,
+  side text not null,
+  amount numeric not null,
+  amount_quote numeric not null,
+  price numeric not null,
+  fee_paid numeric not null default 0,
+  fee_currency text,
+  mode text not null,
+  executed_at timestamptz not null default now(),
+  created_at timestamptz not null default now(),
+  -- Exactly one ledger row per execution, however often the fill is reported.
+  constraint trade_history_execution_key unique (execution_id),
+  constraint trade_history_execution_fkey foreign key (execution_id, user_id)
+    references public.trade_executions (id, user_id) on delete restrict,
+  constraint trade_history_market_format check (market ~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$'),
+  constraint trade_history_side check (side in ('buy', 'sell')),
+  constraint trade_history_mode check (mode in ('paper', 'live')),
+  constraint trade_history_figures check (
+    amount > 0 and amount < 'Infinity'
+    and amount_quote > 0 and amount_quote < 'Infinity'
+    and price > 0 and price < 'Infinity'
+    and fee_paid >= 0 and fee_paid < 'Infinity'
+  ),
+  constraint trade_history_fee_currency_length check (fee_currency is null or length(fee_currency) between 1 and 16)
+);
+
+-- Users' own ledger, newest first.
+create index trade_history_user_executed_idx on public.trade_history (user_id, executed_at desc);
+
+alter table public.trade_history enable row level security;
+
+-- Written only by record_execution_result; nobody updates or deletes ledger rows through the API.
+revoke all on public.trade_history from public, anon, authenticated, service_role;
+grant select on public.trade_history to authenticated;
+grant select on public.trade_history to service_role;
+
+create policy "users can read their own trade history"
+  on public.trade_history for select to authenticated
+  using (user_id = (select auth.uid()));
+
+-- =============================================================================================
+-- Section - execution helpers (private)
+-- =============================================================================================
+
+-- An execution as the RPCs return it: the row as json, without the internal counting flag.
+create or replace function private.execution_json(p_execution public.trade_executions) returns jsonb
+language sql
+stable
+set search_path = ''
+as $$
+  select case when p_execution.id is null then null
+              else pg_catalog.to_jsonb(p_execution) - 'counts_toward_limits' end
+$$;
+revoke all on function private.execution_json(public.trade_executions) from public, anon, authenticated;
+
+-- A timestamp for a human-readable reason: ISO 8601 in UTC, whatever the session's TimeZone.
+create or replace function private.utc_text(p_at timestamptz) returns text
+language sql
+stable
+set search_path = ''
+as $$
+  select pg_catalog.to_char(p_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+$$;
+revoke all on function private.utc_text(timestamptz) from public, anon, authenticated;
+
+-- One validator's entry for failed_checks: [] when it passed, [{"check", "reason"}] when not.
+create or replace function private.failed_check(p_check text, p_reasons text[]) returns jsonb
+language sql
+immutable
+set search_path = ''
+as $$
+  select case when coalesce(pg_catalog.cardinality(p_reasons), 0) = 0 then '[]'::jsonb
+              else pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+                     'check', p_check, 'reason', pg_catalog.array_to_string(p_reasons, '; ')))
+         end
+$$;
+revoke all on function private.failed_check(text, text[]) from public, anon, authenticated;
+
+-- A non-negative decimal from an exchange result (a JSON number or a decimal string), or null when
+-- absent; anything else is an invalid argument (22023), never a silently wrong figure.
+create or replace function private.result_numeric(p_result jsonb, p_key text) returns numeric
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v_value jsonb := p_result -> p_key;
+begin
+  if v_value is null or v_value = 'null'::jsonb then
+    return null;
+  end if;
+  if pg_catalog.jsonb_typeof(v_value) = 'number' then
+    if (v_value #>> '{}')::numeric < 0 then
+      raise exception 'p_result.% must not be negative, got %', p_key, v_value using errcode = '22023';
+    end if;
+    return (v_value #>> '{}')::numeric;
+  end if;
+  if pg_catalog.jsonb_typeof(v_value) = 'string'
+     and (v_value #>> '{}') ~ '^[0-9]{1,30}(\.[0-9]{1,30})?$' then
+    return (v_value #>> '{}')::numeric;
+  end if;
+  raise exception 'p_result.% must be a non-negative decimal (number or string), got %', p_key, v_value
+    using errcode = '22023';
+end;
+$$;
+revoke all on function private.result_numeric(jsonb, text) from public, anon, authenticated;
+
+-- A text field from an exchange result (string or number, e.g. Bitvavo's numeric errorCode), or
+-- null; at most p_max characters (longer messages are cut, longer identifiers are invalid).
+create or replace function private.result_text(p_result jsonb, p_key text, p_max integer,
+                                               p_truncate boolean default false) returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v_value jsonb := p_result -> p_key;
+  v_text text;
+begin
+  if v_value is null or v_value = 'null'::jsonb then
+    return null;
+  end if;
+  if pg_catalog.jsonb_typeof(v_value) not in ('string', 'number') then
+    raise exception 'p_result.% must be a string, got %', p_key, v_value using errcode = '22023';
+  end if;
+  v_text := v_value #>> '{}';
+  if v_text = '' then
+    return null;
+  end if;
+  if length(v_text) > p_max then
+    if p_truncate then
+      return left(v_text, p_max);
+    end if;
+    raise exception 'p_result.% must be at most % characters', p_key, p_max using errcode = '22023';
+  end if;
+  return v_text;
+end;
+$$;
+revoke all on function private.result_text(jsonb, text, integer, boolean) from public, anon, authenticated;
+
+-- A timestamp from an exchange result (ISO 8601 string), or null.
+create or replace function private.result_timestamp(p_result jsonb, p_key text) returns timestamptz
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_value jsonb := p_result -> p_key;
+begin
+  if v_value is null or v_value = 'null'::jsonb then
+    return null;
+  end if;
+  if pg_catalog.jsonb_typeof(v_value) = 'string'
+     and (v_value #>> '{}') ~ '^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}' then
+    begin
+      return (v_value #>> '{}')::timestamptz;
+    exception when others then
+      null;  -- reported below
+    end;
+  end if;
+  raise exception 'p_result.% must be an ISO 8601 timestamp, got %', p_key, v_value
+    using errcode = '22023';
+end;
+$$;
+revoke all on function private.result_timestamp(jsonb, text) from public, anon, authenticated;
+
+-- =============================================================================================
+-- Section - proposal RPCs
+-- =============================================================================================
+
+-- Creates a proposal for a known user from valid arguments only (22023 otherwise); approved by
+-- 'auto' exactly when the user has auto_execute and the confidence reaches min_confidence.
+create or replace function public.create_trade_proposal(
+  p_user_id uuid,
+  p_market text,
+  p_side text,
+  p_amount_quote numeric,
+  p_confidence numeric,
+  p_rationale text,
+  p_source text,
+  p_model text default null,
+  p_reference_price numeric default null,
+  p_scan_job_id uuid default null,
+  p_ttl_seconds integer default 900
+) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_settings public.trading_settings;
+  v_auto boolean;
+  v_proposal public.trade_proposals;
+begin
+  if p_user_id is null then
+    raise exception 'p_user_id is required' using errcode = '22023';
+  end if;
+  if p_market is null or p_market !~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$' then
+    raise exception 'p_market must look like BTC-EUR, got %', coalesce(p_market, 'null')
+      using errcode = '22023';
+  end if;
+  if p_side is null or p_side not in ('buy', 'sell') then
+    raise exception 'p_side must be buy or sell, got %', coalesce(p_side, 'null') using errcode = '22023';
+  end if;
+  if p_amount_quote is null or not (p_amount_quote > 0 and p_amount_quote < 'Infinity') then
+    raise exception 'p_amount_quote must be a positive amount, got %', coalesce(p_amount_quote::text, 'null')
+      using errcode = '22023';
+  end if;
+  if p_confidence is null or p_confidence not between 0 and 1 then
+    raise exception 'p_confidence must be between 0 and 1, got %', coalesce(p_confidence::text, 'null')
+      using errcode = '22023';
+  end if;
+  if p_source is null or p_source not in ('rules', 'openai', 'manual') then
+    raise exception 'p_source must be rules, openai or manual, got %', coalesce(p_source, 'null')
+      using errcode = '22023';
+  end if;
+  if p_ttl_seconds is null or p_ttl_seconds not between 1 and 86400 then
+    raise exception 'p_ttl_seconds must be between 1 and 86400, got %', coalesce(p_ttl_seconds::text, 'null')
+      using errcode = '22023';
+  end if;
+  if p_reference_price is not null and not (p_reference_price > 0 and p_reference_price < 'Infinity') then
+    raise exception 'p_reference_price must be positive when given, got %', p_reference_price
+      using errcode = '22023';
+  end if;
+  if length(coalesce(p_rationale, '')) > 10000 then
+    raise exception 'p_rationale must be at most 10000 characters' using errcode = '22023';
+  end if;
+  if p_model is not null and length(p_model) not between 1 and 100 then
+    raise exception 'p_model must be 1..100 characters when given' using errcode = '22023';
+  end if;
+  if not exists (select from auth.users u where u.id = p_user_id) then
+    raise exception 'unknown user %', p_user_id using errcode = '22023';
+  end if;
+  if p_scan_job_id is not null and not exists (
+       select from public.scan_jobs j where j.id = p_scan_job_id and j.user_id = p_user_id) then
+    raise exception 'scan job % is not one of user %''s jobs', p_scan_job_id, p_user_id
+      using errcode = '22023';
+  end if;
+
+  select * into v_settings from public.trading_settings s where s.user_id = p_user_id;
+  v_auto := coalesce(v_settings.auto_execute, false) and p_confidence >= v_settings.min_confidence;
+
+  insert into public.trade_proposals (user_id, scan_job_id, market, side, amount_quote, reference_price,
+                                      confidence, rationale, source, model, status, expires_at,
+                                      decided_at, decided_by)
+  values (p_user_id, p_scan_job_id, p_market, p_side, p_amount_quote, p_reference_price,
+          p_confidence, coalesce(p_rationale, ''), p_source, p_model,
+          case when v_auto then 'approved' else 'pending' end,
+          now() + make_interval(secs => p_ttl_seconds),
+          case when v_auto then now() end,
+          case when v_auto then 'auto' end)
+  returning * into v_proposal;
+
+  perform private.audit('proposal.created', p_user_id, v_proposal.id, null, pg_catalog.jsonb_build_object(
+    'market', v_proposal.market, 'side', v_proposal.side, 'amount_quote', v_proposal.amount_quote,
+    'confidence', v_proposal.confidence, 'source', v_proposal.source, 'model', v_proposal.model,
+    'scan_job_id', v_proposal.scan_job_id, 'status', v_proposal.status,
+    'decided_by', v_proposal.decided_by, 'expires_at', v_proposal.expires_at,
+    'min_confidence', v_settings.min_confidence, 'auto_execute', v_settings.auto_execute));
+
+  return pg_catalog.jsonb_build_object('proposal_id', v_proposal.id, 'status', v_proposal.status);
+end;
+$$;
+revoke execute on function public.create_trade_proposal(uuid, text, text, numeric, numeric, text, text, text, numeric, uuid, integer) from public, anon, authenticated;
+grant execute on function public.create_trade_proposal(uuid, text, text, numeric, numeric, text, text, text, numeric, uuid, integer) to service_role;
+
+-- The signed-in user approves or rejects one of their own pending, unexpired proposals; anyone
+-- else's proposal is `not_found`, indistinguishable from a missing one (G8).
+create or replace function public.decide_trade_proposal(p_proposal_id uuid, p_decision text) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_user_id uuid := auth.uid();
+  v_proposal public.trade_proposals;
+begin
+  if v_user_id is null then
+    raise exception 'decide_trade_proposal needs a signed-in user' using errcode = '42501';
+  end if;
+  if p_proposal_id is null then
+    raise exception 'p_proposal_id is required' using errcode = '22023';
+  end if;
+  if p_decision is null or p_decision not in ('approve', 'reject') then
+    raise exception 'p_decision must be approve or reject, got %', coalesce(p_decision, 'null')
+      using errcode = '22023';
+  end if;
+
+  -- The row lock orders this decision against a concurrent claim or expiry of the same proposal.
+  select * into v_proposal
+    from public.trade_proposals p
+   where p.id = p_proposal_id and p.user_id = v_user_id
+     for update;
+  if not found then
+    return pg_catalog.jsonb_build_object('outcome', 'not_found', 'proposal_id', p_proposal_id);
+  end if;
+
+  if v_proposal.status <> 'pending' then
+    perform private.audit('proposal.decision_refused', v_user_id, v_proposal.id, null,
+      pg_catalog.jsonb_build_object('decision', p_decision, 'status', v_proposal.status));
+    return pg_catalog.jsonb_build_object('outcome', 'invalid_state', 'proposal_id', v_proposal.id,
+                                         'status', v_proposal.status);
+  end if;
+
+  if now() >= v_proposal.expires_at then
+    -- What run_maintenance would do a moment later; the user sees the truth now.
+    update public.trade_proposals p set status = 'expired' where p.id = v_proposal.id;
+    perform private.audit('proposal.expired', v_user_id, v_proposal.id, null,
+      pg_catalog.jsonb_build_object('decision', p_decision, 'expires_at', v_proposal.expires_at));
+    return pg_catalog.jsonb_build_object('outcome', 'expired', 'proposal_id', v_proposal.id,
+                                         'status', 'expired');
+  end if;
+
+  update public.trade_proposals p
+     set status = case p_decision when 'approve' then 'approved' else 'rejected' end,
+         decided_by = 'user',
+         decided_at = now()
+   where p.id = v_proposal.id
+  returning * into v_proposal;
+
+  perform private.audit('proposal.decided', v_user_id, v_proposal.id, null,
+    pg_catalog.jsonb_build_object('decision', p_decision, 'status', v_proposal.status));
+  return pg_catalog.jsonb_build_object('outcome', 'decided', 'proposal_id', v_proposal.id,
+                                       'status', v_proposal.status);
+end;
+$$;
+revoke execute on function public.decide_trade_proposal(uuid, text) from public, anon, authenticated;
+grant execute on function public.decide_trade_proposal(uuid, text) to authenticated;
+
+-- =============================================================================================
+-- Section - execution RPCs (service-only)
+-- =============================================================================================
+
+-- G1, G4, G5, G6: in one transaction serialised per user, replays a known Idempotency-Key, refuses a
+-- second execution of a proposal, runs all seven validators and reports every failure, and claims
+-- the execution (status `claimed`, fresh client_order_id) only when all of them pass.
+create or replace function public.claim_trade_execution(
+  p_user_id uuid,
+  p_proposal_id uuid,
+  p_idempotency_key text,
+  p_mode text
+) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz;
+  v_existing public.trade_executions;
+  v_execution public.trade_executions;
+  v_proposal public.trade_proposals;
+  v_settings public.trading_settings;
+  v_controls public.system_controls;
+  v_market public.market_allowlist;
+  v_user_market public.trading_allowlist;
+  v_failed jsonb := '[]'::jsonb;
+  v_reasons text[];
+  v_max numeric;
+  v_max_source text;
+  v_last timestamptz;
+  v_day_start timestamptz;
+  v_count bigint;
+  v_sum numeric;
+  v_opposite text;
+  v_detail jsonb;
+begin
+  if p_user_id is null then
+    raise exception 'p_user_id is required' using errcode = '22023';
+  end if;
+  if p_proposal_id is null then
+    raise exception 'p_proposal_id is required' using errcode = '22023';
+  end if;
+  if p_idempotency_key is null or length(p_idempotency_key) not between 1 and 255
+     or p_idempotency_key !~ '^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$' then
+    raise exception 'p_idempotency_key must be 1..255 printable ASCII characters without leading or trailing spaces'
+      using errcode = '22023';
+  end if;
+  if p_mode is null or p_mode not in ('paper', 'live') then
+    raise exception 'p_mode must be paper or live, got %', coalesce(p_mode, 'null') using errcode = '22023';
+  end if;
+  -- Every statement below must see claims committed while we waited for the lock; a transaction
+  -- snapshot (REPEATABLE READ / SERIALIZABLE) would hide them.
+  if current_setting('transaction_isolation') <> 'read committed' then
+    raise exception 'claim_trade_execution must run in a READ COMMITTED transaction'
+      using errcode = '25000';
+  end if;
+
+  -- G1/G5/G6: all claims of one user queue here, before anything is read. Each later statement
+  -- takes a fresh snapshot, so it sees every claim committed before this lock was granted.
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('claim:' || p_user_id::text, 0));
+  v_now := pg_catalog.clock_timestamp();
+  v_detail := pg_catalog.jsonb_build_object('idempotency_key', p_idempotency_key, 'mode', p_mode);
+
+  -- G1: this (user, Idempotency-Key) has been used before.
+  select * into v_existing
+    from public.trade_executions e
+   where e.user_id = p_user_id and e.idempotency_key = p_idempotency_key;
+  if found then
+    if v_existing.proposal_id = p_proposal_id then
+      perform private.audit('claim.replayed', p_user_id, p_proposal_id, v_existing.id, v_detail);
+      return pg_catalog.jsonb_build_object('outcome', 'replayed',
+        'execution', private.execution_json(v_existing), 'failed_checks', '[]'::jsonb, 'reason', null);
+    end if;
+    perform private.audit('claim.conflict', p_user_id, p_proposal_id, v_existing.id,
+      v_detail || pg_catalog.jsonb_build_object('reason', 'idempotency_key_reused',
+                                                'key_proposal_id', v_existing.proposal_id));
+    return pg_catalog.jsonb_build_object('outcome', 'conflict', 'execution', null,
+      'failed_checks', '[]'::jsonb, 'reason', 'idempotency_key_reused');
+  end if;
+
+  -- G1: the proposal already has an execution under another key (only the user's own are seen).
+  select * into v_existing
+    from public.trade_executions e
+   where e.proposal_id = p_proposal_id and e.user_id = p_user_id;
+  if found then
+    perform private.audit('claim.conflict', p_user_id, p_proposal_id, v_existing.id,
+      v_detail || pg_catalog.jsonb_build_object('reason', 'already_executed'));
+    return pg_catalog.jsonb_build_object('outcome', 'conflict',
+      'execution', private.execution_json(v_existing), 'failed_checks', '[]'::jsonb,
+      'reason', 'already_executed');
+  end if;
+
+  -- G8: a missing proposal and another user's proposal look the same. The row lock orders this
+  -- claim against a concurrent decision or expiry of the proposal.
+  select * into v_proposal
+    from public.trade_proposals p
+   where p.id = p_proposal_id and p.user_id = p_user_id
+     for update;
+  if not found then
+    perform private.audit('claim.not_found', p_user_id, p_proposal_id, null, v_detail);
+    return pg_catalog.jsonb_build_object('outcome', 'not_found', 'execution', null,
+      'failed_checks', '[]'::jsonb, 'reason', 'proposal_not_found');
+  end if;
+
+  select * into v_settings from public.trading_settings s where s.user_id = p_user_id;
+  select * into v_controls from public.system_controls c limit 1;
+  select * into v_market from public.market_allowlist m where m.market = v_proposal.market;
+  select * into v_user_market
+    from public.trading_allowlist a
+   where a.user_id = p_user_id and a.market = v_proposal.market;
+
+  -- 1. allowlist (G4): enabled in the global market_allowlist and in the user's trading_allowlist.
+  v_reasons := '{}';
+  if v_market.market is null then
+    v_reasons := v_reasons || format('market %s is not in the global market allowlist', v_proposal.market);
+  elsif not v_market.enabled then
+    v_reasons := v_reasons || format('market %s is disabled in the global market allowlist', v_proposal.market);
+  end if;
+  if v_user_market.market is null then
+    v_reasons := v_reasons || format('market %s is not in your trading allowlist', v_proposal.market);
+  elsif not v_user_market.enabled then
+    v_reasons := v_reasons || format('market %s is disabled in your trading allowlist', v_proposal.market);
+  end if;
+  v_failed := v_failed || private.failed_check('allowlist', v_reasons);
+
+  -- 2. proposal_state: approved and not expired.
+  v_reasons := '{}';
+  if v_proposal.status <> 'approved' then
+    v_reasons := v_reasons || format('proposal is %s, not approved', v_proposal.status);
+  end if;
+  if v_now >= v_proposal.expires_at then
+    v_reasons := v_reasons || format('proposal expired at %s', private.utc_text(v_proposal.expires_at));
+  end if;
+  v_failed := v_failed || private.failed_check('proposal_state', v_reasons);
+
+  -- 3. order_limits: at least the market minimum, at most the smallest cap that is set.
+  v_reasons := '{}';
+  v_max := least(v_settings.max_order_quote, v_user_market.max_order_quote, v_market.max_order_quote,
+                 v_controls.max_order_quote);
+  v_max_source := case v_max
+    when v_settings.max_order_quote then 'your max_order_quote'
+    when v_user_market.max_order_quote then format('your allowlist limit for %s', v_proposal.market)
+    when v_market.max_order_quote then format('the market limit for %s', v_proposal.market)
+    else 'the system-wide limit' end;
+  if v_market.market is null then
+    v_reasons := v_reasons || format('market %s has no order limits (not in the global allowlist)', v_proposal.market);
+  elsif v_proposal.amount_quote < v_market.min_order_quote then
+    v_reasons := v_reasons || format('amount %s EUR is below the minimum order of %s EUR for %s',
+                                     v_proposal.amount_quote, v_market.min_order_quote, v_proposal.market);
+  end if;
+  if v_max is null then
+    v_reasons := v_reasons || 'no maximum order size is configured'::text;
+  elsif v_proposal.amount_quote > v_max then
+    v_reasons := v_reasons || format('amount %s EUR is above the maximum order of %s EUR (%s)',
+                                     v_proposal.amount_quote, v_max, v_max_source);
+  end if;
+  v_failed := v_failed || private.failed_check('order_limits', v_reasons);
+
+  -- 4. cooldown (G5): no counting execution of this (user, market, mode) inside cooldown_seconds.
+  --    Index: trade_executions_recent_idx.
+  v_reasons := '{}';
+  if v_settings.cooldown_seconds > 0 then
+    select max(e.claimed_at) into v_last
+      from public.trade_executions e
+     where e.user_id = p_user_id and e.market = v_proposal.market and e.mode = p_mode
+       and e.counts_toward_limits
+       and e.claimed_at > v_now - make_interval(secs => v_settings.cooldown_seconds);
+    if v_last is not null then
+      v_reasons := v_reasons || format('a %s order on %s was claimed at %s; the cooldown of %s s ends at %s',
+        p_mode, v_proposal.market, private.utc_text(v_last), v_settings.cooldown_seconds,
+        private.utc_text(v_last + make_interval(secs => v_settings.cooldown_seconds)));
+    end if;
+  end if;
+  v_failed := v_failed || private.failed_check('cooldown', v_reasons);
+
+  -- 5. anti_flip (G6): no counting execution on the opposite side inside anti_flip_seconds.
+  --    Index: trade_executions_recent_idx (side from the index).
+  v_reasons := '{}';
+  v_opposite := case v_proposal.side when 'buy' then 'sell' else 'buy' end;
+  if v_settings.anti_flip_seconds > 0 then
+    select max(e.claimed_at) into v_last
+      from public.trade_executions e
+     where e.user_id = p_user_id and e.market = v_proposal.market and e.mode = p_mode
+       and e.counts_toward_limits
+       and e.side = v_opposite
+       and e.claimed_at > v_now - make_interval(secs => v_settings.anti_flip_seconds);
+    if v_last is not null then
+      v_reasons := v_reasons || format('a %s %s order on %s was claimed at %s; %s is not allowed before %s',
+        p_mode, v_opposite, v_proposal.market, private.utc_text(v_last), v_proposal.side,
+        private.utc_text(v_last + make_interval(secs => v_settings.anti_flip_seconds)));
+    end if;
+  end if;
+  v_failed := v_failed || private.failed_check('anti_flip', v_reasons);
+
+  -- 6. daily_limits: today's (UTC) counting executions of this mode, by number and by amount.
+  --    Index: trade_executions_daily_idx (index-only).
+  v_reasons := '{}';
+  v_day_start := pg_catalog.date_trunc('day', v_now, 'UTC');
+  select count(*), coalesce(sum(e.amount_quote), 0) into v_count, v_sum
+    from public.trade_executions e
+   where e.user_id = p_user_id and e.mode = p_mode
+     and e.counts_toward_limits
+     and e.claimed_at >= v_day_start and e.claimed_at < v_day_start + interval '1 day';
+  if v_settings.user_id is null then
+    v_reasons := v_reasons || 'no trading settings for this user'::text;
+  else
+    if v_count >= v_settings.max_trades_per_day then
+      v_reasons := v_reasons || format('%s %s orders today (UTC) already; the limit is %s per day',
+                                       v_count, p_mode, v_settings.max_trades_per_day);
+    end if;
+    if v_sum + v_proposal.amount_quote > v_settings.max_daily_quote then
+      v_reasons := v_reasons || format('today''s %s orders total %s EUR; with %s EUR more that is above the daily limit of %s EUR',
+                                       p_mode, v_sum, v_proposal.amount_quote, v_settings.max_daily_quote);
+    end if;
+  end if;
+  v_failed := v_failed || private.failed_check('daily_limits', v_reasons);
+
+  -- 7. trading_enabled: not halted, the user trades, and for live money both live switches are on.
+  v_reasons := '{}';
+  if v_controls.trading_halted is distinct from false then
+    v_reasons := v_reasons || 'trading is halted system-wide'::text;
+  end if;
+  if v_settings.trading_enabled is distinct from true then
+    v_reasons := v_reasons || 'trading is disabled in your settings'::text;
+  end if;
+  if p_mode = 'live' then
+    if v_controls.live_trading_allowed is distinct from true then
+      v_reasons := v_reasons || 'live trading is not allowed system-wide'::text;
+    end if;
+    if v_settings.live_trading_enabled is distinct from true then
+      v_reasons := v_reasons || 'live trading is not enabled for your account'::text;
+    end if;
+  end if;
+  v_failed := v_failed || private.failed_check('trading_enabled', v_reasons);
+
+  if pg_catalog.jsonb_array_length(v_failed) > 0 then
+    perform private.audit('claim.rejected', p_user_id, p_proposal_id, null,
+      v_detail || pg_catalog.jsonb_build_object('failed_checks', v_failed,
+        'market', v_proposal.market, 'side', v_proposal.side, 'amount_quote', v_proposal.amount_quote));
+    return pg_catalog.jsonb_build_object('outcome', 'rejected', 'execution', null,
+      'failed_checks', v_failed, 'reason', 'validation_failed');
+  end if;
+
+  insert into public.trade_executions (proposal_id, user_id, idempotency_key, client_order_id, mode,
+                                       market, side, amount_quote, status, claimed_at)
+  values (v_proposal.id, p_user_id, p_idempotency_key, extensions.gen_random_uuid(), p_mode,
+          v_proposal.market, v_proposal.side, v_proposal.amount_quote, 'claimed', v_now)
+  returning * into v_execution;
+
+  update public.trade_proposals p set status = 'executing' where p.id = v_proposal.id;
+
+  perform private.audit('claim.claimed', p_user_id, p_proposal_id, v_execution.id,
+    v_detail || pg_catalog.jsonb_build_object(
+      'checks', pg_catalog.jsonb_build_array('allowlist', 'proposal_state', 'order_limits', 'cooldown',
+                                             'anti_flip', 'daily_limits', 'trading_enabled'),
+      'failed_checks', '[]'::jsonb, 'client_order_id', v_execution.client_order_id,
+      'market', v_execution.market, 'side', v_execution.side, 'amount_quote', v_execution.amount_quote));
+  return pg_catalog.jsonb_build_object('outcome', 'claimed', 'execution', private.execution_json(v_execution),
+    'failed_checks', '[]'::jsonb, 'reason', null);
+end;
+$$;
+revoke execute on function public.claim_trade_execution(uuid, uuid, text, text) from public, anon, authenticated;
+grant execute on function public.claim_trade_execution(uuid, uuid, text, text) to service_role;
+
+-- Moves an execution along the state machine only (illegal moves are an outcome, repeats a no-op);
+-- a fill writes exactly one trade_history row and marks the proposal executed, rejected/failed (or
+-- canceled without a fill) mark it failed; every answer is audited.
+create or replace function public.record_execution_result(p_execution_id uuid, p_result jsonb) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  c_keys constant text[] := array['status', 'exchange_order_id', 'filled_amount', 'filled_amount_quote',
+                                  'price', 'fee_paid', 'fee_currency', 'error_code', 'error_message',
+                                  'submitted_at', 'completed_at'];
+  v_unknown_keys text[];
+  v_status text;
+  v_filled numeric;
+  v_filled_quote numeric;
+  v_price numeric;
+  v_fee numeric;
+  v_exchange_order_id text;
+  v_fee_currency text;
+  v_error_code text;
+  v_error_message text;
+  v_submitted_at timestamptz;
+  v_completed_at timestamptz;
+  v_old public.trade_executions;
+  v_new public.trade_executions;
+  v_final boolean;
+  v_fill boolean;
+  v_history boolean := false;
+  v_proposal_status text;
+  v_clock timestamptz := pg_catalog.clock_timestamp();
+begin
+  if p_execution_id is null then
+    raise exception 'p_execution_id is required' using errcode = '22023';
+  end if;
+  if p_result is null or pg_catalog.jsonb_typeof(p_result) <> 'object' then
+    raise exception 'p_result must be a JSON object' using errcode = '22023';
+  end if;
+  select array_agg(k order by k) into v_unknown_keys
+    from pg_catalog.jsonb_object_keys(p_result) k
+   where k <> all (c_keys);
+  if v_unknown_keys is not null then
+    raise exception 'p_result has unknown keys: %', array_to_string(v_unknown_keys, ', ')
+      using errcode = '22023', hint = 'allowed: ' || array_to_string(c_keys, ', ');
+  end if;
+  v_status := p_result ->> 'status';
+  if pg_catalog.jsonb_typeof(p_result -> 'status') is distinct from 'string' or v_status not in
+     ('submitted', 'filled', 'partially_filled', 'canceled', 'rejected', 'failed', 'unknown') then
+    raise exception 'p_result.status must be one of submitted, filled, partially_filled, canceled, rejected, failed, unknown; got %',
+      coalesce(p_result -> 'status', 'null'::jsonb) using errcode = '22023';
+  end if;
+  v_filled := private.result_numeric(p_result, 'filled_amount');
+  v_filled_quote := private.result_numeric(p_result, 'filled_amount_quote');
+  v_price := nullif(private.result_numeric(p_result, 'price'), 0);
+  v_fee := private.result_numeric(p_result, 'fee_paid');
+  v_exchange_order_id := private.result_text(p_result, 'exchange_order_id', 128);
+  v_fee_currency := private.result_text(p_result, 'fee_currency', 16);
+  v_error_code := private.result_text(p_result, 'error_code', 64);
+  v_error_message := private.result_text(p_result, 'error_message', 2000, true);
+  v_submitted_at := private.result_timestamp(p_result, 'submitted_at');
+  v_completed_at := private.result_timestamp(p_result, 'completed_at');
+  if v_status in ('rejected', 'failed') and v_filled > 0 then
+    raise exception 'p_result: a % order cannot have filled_amount %', v_status, v_filled
+      using errcode = '22023';
+  end if;
+
+  -- Concurrent reports of the same execution queue here; the second sees the first's result.
+  select * into v_old from public.trade_executions e where e.id = p_execution_id for update;
+  if not found then
+    perform private.audit('execution.result_not_found', null, null, p_execution_id,
+      pg_catalog.jsonb_build_object('result', p_result));
+    return pg_catalog.jsonb_build_object('outcome', 'not_found', 'execution', null);
+  end if;
+
+  if v_old.status = v_status then
+    perform private.audit('execution.result_unchanged', v_old.user_id, v_old.proposal_id, v_old.id,
+      pg_catalog.jsonb_build_object('status', v_old.status, 'result', p_result));
+    return pg_catalog.jsonb_build_object('outcome', 'unchanged', 'execution', private.execution_json(v_old));
+  end if;
+  if not private.execution_transition_allowed(v_old.status, v_status) then
+    perform private.audit('execution.illegal_transition', v_old.user_id, v_old.proposal_id, v_old.id,
+      pg_catalog.jsonb_build_object('from', v_old.status, 'to', v_status, 'result', p_result));
+    return pg_catalog.jsonb_build_object('outcome', 'illegal_transition',
+      'execution', private.execution_json(v_old));
+  end if;
+
+  v_final := v_status in ('filled', 'partially_filled', 'canceled', 'rejected', 'failed');
+  -- Figures reported earlier (e.g. with `submitted`) stay unless this report has newer ones.
+  v_filled := coalesce(v_filled, v_old.filled_amount);
+  v_filled_quote := coalesce(v_filled_quote, v_old.filled_amount_quote);
+  v_price := coalesce(v_price, v_old.price);
+  v_fill := v_status in ('filled', 'partially_filled') or (v_status = 'canceled' and v_filled > 0);
+  if v_status in ('filled', 'partially_filled') and coalesce(v_filled, 0) = 0 then
+    raise exception 'p_result: a % order needs filled_amount > 0', v_status using errcode = '22023';
+  end if;
+  if v_fill then
+    if v_filled_quote is null and v_price is null then
+      raise exception 'p_result: a fill needs filled_amount_quote or price' using errcode = '22023';
+    end if;
+    v_filled_quote := coalesce(v_filled_quote, v_filled * v_price);
+    v_price := coalesce(v_price, v_filled_quote / v_filled);
+    if v_filled_quote = 0 then
+      raise exception 'p_result: a fill needs filled_amount_quote > 0' using errcode = '22023';
+    end if;
+  end if;
+
+  update public.trade_executions e
+     set status = v_status,
+         exchange_order_id = coalesce(v_exchange_order_id, e.exchange_order_id),
+         filled_amount = v_filled,
+         filled_amount_quote = v_filled_quote,
+         price = v_price,
+         fee_paid = coalesce(v_fee, e.fee_paid),
+         fee_currency = coalesce(v_fee_currency, e.fee_currency),
+         error_code = coalesce(v_error_code, e.error_code),
+         error_message = coalesce(v_error_message, e.error_message),
+         -- `failed` is certainly not placed: no submission time unless one was known before.
+         submitted_at = coalesce(e.submitted_at, v_submitted_at,
+                                 case when v_status <> 'failed' then v_clock end),
+         completed_at = case when v_final then coalesce(v_completed_at, v_clock) else e.completed_at end
+   where e.id = v_old.id
+  returning * into v_new;
+
+  if v_fill then
+    insert into public.trade_history (execution_id, proposal_id, user_id, market, side, amount,
+                                      amount_quote, price, fee_paid, fee_currency, mode, executed_at)
+    values (v_new.id, v_new.proposal_id, v_new.user_id, v_new.market, v_new.side, v_new.filled_amount,
+            v_new.filled_amount_quote, v_new.price, coalesce(v_new.fee_paid, 0), v_new.fee_currency,
+            v_new.mode, v_new.completed_at)
+    on conflict (execution_id) do nothing;
+    v_history := found;
+    v_proposal_status := 'executed';
+  elsif v_final then
+    v_proposal_status := 'failed';
+  end if;
+  if v_proposal_status is not null then
+    update public.trade_proposals p set status = v_proposal_status
+     where p.id = v_new.proposal_id and p.status = 'executing';
+  end if;
+
+  perform private.audit('execution.status_changed', v_new.user_id, v_new.proposal_id, v_new.id,
+    pg_catalog.jsonb_build_object('from', v_old.status, 'to', v_new.status, 'result', p_result,
+      'trade_history_written', v_history, 'proposal_status', v_proposal_status));
+  return pg_catalog.jsonb_build_object('outcome', 'updated', 'execution', private.execution_json(v_new));
+end;
+$$;
+revoke execute on function public.record_execution_result(uuid, jsonb) from public, anon, authenticated;
+grant execute on function public.record_execution_result(uuid, jsonb) to service_role;
+
+-- G10: the reconciler's work list — executions whose outcome is still open (claimed, submitted,
+-- unknown) and older than the given age, oldest first, at most 500.
+create or replace function public.list_unsettled_executions(
+  p_older_than_seconds integer default 30,
+  p_limit integer default 50
+) returns setof public.trade_executions
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+begin
+  if p_older_than_seconds is not null and p_older_than_seconds < 0 then
+    raise exception 'p_older_than_seconds must not be negative, got %', p_older_than_seconds
+      using errcode = '22023';
+  end if;
+  return query
+    select e.*
+      from public.trade_executions e
+     where e.status in ('claimed', 'submitted', 'unknown')
+       and e.claimed_at <= now() - make_interval(secs => coalesce(p_older_than_seconds, 30))
+     order by e.claimed_at, e.id
+     limit greatest(1, least(coalesce(p_limit, 50), 500));
+end;
+$$;
+revoke execute on function public.list_unsettled_executions(integer, integer) from public, anon, authenticated;
+grant execute on function public.list_unsettled_executions(integer, integer) to service_role;
