@@ -440,7 +440,9 @@ class OrderReference(BaseModel):
         order_id: str | None,
     ) -> OrderReference:
         try:
-            return cls(market=market, client_order_id=client_order_id, order_id=order_id)
+            return cls.model_validate(
+                {"market": market, "client_order_id": client_order_id, "order_id": order_id}
+            )
         except ValidationError as exc:
             raise InvalidOrderRequest(_describe(exc)) from None
 
