@@ -207,6 +207,10 @@ class Exchange:
                 "capabilities": ["buy", "sell", "depositCrypto", "depositFiat",
                                  "withdrawCrypto", "withdrawFiat"]}
 
+    def account_fees(self, query: Query, body: Any, now: int) -> Any:
+        query.market(needed=False)
+        return {"tier": 0, "volume": "0.00", "taker": "0.0025", "maker": "0.0015"}
+
     def balance(self, query: Query, body: Any, now: int) -> Any:
         return self.account.balance(now, query.get("symbol"))
 
@@ -231,18 +235,29 @@ class Exchange:
 
     def cancel_order(self, query: Query, body: Any, now: int) -> Any:
         market, order_id, client_order_id = self._order_ref(query)
+        operator_id = self._operator_id(query)
+        order = self.account.cancel(market, order_id, client_order_id, now)
+        answer: dict[str, object] = {"orderId": order.order_id}
+        if order.client_order_id is not None:
+            answer["clientOrderId"] = order.client_order_id
+        answer["operatorId"] = operator_id
+        return answer
+
+    @staticmethod
+    def _operator_id(query: Query) -> int:
         operator_id = query.get("operatorId")
         if operator_id is None:
             raise required("operatorId")
         if not re.fullmatch(r"-?\d{1,19}", operator_id) or not (
                 -(2**63) <= int(operator_id) < 2**63):
             raise invalid("operatorId")
-        order = self.account.cancel(market, order_id, client_order_id, now)
-        answer: dict[str, object] = {"orderId": order.order_id}
-        if order.client_order_id is not None:
-            answer["clientOrderId"] = order.client_order_id
-        answer["operatorId"] = int(operator_id)
-        return answer
+        return int(operator_id)
+
+    def cancel_orders(self, query: Query, body: Any, now: int) -> Any:
+        market = query.market(needed=False)
+        operator_id = self._operator_id(query)
+        canceled = self.account.cancel_all(market, now)
+        return [{"orderId": order.order_id, "operatorId": operator_id} for order in canceled]
 
     def orders(self, query: Query, body: Any, now: int) -> Any:
         market = query.market(needed=True)
@@ -272,11 +287,13 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/ticker/book"): Route(Exchange.ticker_book, 1),
     ("GET", "/ticker/24h"): Route(Exchange.ticker_24h, 1, weight_without_market=25),
     ("GET", "/account"): Route(Exchange.account_info, 1, VIEW),
+    ("GET", "/account/fees"): Route(Exchange.account_fees, 1, VIEW),
     ("GET", "/balance"): Route(Exchange.balance, 5, VIEW),
     ("POST", "/order"): Route(Exchange.place_order, 1, TRADE),
     # Reading orders and fills needs the trade permission (reference: "Key permissions").
     ("GET", "/order"): Route(Exchange.get_order, 1, TRADE),
     ("DELETE", "/order"): Route(Exchange.cancel_order, 1, TRADE),
+    ("DELETE", "/orders"): Route(Exchange.cancel_orders, 25, TRADE, weight_without_market=100),
     ("GET", "/orders"): Route(Exchange.orders, 5, TRADE),
     ("GET", "/ordersOpen"): Route(Exchange.orders_open, 5, TRADE, weight_without_market=100),
     ("GET", "/trades"): Route(Exchange.trades, 5, TRADE),
@@ -346,7 +363,9 @@ def _is_loopback(host: str) -> bool:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "bitvavo-sandbox"
-    sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version
     exchange: Exchange  # set on the subclass by `make_server`
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming

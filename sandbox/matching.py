@@ -446,6 +446,15 @@ class Account:
             order.updated = now_ms
             return order
 
+    def cancel_all(self, market: str | None, now_ms: int) -> list[Order]:
+        with self._lock:
+            self.settle(now_ms)
+            open_orders = [o for o in self.orders
+                           if o.is_open and (market is None or o.market == market)]
+            for order in open_orders:
+                self.cancel(order.market, order.order_id, None, now_ms)
+            return open_orders
+
     def history(self, market: str, now_ms: int, limit: int, start: int | None,
                 end: int | None) -> list[Order]:
         with self._lock:

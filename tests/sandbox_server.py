@@ -102,14 +102,14 @@ class SandboxServer:
         self.log_path.unlink(missing_ok=True)
 
 
-def _launch(env: dict[str, str] | None, seed: int) -> SandboxServer:
+def _launch(env: dict[str, str] | None, seed: int, host: str) -> SandboxServer:
     log = tempfile.NamedTemporaryFile(prefix="bitvavo-sandbox-", suffix=".log", delete=False)
     log_path = Path(log.name)
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SANDBOX_")}
     full_env.update(env or {})
     full_env["PYTHONUNBUFFERED"] = "1"
     process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox.bitvavo", "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, "-m", "sandbox.bitvavo", "--host", host, "--port", "0",
          "--seed", str(seed)],
         cwd=REPO_ROOT, env=full_env, stdout=subprocess.PIPE, stderr=log, text=True,
     )
@@ -137,9 +137,10 @@ def _launch(env: dict[str, str] | None, seed: int) -> SandboxServer:
 
 
 @contextmanager
-def start_sandbox(env: dict[str, str] | None = None, seed: int = 42) -> Iterator[SandboxServer]:
+def start_sandbox(env: dict[str, str] | None = None, seed: int = 42,
+                  host: str = "127.0.0.1") -> Iterator[SandboxServer]:
     """A private sandbox with custom `SANDBOX_KEYS` / `SANDBOX_BALANCES` / `SANDBOX_RATE_LIMIT`."""
-    server = _launch(env, seed)
+    server = _launch(env, seed, host)
     try:
         yield server
     finally:

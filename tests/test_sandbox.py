@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -695,3 +696,65 @@ def test_control_surface_answers_loopback(bitvavo_sandbox: SandboxServer) -> Non
 def test_hmac_helper_is_plain_sha256() -> None:
     expected = hmac.new(b"k", b"1GET/v2/time", hashlib.sha256).hexdigest()
     assert sign("k", 1, "GET", "/time") == expected
+
+
+def test_cancel_all_orders_releases_every_hold(trade: Signer) -> None:
+    first = trade.order(orderType="limit", amount="0.001", price="10000").json()
+    second = trade.order(market="ETH-EUR", orderType="limit", amount="1", price="10").json()
+    assert_error(trade.request("DELETE", "/orders?market=BTC-EUR"), 400, 203)
+    answer = trade.request("DELETE", f"/orders?operatorId={OPERATOR_ID}").json()
+    assert {row["orderId"] for row in answer} == {first["orderId"], second["orderId"]}
+    assert balances(trade) == {"EUR": (Decimal("10000"), Decimal(0))}
+    fees = trade.get("/account/fees?market=BTC-EUR").json()
+    assert fees["taker"] == "0.0025"
+
+
+def test_request_log_names_requests_but_never_credentials(bitvavo_sandbox: SandboxServer,
+                                                          trade: Signer) -> None:
+    trade.order(amountQuote="10")
+    trade.get("/balance", secret="wrong")
+    log = bitvavo_sandbox.log()
+    assert "POST /v2/order 200" in log and "GET /v2/balance 403" in log
+    assert bitvavo_sandbox.trade_secret not in log
+    assert bitvavo_sandbox.trade_key not in log
+    assert "signature" not in log.lower()
+
+
+def _non_loopback_address() -> str | None:
+    candidates = []
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 9))  # no packet is sent for a UDP connect
+        candidates.append(probe.getsockname()[0])
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    try:
+        candidates.append(socket.gethostbyname(socket.gethostname()))
+    except OSError:
+        pass
+    return next((a for a in candidates if not a.startswith(("127.", "0."))), None)
+
+
+def test_control_surface_refuses_non_loopback_peers() -> None:
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to call from")
+    with start_sandbox(host="0.0.0.0") as server:  # noqa: S104 - the point of the test
+        port = server.root.rsplit(":", 1)[1]
+        remote = f"http://{address}:{port}"
+        assert httpx.get(remote + "/v2/time", timeout=5).status_code == 200
+        for method, path in (("GET", "/_sandbox/orders"), ("POST", "/_sandbox/reset"),
+                             ("POST", "/_sandbox/faults")):
+            response = httpx.request(method, remote + path, json={"fault": "error"}, timeout=5)
+            assert response.status_code == 403, (method, path)
+        assert server.set_fault(fault="none")["fault"] == "none"  # loopback still works
+
+
+def test_loopback_detection() -> None:
+    from sandbox.bitvavo import _is_loopback
+
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("127.8.9.10")
+    assert not _is_loopback("10.0.0.5") and not _is_loopback("192.168.1.2")
+    assert not _is_loopback("not-an-ip")
