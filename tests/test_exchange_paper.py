@@ -24,9 +24,12 @@ def test_market_buy_by_amount_quote(paper: PaperTrade) -> None:
     order = paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"))
     assert isinstance(order, Order)
     assert order.status == "filled" and order.is_final
-    assert order.filled_amount == Decimal("0.00027777")  # rounded down to 8 decimals
-    assert order.filled_amount_quote == Decimal("10")
-    assert order.fee_paid == Decimal("0.025") and order.fee_currency == "EUR"
+    # spends at most amountQuote, fee included: 10 / 1.0025 / 36000, rounded down to 8 decimals
+    assert order.filled_amount == Decimal("0.00027708")
+    assert order.filled_amount_quote == Decimal("0.00027708") * PRICE == Decimal("9.97488")
+    assert order.fee_paid == Decimal("0.02493720") and order.fee_currency == "EUR"
+    assert order.filled_amount_quote + order.fee_paid <= Decimal("10")
+    assert order.amount_quote_remaining == Decimal("10") - Decimal("9.97488") - order.fee_paid
     assert order.fills[0].price == PRICE and order.fills[0].taker is True
     assert order.operator_id == 7
     assert isinstance(order.client_order_id, uuid.UUID) and order.client_order_id.version == 4
@@ -42,8 +45,16 @@ def test_market_sell_by_amount(paper: PaperTrade) -> None:
 
 def test_configurable_fee_rate() -> None:
     paper = PaperTrade(lambda _: PRICE, taker_fee_rate=Decimal("0.0015"))
-    order = paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("100"))
-    assert order.fee_paid == Decimal("0.15")
+    order = paper.place_market_order("BTC-EUR", "buy", amount=Decimal("0.01"))
+    assert order.filled_amount_quote == Decimal("360")
+    assert order.fee_paid == Decimal("0.54")
+
+
+def test_sell_by_amount_quote_charges_the_fee_on_the_proceeds(paper: PaperTrade) -> None:
+    order = paper.place_market_order("ETH-EUR", "sell", amount_quote=Decimal("100"))
+    assert order.filled_amount == Decimal("0.05")
+    assert order.filled_amount_quote == Decimal("100")
+    assert order.fee_paid == Decimal("0.25")
 
 
 def test_fee_rate_must_not_be_float() -> None:

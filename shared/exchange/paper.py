@@ -1,7 +1,8 @@
 """PaperTrade: BitvavoTrade's interface, simulated in memory, no credentials (TRADING_MODE=paper).
 
 A market order fills at once at `price_source(market)` (trading_execute passes the public
-ticker price). The taker fee is charged in the quote currency. A limit order fills at the
+ticker price). The taker fee is charged in the quote currency and, as on the exchange, a buy by
+amountQuote spends at most amountQuote, fee included. A limit order fills at the
 current price when it is marketable, otherwise it rests as `new` until cancelled. Orders are
 kept in memory so `get_order(client_order_id=…)` answers like the exchange would, and refusals
 use the exchange's exceptions (OrderNotFound, ClientOrderIdConflict) so callers handle one set.
@@ -16,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from typing import Any, Literal
 
 from shared.exchange.errors import (
@@ -197,16 +198,29 @@ class PaperTrade:
         return order
 
     def _fill(self, request: OrderRequest, price: Decimal, now: datetime) -> dict[str, Any]:
+        """Like the exchange: the fee is charged in quote; a buy by amountQuote spends at most
+        amountQuote, fee included; amounts are whole quanta (8 decimals), rounded down."""
+        rate = self.taker_fee_rate
         if request.amount is not None:
             amount = request.amount
-            quote = (amount * price).quantize(AMOUNT_QUANTUM, ROUND_HALF_EVEN)
         else:
             assert request.amount_quote is not None
-            amount = (request.amount_quote / price).quantize(AMOUNT_QUANTUM, ROUND_DOWN)
-            quote = request.amount_quote
+            budget = (
+                request.amount_quote / (1 + rate)
+                if request.side == "buy"
+                else (request.amount_quote)
+            )
+            amount = (budget / price).quantize(AMOUNT_QUANTUM, ROUND_DOWN)
+        quote = amount * price
+        fee = (quote * rate).quantize(AMOUNT_QUANTUM, ROUND_UP)
+        if request.side == "buy" and request.amount_quote is not None:
+            while amount > 0 and quote + fee > request.amount_quote:
+                amount -= AMOUNT_QUANTUM
+                quote = amount * price
+                fee = (quote * rate).quantize(AMOUNT_QUANTUM, ROUND_UP)
         if amount <= 0:
             raise InvalidOrderRequest("the order is too small to fill a single unit")
-        fee = (quote * self.taker_fee_rate).quantize(AMOUNT_QUANTUM, ROUND_HALF_EVEN)
+        spent_quote = quote + fee if request.side == "buy" else quote
         fee_currency = request.market.split("-")[1]
         fill = Fill(
             id=str(uuid.uuid4()),
@@ -221,7 +235,9 @@ class PaperTrade:
         return {
             "status": "filled",
             "amount_remaining": Decimal(0) if request.amount is not None else None,
-            "amount_quote_remaining": Decimal(0) if request.amount_quote is not None else None,
+            "amount_quote_remaining": (
+                request.amount_quote - spent_quote if request.amount_quote is not None else None
+            ),
             "filled_amount": amount,
             "filled_amount_quote": quote,
             "fee_paid": fee,
