@@ -161,7 +161,7 @@ class BitvavoTransport:
             endpoint,
             response.status_code,
             (time.monotonic() - started) * 1000,
-            self.credentials.masked_key if signed and self.credentials else "none",
+            self.credentials.masked_key if self.credentials else "none",
         )
         return self._read(response, endpoint)
 
