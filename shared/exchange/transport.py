@@ -10,8 +10,10 @@ Credentials never appear in logs or exceptions; logs carry the key id masked.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -48,6 +50,13 @@ KEY_HEADER = "Bitvavo-Access-Key"
 TIMESTAMP_HEADER = "Bitvavo-Access-Timestamp"
 SIGNATURE_HEADER = "Bitvavo-Access-Signature"
 WINDOW_HEADER = "Bitvavo-Access-Window"
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verification (certifi), built once per process: loading the CA bundle
+    costs ~50 ms, which every short-lived client would otherwise pay again."""
+    return httpx.create_ssl_context()
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,9 @@ class BitvavoTransport:
         self.access_window_ms = access_window_ms
         self._clock = clock
         self._owns_client = http_client is None
-        self._client = http_client or httpx.Client(timeout=timeout, transport=http_transport)
+        self._client = http_client or httpx.Client(
+            timeout=timeout, transport=http_transport, verify=_tls_context()
+        )
         self.rate_limit = RateLimitBudget(
             clock=clock,
             sleep=sleep,
