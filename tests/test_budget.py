@@ -439,3 +439,23 @@ def test_budget_rpcs_are_service_only(budget_db: Database, role: str) -> None:
         assert exc.value.sqlstate == "42501", fn
     assert usage_row(db, reservation)["status"] == "reserved"
     assert db.scalar("select count(*) from public.gpt_usage_log where user_id = %s", (user,)) == 1
+
+
+def test_g7_reservation_records_its_scan_job_and_refuses_another_users_job(
+        budget_db: Database) -> None:
+    db = budget_db
+    alice, bob = new_user(db), new_user(db)
+    db.query("insert into public.market_allowlist (market, enabled) values ('BTC-EUR', true)")
+    jobs = {u: db.scalar("insert into public.scan_jobs (user_id, market) values (%s, 'BTC-EUR') "
+                         "returning id", (u,)) for u in (alice, bob)}
+    own = reserve(db, alice, p_scan_job_id=jobs[alice])
+    assert usage_row(db, own["reservation_id"])["scan_job_id"] == jobs[alice]
+    with pytest.raises(psycopg.Error) as exc:
+        reserve(db, alice, p_scan_job_id=jobs[bob])
+    assert exc.value.sqlstate == "22023"
+    # A job deleted mid-scan: the call is still accounted for, without the job.
+    gone = reserve(db, alice, p_scan_job_id=uuid.uuid4())
+    assert gone["allowed"] is True
+    assert usage_row(db, gone["reservation_id"])["scan_job_id"] is None
+    db.query("delete from public.scan_jobs where id = %s", (jobs[alice],))
+    assert usage_row(db, own["reservation_id"])["scan_job_id"] is None

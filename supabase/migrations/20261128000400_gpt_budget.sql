@@ -60,8 +60,8 @@ create table public.gpt_usage_log (
   id uuid primary key default extensions.gen_random_uuid(),
   user_id uuid not null references auth.users (id) on delete cascade,
   scan_job_id uuid references public.scan_jobs (id) on delete set null,
-  -- No price, no reservation; and a price in use cannot be deleted from under a reservation.
-  model text not null references public.gpt_model_prices (model) on update cascade,
+  -- No price, no reservation; a price in use can be neither deleted nor renamed.
+  model text not null references public.gpt_model_prices (model),
   status text not null default 'reserved' check (status in ('reserved', 'settled', 'released')),
   reserved_usd numeric not null check (reserved_usd >= 0),
   max_prompt_tokens integer check (max_prompt_tokens >= 0),
@@ -202,6 +202,8 @@ declare
   v_day numeric;
   v_reason text;
   v_id uuid;
+  v_job_owner uuid;
+  v_scan_job_id uuid;
 begin
   if p_user_id is null then
     raise exception 'p_user_id is required' using errcode = '22023';
@@ -227,9 +229,14 @@ begin
                               'reason', 'not_found', 'spent_hour_usd', null, 'spent_day_usd', null,
                               'hourly_limit_usd', null, 'daily_limit_usd', null);
   end if;
-  if p_scan_job_id is not null
-     and not exists (select 1 from public.scan_jobs j where j.id = p_scan_job_id and j.user_id = p_user_id) then
-    raise exception 'p_scan_job_id is not a scan job of this user' using errcode = '22023';
+  -- Another user's job is a caller bug; a job the user deleted while it was being scanned is not,
+  -- and the reservation is then recorded without it.
+  if p_scan_job_id is not null then
+    select j.user_id into v_job_owner from public.scan_jobs j where j.id = p_scan_job_id;
+    if found and v_job_owner <> p_user_id then
+      raise exception 'p_scan_job_id belongs to another user' using errcode = '22023';
+    end if;
+    v_scan_job_id := case when found then p_scan_job_id end;
   end if;
 
   -- Everything from here to the insert is one critical section per user: the spend read below
@@ -258,7 +265,7 @@ begin
                          'spent_hour_usd', v_hour, 'spent_day_usd', v_day,
                          'hourly_limit_usd', v_settings.gpt_hourly_budget_usd,
                          'daily_limit_usd', v_settings.gpt_daily_budget_usd,
-                         'scan_job_id', p_scan_job_id));
+                         'scan_job_id', v_scan_job_id));
     return jsonb_build_object('allowed', false, 'reservation_id', null, 'reserved_usd', 0,
                               'worst_case_usd', v_cost, 'reason', v_reason, 'spent_hour_usd', v_hour, 'spent_day_usd', v_day,
                               'hourly_limit_usd', v_settings.gpt_hourly_budget_usd,
@@ -267,7 +274,7 @@ begin
 
   insert into public.gpt_usage_log (user_id, scan_job_id, model, status, reserved_usd,
                                     max_prompt_tokens, max_completion_tokens)
-  values (p_user_id, p_scan_job_id, p_model, 'reserved', v_cost,
+  values (p_user_id, v_scan_job_id, p_model, 'reserved', v_cost,
           p_max_prompt_tokens, p_max_completion_tokens)
   returning id into v_id;
 
