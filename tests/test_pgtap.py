@@ -60,8 +60,11 @@ def test_pgtap_suite_passes(db: Database) -> None:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
                           timeout=600)
     output = f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}"
-    assert proc.returncode == 0, f"pg_prove exited {proc.returncode}:\n{output}"
-    assert "Result: PASS" in proc.stdout, output
+    print(output)  # the whole TAP stream, shown by pytest when the test fails
+    failures = "\n".join(line for line in f"{proc.stdout}\n{proc.stderr}".splitlines()
+                         if line.strip() and not line.startswith("ok "))
+    assert proc.returncode == 0, f"pg_prove exited {proc.returncode}:\n{failures}"
+    assert "Result: PASS" in proc.stdout, failures
     # The suite rolls back: the clone is left exactly as the migrations made it.
     assert db.scalar("select count(*) from pg_namespace where nspname = 'tap'") == 0
     assert db.scalar("select count(*) from pg_extension where extname = 'pgtap'") == 0

@@ -1,0 +1,319 @@
+"""SPEC §2 migration conformance with the real Supabase CLI (pinned in package.json).
+
+On a FRESH PostgreSQL 15 + pg_cron cluster that has only `supabase/local/*.sql` (what hosted
+Supabase already has), `supabase db push --db-url … --yes` must apply every migration and record
+it in `supabase_migrations.schema_migrations`; a second push is a no-op; `supabase migration list`
+shows every version on both sides. Plain `psql -v ON_ERROR_STOP=1` over local + migrations in
+file-name order must give the same schema, and `supabase/seed.sql` applies (twice) on top.
+
+The CLI is run offline: telemetry and the update check are switched off by environment
+(`SUPABASE_TELEMETRY_DISABLED`, `DO_NOT_TRACK`, `SUPABASE_NO_UPDATE_NOTIFIER`, all honoured by
+2.117.0) and HOME is a temp dir, because it writes ~/.supabase. A missing CLI fails with the
+install command; nothing here is ever skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, ROOT, SEED, Cluster, free_port, sql_files
+from tests.pg import connect
+
+SUPABASE_BIN = ROOT / "node_modules" / ".bin" / "supabase"
+PINNED_VERSION = json.loads((ROOT / "package.json").read_text())["devDependencies"]["supabase"]
+INSTALL_HINT = (
+    f"the Supabase CLI is not installed at {SUPABASE_BIN.relative_to(ROOT)}. Install the pinned "
+    f"version (supabase@{PINNED_VERSION}, package.json + package-lock.json) with:\n"
+    f"  cd {ROOT} && npm ci\n"
+    "(needs Node.js >= 18 and npm; the binary comes from the npm registry's "
+    "@supabase/cli-<platform> package, nothing is downloaded from elsewhere)"
+)
+MIGRATION_FILE = re.compile(r"^(\d{14})_([a-z0-9_]+)\.sql$")
+CLI_TIMEOUT = 300
+
+
+def migration_files() -> list[tuple[str, str]]:
+    """(version, name) of every migration file, in file-name order."""
+    found = []
+    for path in sorted(MIGRATIONS.glob("*.sql")):
+        match = MIGRATION_FILE.match(path.name)
+        assert match, f"{path.name}: migration files must be named <YYYYMMDDHHMMSS>_<name>.sql"
+        found.append((match.group(1), match.group(2)))
+    return found
+
+
+@dataclass
+class Cli:
+    home: Path
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "HOME": str(self.home),
+            "SUPABASE_TELEMETRY_DISABLED": "1",
+            "DO_NOT_TRACK": "1",
+            "SUPABASE_NO_UPDATE_NOTIFIER": "1",
+            "NO_COLOR": "1",
+        }
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        assert SUPABASE_BIN.exists(), INSTALL_HINT
+        assert shutil.which("node"), "Node.js is not installed (the CLI shim needs it).\n" + (
+            INSTALL_HINT)
+        started = time.monotonic()
+        proc = subprocess.run([str(SUPABASE_BIN), *args], cwd=ROOT, env=self.env(),
+                              capture_output=True, text=True, timeout=CLI_TIMEOUT,
+                              stdin=subprocess.DEVNULL, check=False)
+        print(f"$ supabase {' '.join(args)}  # exit {proc.returncode} in "
+              f"{time.monotonic() - started:.2f}s\n{proc.stdout}{proc.stderr}")
+        return proc
+
+
+def db_url(cluster: Cluster) -> str:
+    return f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres?sslmode=disable"
+
+
+def describe(proc: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+
+
+def fresh_cluster(root: Path, name: str) -> Cluster:
+    """A new PostgreSQL 15 + pg_cron (cron.database_name = postgres) with supabase/local only."""
+    cluster = Cluster(data_dir=root / name, port=free_port(), cron_database="postgres",
+                      settings={"fsync": "off", "synchronous_commit": "off"})
+    cluster.init()
+    cluster.start()
+    cluster.apply("postgres", sql_files(LOCAL_SQL))
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def workdir() -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(prefix="aio-migrations-"))
+    tmp.chmod(0o755)  # the postgres OS user (we may be root) must reach the data directories
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cli(workdir: Path) -> Cli:
+    home = workdir / "home"
+    home.mkdir()
+    return Cli(home=home)
+
+
+@pytest.fixture(scope="module")
+def cli_cluster(workdir: Path) -> Iterator[Cluster]:
+    cluster = fresh_cluster(workdir, "cli")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def psql_cluster(workdir: Path) -> Iterator[Cluster]:
+    # A cluster of its own: pg_cron can only be created in cron.database_name.
+    cluster = fresh_cluster(workdir, "psql")
+    try:
+        cluster.apply("postgres", sql_files(MIGRATIONS))
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def first_push(cli: Cli, cli_cluster: Cluster) -> subprocess.CompletedProcess[str]:
+    return cli.run("db", "push", "--db-url", db_url(cli_cluster), "--yes")
+
+
+def schema_migrations(cluster: Cluster) -> list[tuple[str, str, int]]:
+    with connect(cluster.url(), autocommit=True) as conn:
+        return [(v, n, k) for v, n, k in conn.execute(
+            "select version, name, coalesce(cardinality(statements), 0) "
+            "from supabase_migrations.schema_migrations order by version").fetchall()]
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+def test_supabase_cli_is_the_pinned_version(cli: Cli) -> None:
+    assert PINNED_VERSION == "2.117.0", "package.json must pin supabase at exactly 2.117.0"
+    lock = json.loads((ROOT / "package-lock.json").read_text())
+    assert lock["packages"]["node_modules/supabase"]["version"] == PINNED_VERSION
+    proc = cli.run("--version")
+    assert proc.returncode == 0, describe(proc)
+    assert proc.stdout.strip() == PINNED_VERSION, describe(proc)
+
+
+def test_config_toml_is_read_without_complaint(first_push: Any) -> None:
+    # `db push` reads supabase/config.toml first; 2.117.0 answers an invalid value with
+    # "Failed reading config: …" and exit 1 before it connects.
+    text = f"{first_push.stdout}\n{first_push.stderr}".lower()
+    assert "failed reading config" not in text, describe(first_push)
+    assert first_push.returncode == 0, describe(first_push)
+    config = (ROOT / "supabase" / "config.toml").read_text()
+    assert 'project_id = "auto-invest-oracle"' in config
+    assert re.search(r"(?m)^major_version = 15$", config)
+    assert re.search(r"(?m)^port = 54322$", config)
+
+
+# -- db push ---------------------------------------------------------------------------------
+def test_db_push_applies_every_migration(first_push: Any, cli_cluster: Cluster) -> None:
+    assert first_push.returncode == 0, describe(first_push)
+    expected = migration_files()
+    assert expected, "no migration files found"
+    output = first_push.stdout + first_push.stderr
+    for version, name in expected:
+        assert f"{version}_{name}.sql" in output, describe(first_push)
+    rows = schema_migrations(cli_cluster)
+    assert [(v, n) for v, n, _ in rows] == expected
+    assert all(k > 0 for _, _, k in rows), f"a migration was recorded without statements: {rows}"
+
+
+def test_second_db_push_is_a_no_op(first_push: Any, cli: Cli, cli_cluster: Cluster) -> None:
+    assert first_push.returncode == 0, describe(first_push)
+    before = schema_migrations(cli_cluster)
+    proc = cli.run("db", "push", "--db-url", db_url(cli_cluster), "--yes")
+    assert proc.returncode == 0, describe(proc)
+    output = (proc.stdout + proc.stderr).lower()
+    assert "up to date" in output, describe(proc)
+    assert "applying migration" not in output, describe(proc)
+    assert schema_migrations(cli_cluster) == before
+
+
+def test_migration_list_shows_every_version_applied(first_push: Any, cli: Cli,
+                                                     cli_cluster: Cluster) -> None:
+    assert first_push.returncode == 0, describe(first_push)
+    proc = cli.run("migration", "list", "--db-url", db_url(cli_cluster))
+    assert proc.returncode == 0, describe(proc)
+    rows: dict[str, tuple[str, str]] = {}
+    for line in proc.stdout.splitlines():
+        cells = [c.strip().strip("`").strip() for c in line.split("|")]
+        if len(cells) == 3 and re.fullmatch(r"\d{14}", cells[0] or cells[1]):
+            rows[cells[0] or cells[1]] = (cells[0], cells[1])
+    versions = [v for v, _ in migration_files()]
+    assert sorted(rows) == versions, describe(proc)
+    for version in versions:
+        assert rows[version] == (version, version), (
+            f"{version} is not applied on both sides (Local, Remote) = {rows[version]}\n"
+            + describe(proc))
+
+
+# -- plain psql gives the same schema --------------------------------------------------------
+CATALOG_QUERIES = {
+    "tables": """
+        select n.nspname || '.' || c.relname || ' kind=' || c.relkind::text
+               || ' rls=' || c.relrowsecurity::text
+        from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname in ('public', 'private', 'auth', 'extensions')
+          and c.relkind in ('r', 'p', 'v', 'm', 'S')""",
+    "columns": """
+        select table_schema || '.' || table_name || '.' || column_name || ' ' || data_type
+               || ' null=' || is_nullable || ' default=' || coalesce(column_default, '')
+        from information_schema.columns where table_schema in ('public', 'private')""",
+    "constraints": """
+        select conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+        from pg_constraint where connamespace = 'public'::regnamespace""",
+    "indexes": """
+        select indexname || ' ' || indexdef from pg_indexes where schemaname = 'public'""",
+    "functions": """
+        select p.oid::regprocedure::text || ' returns ' || pg_get_function_result(p.oid)
+               || ' definer=' || p.prosecdef::text || ' config=' || coalesce(p.proconfig::text, '')
+               || ' acl=' || coalesce(p.proacl::text, 'default')
+        from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+        where n.nspname in ('public', 'private')""",
+    "policies": """
+        select schemaname || '.' || tablename || ' ' || policyname || ' ' || cmd || ' '
+               || roles::text || ' using=' || coalesce(qual, '')
+               || ' check=' || coalesce(with_check, '')
+        from pg_policies where schemaname = 'public'""",
+    "triggers": """
+        select tgrelid::regclass::text || ' ' || tgname || ' ' || tgenabled::text
+        from pg_trigger where not tgisinternal""",
+    "table_grants": """
+        select grantee || ' ' || privilege_type || ' ' || table_schema || '.' || table_name
+        from information_schema.role_table_grants where table_schema = 'public'""",
+    "column_grants": """
+        select grantee || ' ' || privilege_type || ' ' || table_name || '.' || column_name
+        from information_schema.column_privileges
+        where table_schema = 'public' and grantee in ('anon', 'authenticated', 'service_role')""",
+    "cron_jobs": "select jobname || ' ' || schedule || ' ' || command from cron.job",
+}
+
+
+def catalog(cluster: Cluster) -> dict[str, set[str]]:
+    with connect(cluster.url(), autocommit=True) as conn:
+        return {name: {row[0] for row in conn.execute(sql).fetchall()}
+                for name, sql in CATALOG_QUERIES.items()}
+
+
+def test_plain_psql_gives_the_same_schema_as_db_push(first_push: Any, cli_cluster: Cluster,
+                                                     psql_cluster: Cluster) -> None:
+    assert first_push.returncode == 0, describe(first_push)
+    pushed, plain = catalog(cli_cluster), catalog(psql_cluster)
+    public_tables = {t for t in plain["tables"] if t.startswith("public.") and " kind=r" in t}
+    assert len(public_tables) >= 11, f"plain psql made too few tables: {sorted(plain['tables'])}"
+    diffs = {}
+    for name in CATALOG_QUERIES:
+        only_push = pushed[name] - plain[name]
+        only_psql = plain[name] - pushed[name]
+        if only_push or only_psql:
+            diffs[name] = {"only db push": sorted(only_push), "only plain psql": sorted(only_psql)}
+    assert not diffs, json.dumps(diffs, indent=2)
+
+
+def test_plain_psql_records_no_migration_history(psql_cluster: Cluster) -> None:
+    # Plain psql is the SPEC §2 path for a bare PostgreSQL; only the CLI keeps a history table.
+    with connect(psql_cluster.url(), autocommit=True) as conn:
+        assert conn.execute(
+            "select to_regclass('supabase_migrations.schema_migrations')").fetchone() == (None,)
+
+
+# -- seed ------------------------------------------------------------------------------------
+DEMO_USER = "d3e0d3e0-0000-4000-8000-000000000001"
+SEED_COUNTS = {
+    "select count(*) from auth.users where id = %(u)s and email = 'demo@example.test'": 1,
+    "select count(*) from public.trading_settings where user_id = %(u)s "
+    "and trading_enabled and auto_execute and not live_trading_enabled": 1,
+    "select count(*) from public.market_allowlist "
+    "where market in ('BTC-EUR', 'ETH-EUR') and enabled": 2,
+    "select count(*) from public.trading_allowlist where user_id = %(u)s "
+    "and market in ('BTC-EUR', 'ETH-EUR') and enabled": 2,
+    "select count(*) from public.scan_jobs where user_id = %(u)s "
+    "and market in ('BTC-EUR', 'ETH-EUR') and interval_seconds = 60 and enabled": 2,
+    "select count(*) from public.gpt_model_prices where (model, input_usd_per_mtok, "
+    "cached_input_usd_per_mtok, output_usd_per_mtok) in "
+    "(('gpt-4o-mini', 0.15, 0.075, 0.60), ('gpt-4.1-mini', 0.40, 0.10, 1.60))": 2,
+}
+
+
+def test_seed_applies_on_top_and_is_idempotent(first_push: Any, cli_cluster: Cluster) -> None:
+    assert first_push.returncode == 0, describe(first_push)
+    cli_cluster.apply("postgres", [SEED])
+    with connect(cli_cluster.url(), autocommit=True) as conn:
+        got = {sql: conn.execute(sql, {"u": DEMO_USER}).fetchone()[0] for sql in SEED_COUNTS}
+        totals = conn.execute(
+            "select (select count(*) from auth.users), (select count(*) from public.scan_jobs), "
+            "(select count(*) from public.trading_allowlist), "
+            "(select count(*) from public.gpt_model_prices)").fetchone()
+    assert got == SEED_COUNTS
+    cli_cluster.apply("postgres", [SEED])  # a second run changes nothing
+    with connect(cli_cluster.url(), autocommit=True) as conn:
+        again = conn.execute(
+            "select (select count(*) from auth.users), (select count(*) from public.scan_jobs), "
+            "(select count(*) from public.trading_allowlist), "
+            "(select count(*) from public.gpt_model_prices)").fetchone()
+    assert again == totals
