@@ -87,10 +87,6 @@ grant execute on function public.run_maintenance() to service_role;
 -- =============================================================================================
 do $$
 begin
-  -- Commit durably even where the server runs with synchronous_commit = off (the throwaway test
-  -- clusters do, and stop in immediate mode): a lost job definition would silently stop
-  -- maintenance. A no-op where it is already on, as on Supabase.
-  perform set_config('synchronous_commit', 'on', true);
   if exists (select from cron.job where jobname = 'run-maintenance') then
     perform cron.unschedule('run-maintenance');
   end if;
