@@ -1,5 +1,7 @@
 """claim_trade_execution: G1 idempotency under concurrency, G5/G6 under concurrency, argument
-validation, tenant isolation (G8) and who may call the execution RPCs at all."""
+validation, tenant isolation (G8) and who may call the execution RPCs at all.
+
+Tests share one database per module (`db`), each with its own users and markets."""
 
 from __future__ import annotations
 
@@ -12,20 +14,27 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from tests.pg import Database
-from tests.test_execution_support import (
+from tests.test_execution_support import (  # the database fixtures: db, module_db, fresh_db
+    _fresh_db_fixture,  # noqa: F401
+    _module_db_fixture,  # noqa: F401
+    _shared_db_fixture,  # noqa: F401
     backdate,
     claim,
     claimed,
     failed_checks,
+    market_of,
+    new_user,
     propose,
     race,
+    scalar,
+    sql,
     trader,
 )
 
 
 def execution_count(db: Database, **where: object) -> int:
     clause = " and ".join(f"{k} = %({k})s" for k in where) or "true"
-    return db.scalar(f"select count(*) from public.trade_executions where {clause}",  # noqa: S608
+    return scalar(db, f"select count(*) from public.trade_executions where {clause}",  # noqa: S608
                      where)
 
 
@@ -39,7 +48,7 @@ def test_g1_fifty_concurrent_claims_of_one_proposal_claim_exactly_once(db: Datab
     assert {r["reason"] for r in results if r["outcome"] == "conflict"} == {"already_executed"}
     assert execution_count(db, proposal_id=proposal) == 1
     winner = next(r for r in results if r["outcome"] == "claimed")["execution"]
-    assert db.scalar("select status from public.trade_proposals where id = %s", (proposal,)) == \
+    assert scalar(db, "select status from public.trade_proposals where id = %s", (proposal,)) == \
         "executing"
     # The winner's key replays the same execution.
     replay = claim(db, user, proposal, key=winner["idempotency_key"])
@@ -111,11 +120,11 @@ def test_claim_returns_the_execution_row(db: Database) -> None:
     assert execution["idempotency_key"] == "row-key"
     assert execution["status"] == "claimed"
     assert execution["mode"] == "paper"
-    assert (execution["market"], execution["side"]) == ("BTC-EUR", "sell")
+    assert (execution["market"], execution["side"]) == (market_of(user), "sell")
     assert execution["amount_quote"] == Decimal("12.5")
     assert uuid.UUID(execution["client_order_id"])
     assert "counts_toward_limits" not in execution
-    row = db.query("select client_order_id, claimed_at from public.trade_executions where id = %s",
+    row = sql(db, "select client_order_id, claimed_at from public.trade_executions where id = %s",
                    (execution["id"],))[0]
     assert str(row[0]) == execution["client_order_id"]
 
@@ -168,7 +177,7 @@ def test_claim_of_another_users_proposal_is_not_found(db: Database) -> None:
     result = claim(db, mallory, proposal)
     assert result == {"outcome": "not_found", "execution": None, "failed_checks": [],
                       "reason": "proposal_not_found"}
-    assert execution_count(db) == 0
+    assert execution_count(db, proposal_id=proposal) == 0
     # Alice's proposal is untouched and still claimable by Alice.
     assert claim(db, alice, proposal)["outcome"] == "claimed"
 
@@ -199,7 +208,7 @@ def test_claim_of_a_missing_proposal_is_not_found(db: Database) -> None:
 @pytest.mark.parametrize("role", ["anon", "authenticated"])
 def test_execution_rpcs_are_not_callable_from_a_browser(db: Database, fn: str, args: dict,
                                                         role: str) -> None:
-    user = db.create_user()
+    user = new_user(db)
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         db.rpc(fn, role=role, user_id=user if role == "authenticated" else None, **args)
 
@@ -241,7 +250,7 @@ def test_claim_rejects_invalid_key_or_mode(db: Database, key: str | None, mode: 
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         db.rpc("claim_trade_execution", p_user_id=user, p_proposal_id=proposal,
                p_idempotency_key=key, p_mode=mode)
-    assert execution_count(db) == 0
+    assert execution_count(db, user_id=user) == 0
 
 
 def test_claim_accepts_a_255_character_printable_key(db: Database) -> None:

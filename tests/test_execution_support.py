@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 
-from tests.pg import Database, connect
+from tests.pg import Database, SessionCluster, connect
 
 MARKET = "BTC-EUR"
 CHECK_ORDER = ["allowlist", "proposal_state", "order_limits", "cooldown", "anti_flip",
@@ -25,10 +27,83 @@ CHECK_ORDER = ["allowlist", "proposal_state", "order_limits", "cooldown", "anti_
 T = TypeVar("T")
 
 
+# -- databases -----------------------------------------------------------------------------------
+# Cloning a database per test costs ~0.4 s, ten times what a test does; so the execution tests share
+# one database per module: every test works with its own user and its own market, and scopes what it
+# counts to them. Tests that flip system-wide switches (system_controls) or list across users take
+# `fresh_db` instead. A test module opts in by importing the three fixture functions below (pytest
+# registers a fixture under its `name=` wherever the function is a module attribute).
+@pytest.fixture(scope="module", name="module_db")
+def _module_db_fixture(pg_session: SessionCluster) -> Iterator[Database]:
+    database = pg_session.new_database()
+    try:
+        yield database
+    finally:
+        pg_session.drop(database)
+
+
+@pytest.fixture(name="db")
+def _shared_db_fixture(module_db: Database) -> Database:
+    """The module's shared database (overrides conftest's per-test `db` where imported)."""
+    return module_db
+
+
+@pytest.fixture(name="fresh_db")
+def _fresh_db_fixture(pg_session: SessionCluster) -> Iterator[Database]:
+    """A database of this test's own, for tests that change system-wide state."""
+    database = pg_session.new_database()
+    try:
+        yield database
+    finally:
+        pg_session.drop(database)
+
+
+# One superuser and one API connection per test database, reused by the helpers below (a new
+# connection per call would dominate the suite's runtime); closed when the Database goes away.
+_CONNECTIONS: dict[str, tuple[psycopg.Connection[Any], psycopg.Connection[Any]]] = {}
+
+
+def _connections(db: Database) -> tuple[psycopg.Connection[Any], psycopg.Connection[Any]]:
+    if db.name not in _CONNECTIONS:
+        _CONNECTIONS[db.name] = (db.connect(), connect(db.authenticator_url))
+        weakref.finalize(db, _close, db.name)
+    return _CONNECTIONS[db.name]
+
+
+def _close(name: str) -> None:
+    for conn in _CONNECTIONS.pop(name, ()):
+        conn.close()
+
+
+def sql(db: Database, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    """Run a statement as the superuser on the cached connection."""
+    cur = _connections(db)[0].execute(statement, params)
+    return cur.fetchall() if cur.description else []
+
+
+def scalar(db: Database, statement: str, params: Any = None) -> Any:
+    rows = sql(db, statement, params)
+    return rows[0][0] if rows else None
+
+
+def new_user(db: Database) -> uuid.UUID:
+    """An auth user (its trading_settings row comes from the foundation's trigger)."""
+    user_id = uuid.uuid4()
+    sql(db, "insert into auth.users (id, email, aud, role) "
+            "values (%s, %s, 'authenticated', 'authenticated')",
+        (user_id, f"{user_id.hex[:8]}@example.test"))
+    return user_id
+
+
+def api(db: Database) -> psycopg.Connection[Any]:
+    """The cached connection that `db.rpc(..., conn=api(db))` runs requests on (as PostgREST)."""
+    return _connections(db)[1]
+
+
 def allow_market(db: Database, market: str = MARKET, *, enabled: bool = True,
                  min_order_quote: str = "5", max_order_quote: str | None = None) -> None:
     """Put a market in the global allowlist (or change its row)."""
-    db.query(
+    sql(db,
         "insert into public.market_allowlist (market, enabled, min_order_quote, max_order_quote) "
         "values (%s, %s, %s, %s) on conflict (market) do update set enabled = excluded.enabled, "
         "min_order_quote = excluded.min_order_quote, max_order_quote = excluded.max_order_quote",
@@ -39,7 +114,7 @@ def allow_market(db: Database, market: str = MARKET, *, enabled: bool = True,
 def allow_user_market(db: Database, user_id: uuid.UUID, market: str = MARKET, *,
                       enabled: bool = True, max_order_quote: str | None = None) -> None:
     """Put a market in the user's trading allowlist (or change the row)."""
-    db.query(
+    sql(db,
         "insert into public.trading_allowlist (user_id, market, enabled, max_order_quote) "
         "values (%s, %s, %s, %s) on conflict (user_id, market) do update set "
         "enabled = excluded.enabled, max_order_quote = excluded.max_order_quote",
@@ -48,34 +123,52 @@ def allow_user_market(db: Database, user_id: uuid.UUID, market: str = MARKET, *,
 
 def set_settings(db: Database, user_id: uuid.UUID, **columns: Any) -> None:
     assignments = ", ".join(f"{name} = %({name})s" for name in columns)
-    db.query(f"update public.trading_settings set {assignments} "  # noqa: S608 - test names
+    sql(db, f"update public.trading_settings set {assignments} "  # noqa: S608 - test names
              "where user_id = %(user_id)s", {**columns, "user_id": user_id})
 
 
 def set_controls(db: Database, **columns: Any) -> None:
     assignments = ", ".join(f"{name} = %({name})s" for name in columns)
-    db.query(f"update public.system_controls set {assignments}", columns)  # noqa: S608
+    sql(db, f"update public.system_controls set {assignments}", columns)  # noqa: S608
 
 
-def trader(db: Database, market: str = MARKET, **settings: Any) -> uuid.UUID:
-    """A user who may trade `market` in paper mode: allowlisted twice, trading enabled."""
-    user_id = db.create_user()
+_MARKETS: dict[uuid.UUID, str] = {}
+
+
+def new_market() -> str:
+    """A market name no other test uses (matches ^[A-Z0-9]{1,15}-[A-Z]{2,6}$)."""
+    return f"T{uuid.uuid4().hex[:12].upper()}-EUR"
+
+
+def market_of(user_id: uuid.UUID) -> str:
+    """The market `trader` allowlisted for this user (propose's default)."""
+    return _MARKETS.get(user_id, MARKET)
+
+
+def trader(db: Database, market: str | None = None, **settings: Any) -> uuid.UUID:
+    """A user who may trade a market of their own (or `market`) in paper mode: allowlisted
+    globally and in the user's list, trading enabled; `settings` override trading_settings."""
+    user_id = new_user(db)
+    market = market or new_market()
+    _MARKETS[user_id] = market
     allow_market(db, market)
     allow_user_market(db, user_id, market)
     set_settings(db, user_id, **{"trading_enabled": True, **settings})
     return user_id
 
 
-def propose(db: Database, user_id: uuid.UUID, *, market: str = MARKET, side: str = "buy",
+def propose(db: Database, user_id: uuid.UUID, *, market: str | None = None, side: str = "buy",
             amount: str = "10", confidence: str = "0.9", approve: bool = True,
             ttl_seconds: int = 900) -> uuid.UUID:
     """A proposal made by the service, approved by its user through decide_trade_proposal."""
-    result = db.rpc("create_trade_proposal", p_user_id=user_id, p_market=market, p_side=side,
-                    p_amount_quote=Decimal(amount), p_confidence=Decimal(confidence),
+    result = db.rpc("create_trade_proposal", conn=api(db), p_user_id=user_id,
+                    p_market=market or market_of(user_id),
+                    p_side=side, p_amount_quote=Decimal(amount), p_confidence=Decimal(confidence),
                     p_rationale="test", p_source="rules", p_ttl_seconds=ttl_seconds)
     proposal_id = uuid.UUID(result["proposal_id"])
     if approve and result["status"] == "pending":
-        decided = db.rpc("decide_trade_proposal", role="authenticated", user_id=user_id,
+        decided = db.rpc("decide_trade_proposal", conn=api(db), role="authenticated",
+                         user_id=user_id,
                          p_proposal_id=proposal_id, p_decision="approve")
         assert decided["status"] == "approved", decided
     return proposal_id
@@ -83,14 +176,14 @@ def propose(db: Database, user_id: uuid.UUID, *, market: str = MARKET, side: str
 
 def claim(db: Database, user_id: uuid.UUID, proposal_id: uuid.UUID, key: str | None = None,
           mode: str = "paper", conn: psycopg.Connection[Any] | None = None) -> dict[str, Any]:
-    return db.rpc("claim_trade_execution", conn=conn, p_user_id=user_id,
+    return db.rpc("claim_trade_execution", conn=conn or api(db), p_user_id=user_id,
                   p_proposal_id=proposal_id, p_idempotency_key=key or f"key-{uuid.uuid4()}",
                   p_mode=mode)
 
 
 def record(db: Database, execution_id: uuid.UUID | str, conn: psycopg.Connection[Any] | None = None,
            **result: Any) -> dict[str, Any]:
-    return db.rpc("record_execution_result", conn=conn, p_execution_id=execution_id,
+    return db.rpc("record_execution_result", conn=conn or api(db), p_execution_id=execution_id,
                   p_result=Jsonb(result))
 
 
@@ -107,7 +200,7 @@ def failed_checks(result: dict[str, Any]) -> list[str]:
 
 def backdate(db: Database, execution_id: uuid.UUID | str, seconds: int) -> None:
     """Pretend the execution was claimed `seconds` earlier (executions are not append-only)."""
-    db.query("update public.trade_executions "
+    sql(db, "update public.trade_executions "
              "set claimed_at = claimed_at - make_interval(secs => %s) where id = %s",
              (seconds, execution_id))
 

@@ -1,24 +1,33 @@
 """The seven pre-flight validators of claim_trade_execution, each passing and failing, and all of
-them reported together in SPEC order."""
+them reported together in SPEC order.
+
+Tests share one database per module (`db`), each with its own user and market; tests that flip
+system_controls use `fresh_db`."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.pg import Database
-from tests.test_execution_support import (
+from tests.test_execution_support import (  # the database fixtures: db, module_db, fresh_db
     CHECK_ORDER,
-    MARKET,
+    _fresh_db_fixture,  # noqa: F401
+    _module_db_fixture,  # noqa: F401
+    _shared_db_fixture,  # noqa: F401
     allow_market,
     allow_user_market,
     backdate,
     claim,
     claimed,
     failed_checks,
+    market_of,
+    new_market,
     propose,
     record,
+    scalar,
     set_controls,
     set_settings,
+    sql,
     trader,
 )
 
@@ -49,15 +58,15 @@ def test_allowlist_passes_when_market_enabled_in_both_allowlists(db: Database) -
 def test_allowlist_rejects_market_missing_or_disabled_in_either_allowlist(db: Database,
                                                                            case: str) -> None:
     user = trader(db)
-    market = MARKET
+    market = market_of(user)
     if case == "missing_globally":
-        market = "ETH-EUR"  # in neither list (the user's row needs the global one to exist)
+        market = new_market()  # in neither list (the user's row needs the global one to exist)
     elif case == "disabled_globally":
-        allow_market(db, MARKET, enabled=False)
+        allow_market(db, market, enabled=False)
     elif case == "missing_for_user":
-        db.query("delete from public.trading_allowlist where user_id = %s", (user,))
+        sql(db, "delete from public.trading_allowlist where user_id = %s", (user,))
     else:
-        allow_user_market(db, user, MARKET, enabled=False)
+        allow_user_market(db, user, market, enabled=False)
     result = claim(db, user, propose(db, user, market=market))
     expected = {
         "missing_globally": "not in the global market allowlist",
@@ -70,14 +79,15 @@ def test_allowlist_rejects_market_missing_or_disabled_in_either_allowlist(db: Da
     assert expected in reason(result, "allowlist")
     if case != "missing_globally":  # a missing market also has no order limits
         assert_only_failure(result, "allowlist")
-    assert db.scalar("select count(*) from public.trade_executions") == 0
+    assert scalar(db, "select count(*) from public.trade_executions where user_id = %s",
+                  (user,)) == 0
 
 
 # -- 2. proposal_state -------------------------------------------------------------------------
 def test_proposal_state_passes_for_approved_unexpired_proposal(db: Database) -> None:
     user = trader(db)
     proposal = propose(db, user)
-    assert db.scalar("select status from public.trade_proposals where id = %s", (proposal,)) == \
+    assert scalar(db, "select status from public.trade_proposals where id = %s", (proposal,)) == \
         "approved"
     assert_claimed(claim(db, user, proposal))
 
@@ -90,7 +100,7 @@ def test_proposal_state_rejects_unapproved_or_expired_proposal(db: Database, cas
         db.rpc("decide_trade_proposal", role="authenticated", user_id=user,
                p_proposal_id=proposal, p_decision="reject")
     if case == "expired":
-        db.query("update public.trade_proposals set expires_at = now() - interval '1 second' "
+        sql(db, "update public.trade_proposals set expires_at = now() - interval '1 second' "
                  "where id = %s", (proposal,))
     result = claim(db, user, proposal)
     assert_only_failure(result, "proposal_state")
@@ -103,13 +113,13 @@ def test_proposal_state_rejects_unapproved_or_expired_proposal(db: Database, cas
 # -- 3. order_limits ---------------------------------------------------------------------------
 def test_order_limits_pass_at_the_market_minimum(db: Database) -> None:
     user = trader(db)
-    allow_market(db, MARKET, min_order_quote="5")
+    allow_market(db, market_of(user), min_order_quote="5")
     assert_claimed(claim(db, user, propose(db, user, amount="5")))
 
 
 def test_order_limits_reject_below_the_market_minimum(db: Database) -> None:
     user = trader(db)
-    allow_market(db, MARKET, min_order_quote="5")
+    allow_market(db, market_of(user), min_order_quote="5")
     result = claim(db, user, propose(db, user, amount="4.99"))
     assert_only_failure(result, "order_limits")
     assert "below the minimum order of 5 EUR" in reason(result, "order_limits")
@@ -123,22 +133,24 @@ def cap_at_20(db: Database, user, cap: str) -> None:
     if cap == "user_setting":
         set_settings(db, user, max_order_quote=20)
     elif cap == "user_allowlist_row":
-        allow_user_market(db, user, MARKET, max_order_quote="20")
+        allow_user_market(db, user, market_of(user), max_order_quote="20")
     elif cap == "market":
-        allow_market(db, MARKET, max_order_quote="20")
+        allow_market(db, market_of(user), max_order_quote="20")
     else:
         set_controls(db, max_order_quote=20)
 
 
 @pytest.mark.parametrize("cap", CAPS)
-def test_order_limits_pass_at_the_smallest_maximum(db: Database, cap: str) -> None:
+def test_order_limits_pass_at_the_smallest_maximum(fresh_db: Database, cap: str) -> None:
+    db = fresh_db
     user = trader(db)
     cap_at_20(db, user, cap)
     assert_claimed(claim(db, user, propose(db, user, amount="20")))
 
 
 @pytest.mark.parametrize("cap", CAPS)
-def test_order_limits_reject_above_the_smallest_maximum(db: Database, cap: str) -> None:
+def test_order_limits_reject_above_the_smallest_maximum(fresh_db: Database, cap: str) -> None:
+    db = fresh_db
     user = trader(db)
     cap_at_20(db, user, cap)
     result = claim(db, user, propose(db, user, amount="20.01"))
@@ -162,13 +174,15 @@ def test_cooldown_passes_once_the_window_has_elapsed(db: Database) -> None:
     assert_claimed(claim(db, user, propose(db, user)))
 
 
-def test_cooldown_is_per_market_and_per_mode(db: Database) -> None:
+def test_cooldown_is_per_market_and_per_mode(fresh_db: Database) -> None:
+    db = fresh_db
     user = trader(db, cooldown_seconds=3600, live_trading_enabled=True)
     set_controls(db, live_trading_allowed=True)
-    allow_market(db, "ETH-EUR")
-    allow_user_market(db, user, "ETH-EUR")
+    other = new_market()
+    allow_market(db, other)
+    allow_user_market(db, user, other)
     claimed(db, user)
-    assert_claimed(claim(db, user, propose(db, user, market="ETH-EUR")))
+    assert_claimed(claim(db, user, propose(db, user, market=other)))
     assert_claimed(claim(db, user, propose(db, user), mode="live"))
 
 
@@ -200,14 +214,14 @@ def test_anti_flip_rejects_opposite_side_within_window(db: Database) -> None:
     claimed(db, user, side="buy")
     result = claim(db, user, propose(db, user, side="sell"))
     assert_only_failure(result, "anti_flip")
-    assert "a paper buy order on BTC-EUR" in reason(result, "anti_flip")
+    assert f"a paper buy order on {market_of(user)}" in reason(result, "anti_flip")
 
 
 def test_anti_flip_passes_same_side_and_opposite_side_after_window(db: Database) -> None:
     user = trader(db, cooldown_seconds=0, anti_flip_seconds=86400)
     first = claimed(db, user, side="buy")
     assert_claimed(claim(db, user, propose(db, user, side="buy")))
-    db.query("update public.trade_executions set claimed_at = now() - interval '86401 seconds' "
+    sql(db, "update public.trade_executions set claimed_at = now() - interval '86401 seconds' "
              "where user_id = %s", (user,))
     assert first["side"] == "buy"
     assert_claimed(claim(db, user, propose(db, user, side="sell")))
@@ -233,25 +247,28 @@ def test_daily_limits_sum_amounts_including_this_order(db: Database) -> None:
     assert "above the daily limit of 25 EUR" in reason(result, "daily_limits")
 
 
-def test_daily_limits_ignore_yesterday_and_the_other_mode(db: Database) -> None:
+def test_daily_limits_ignore_yesterday_and_the_other_mode(fresh_db: Database) -> None:
+    db = fresh_db
     user = trader(db, cooldown_seconds=0, anti_flip_seconds=0, max_trades_per_day=1,
                   live_trading_enabled=True)
     set_controls(db, live_trading_allowed=True)
     first = claimed(db, user)
     assert_claimed(claim(db, user, propose(db, user), mode="live"))  # paper does not count
-    db.query("update public.trade_executions set claimed_at = "
+    sql(db, "update public.trade_executions set claimed_at = "
              "date_trunc('day', now(), 'UTC') - interval '1 second' where id = %s", (first["id"],))
     assert_claimed(claim(db, user, propose(db, user)))  # yesterday's paper order does not count
 
 
 # -- 7. trading_enabled ------------------------------------------------------------------------
-def test_trading_enabled_passes_for_paper_without_live_switches(db: Database) -> None:
+def test_trading_enabled_passes_for_paper_without_live_switches(fresh_db: Database) -> None:
+    db = fresh_db
     user = trader(db)
-    assert db.scalar("select live_trading_allowed from public.system_controls") is False
+    assert scalar(db, "select live_trading_allowed from public.system_controls") is False
     assert_claimed(claim(db, user, propose(db, user), mode="paper"))
 
 
-def test_trading_enabled_passes_for_live_with_all_switches_on(db: Database) -> None:
+def test_trading_enabled_passes_for_live_with_all_switches_on(fresh_db: Database) -> None:
+    db = fresh_db
     user = trader(db, live_trading_enabled=True)
     set_controls(db, live_trading_allowed=True)
     result = claim(db, user, propose(db, user), mode="live")
@@ -265,8 +282,9 @@ def test_trading_enabled_passes_for_live_with_all_switches_on(db: Database) -> N
     ("live_not_allowed", "live", "live trading is not allowed system-wide"),
     ("user_live_disabled", "live", "live trading is not enabled for your account"),
 ])
-def test_trading_enabled_rejects_when_any_switch_is_off(db: Database, case: str, mode: str,
-                                                        expected: str) -> None:
+def test_trading_enabled_rejects_when_any_switch_is_off(fresh_db: Database, case: str,
+                                                        mode: str, expected: str) -> None:
+    db = fresh_db
     user = trader(db, live_trading_enabled=case != "user_live_disabled")
     set_controls(db, live_trading_allowed=case != "live_not_allowed")
     if case == "halted":
@@ -282,7 +300,7 @@ def test_trading_enabled_rejects_when_any_switch_is_off(db: Database, case: str,
 def test_every_failing_validator_is_reported_in_spec_order(db: Database) -> None:
     user = trader(db, max_trades_per_day=1)
     claimed(db, user, side="sell")  # feeds cooldown, anti-flip and the daily count
-    allow_market(db, MARKET, enabled=False)  # allowlist
+    allow_market(db, market_of(user), enabled=False)  # allowlist
     set_settings(db, user, trading_enabled=False)  # trading_enabled
     proposal = propose(db, user, side="buy", amount="1000", approve=False)  # state, limits
     result = claim(db, user, proposal)
@@ -290,8 +308,9 @@ def test_every_failing_validator_is_reported_in_spec_order(db: Database) -> None
     assert result["reason"] == "validation_failed"
     assert failed_checks(result) == CHECK_ORDER
     assert all(isinstance(e["reason"], str) and e["reason"] for e in result["failed_checks"])
-    assert db.scalar("select count(*) from public.trade_executions") == 1
-    assert db.scalar("select status from public.trade_proposals where id = %s", (proposal,)) == \
+    assert scalar(db, "select count(*) from public.trade_executions where user_id = %s",
+                  (user,)) == 1
+    assert scalar(db, "select status from public.trade_proposals where id = %s", (proposal,)) == \
         "pending"
 
 
@@ -301,7 +320,7 @@ def test_rejection_leaves_the_approved_proposal_claimable_later(db: Database) ->
     proposal = propose(db, user)
     key = "retry-after-cooldown"
     assert_only_failure(claim(db, user, proposal, key=key), "cooldown")
-    assert db.scalar("select status from public.trade_proposals where id = %s", (proposal,)) == \
+    assert scalar(db, "select status from public.trade_proposals where id = %s", (proposal,)) == \
         "approved"
     backdate(db, first["id"], 3601)
     assert_claimed(claim(db, user, proposal, key=key))
