@@ -234,12 +234,15 @@ def test_tickers_list_or_object(bitvavo_sandbox: SandboxServer) -> None:
 
 
 def test_ticker_book_and_candles_share_the_price_path(bitvavo_sandbox: SandboxServer) -> None:
-    for _ in range(3):  # retry if a minute boundary falls between the two calls
-        price = Decimal(public(bitvavo_sandbox, f"/ticker/price?market={MARKET}").json()["price"])
+    def price_now() -> Decimal:
+        return Decimal(public(bitvavo_sandbox, f"/ticker/price?market={MARKET}").json()["price"])
+
+    for _ in range(3):  # retry if a minute boundary falls between the calls
+        price = price_now()
         close = Decimal(public(bitvavo_sandbox,
                                f"/{MARKET}/candles?interval=1m&limit=1").json()[0][4])
         top = public(bitvavo_sandbox, f"/ticker/book?market={MARKET}").json()
-        if price == close:
+        if price == close == price_now():
             break
     assert price == close
     assert Decimal(top["bid"]) < price < Decimal(top["ask"])
@@ -465,9 +468,13 @@ def test_limit_order_rests_then_fills_when_the_price_path_crosses(
     order = trade.order(orderType="limit", amount="0.001", price=str(limit)).json()
     assert order["status"] == "new"
     lookup = f"/order?market={MARKET}&orderId={order['orderId']}"
-    bitvavo_sandbox.advance_clock(crossing_minute - 60_000 - now + 59_000)  # just before
+
+    def advance_to(market_ms: int) -> None:  # measured now: the search above takes real time
+        bitvavo_sandbox.advance_clock(market_ms - bitvavo_sandbox.clock()["market_time"])
+
+    advance_to(crossing_minute - 30_000)  # half a minute before the crossing minute
     assert trade.get(lookup).json()["status"] == "new"
-    bitvavo_sandbox.advance_clock(2_000)  # into the crossing minute
+    advance_to(crossing_minute + 1_000)  # into the crossing minute
     filled = trade.get(lookup).json()
     assert filled["status"] == "filled"
     [fill] = filled["fills"]
@@ -549,7 +556,9 @@ def test_latency_fault_delays_then_places(bitvavo_sandbox: SandboxServer,
     bitvavo_sandbox.set_fault(fault="latency", times=1, latency_ms=300)
     with pytest.raises(httpx.ReadTimeout):
         slow_client.order(amountQuote="10")
-    time.sleep(0.35)
+    deadline = time.monotonic() + 3
+    while len(bitvavo_sandbox.orders()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(bitvavo_sandbox.orders()) == 2  # the timed-out order was placed all the same
 
 
