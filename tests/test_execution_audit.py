@@ -1,0 +1,171 @@
+"""G9: execution_audit_log is append-only for every role (postgres included, replica mode too),
+and every claim decision, state change and proposal decision leaves its audit row.
+
+Tests share one database per module (`db`), each with its own user and market."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.pg import Database, claims_for
+from tests.test_execution_support import (  # the database fixtures: db, module_db, fresh_db
+    _fresh_db_fixture,  # noqa: F401
+    _module_db_fixture,  # noqa: F401
+    _shared_db_fixture,  # noqa: F401
+    claim,
+    claimed,
+    propose,
+    record,
+    scalar,
+    sql,
+    trader,
+)
+
+CHANGES = {
+    "update": "update public.execution_audit_log set event = 'tampered'",
+    "delete": "delete from public.execution_audit_log",
+    "truncate": "truncate public.execution_audit_log",
+}
+
+
+def audit(db: Database, **where: Any) -> list[tuple[str, dict[str, Any]]]:
+    clause = " and ".join(f"{k} = %({k})s" for k in where)
+    rows = sql(db, f"select event, detail from public.execution_audit_log where {clause} "  # noqa: S608
+                   "order by id", where)
+    return [(event, detail) for event, detail in rows]
+
+
+def events(db: Database, **where: Any) -> list[str]:
+    return [event for event, _ in audit(db, **where)]
+
+
+# -- append-only -------------------------------------------------------------------------------
+@pytest.fixture
+def audited(db: Database) -> int:
+    """At least one audit row exists; returns the row count."""
+    user = trader(db)
+    claimed(db, user)
+    return scalar(db, "select count(*) from public.execution_audit_log")
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+@pytest.mark.parametrize("replica", [False, True], ids=["origin", "replica"])
+def test_g9_superuser_cannot_change_audit_rows(db: Database, audited: int, change: str,
+                                               replica: bool) -> None:
+    with db.connect() as conn:
+        if replica:
+            conn.execute("set session_replication_role = replica")
+        assert conn.execute("select rolsuper from pg_roles where rolname = current_user"
+                            ).fetchone() == (True,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute(CHANGES[change])
+    assert scalar(db, "select count(*) from public.execution_audit_log") >= audited
+    assert scalar(db, "select count(*) from public.execution_audit_log "
+                      "where event = 'tampered'") == 0
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+@pytest.mark.parametrize("role", ["service_role", "authenticated", "anon"])
+def test_g9_api_roles_cannot_change_audit_rows(db: Database, audited: int, change: str,
+                                               role: str) -> None:
+    user = uuid.uuid4() if role == "authenticated" else None
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), \
+            db.as_role(role, claims_for(role, user)) as cur:
+        cur.execute(CHANGES[change])
+    assert scalar(db, "select count(*) from public.execution_audit_log") >= audited
+    assert scalar(db, "select count(*) from public.execution_audit_log "
+                      "where event = 'tampered'") == 0
+
+
+def test_g9_users_cannot_insert_audit_rows(db: Database) -> None:
+    user = trader(db)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), db.as_user(user) as cur:
+        cur.execute("insert into public.execution_audit_log (user_id, event) "
+                    "values (%s, 'forged')", (user,))
+
+
+# -- every decision is audited -----------------------------------------------------------------
+def test_g9_claim_decisions_are_audited_with_their_checks(db: Database) -> None:
+    user = trader(db, cooldown_seconds=3600)
+    proposal = propose(db, user)
+    won = claim(db, user, proposal, key="k1")
+    claim(db, user, proposal, key="k1")  # replay
+    claim(db, user, proposal, key="k2")  # already executed
+    other = propose(db, user)
+    claim(db, user, other, key="k1")  # key reused
+    rejected = claim(db, user, other, key="k3")  # cooldown
+    claim(db, user, uuid.uuid4(), key="k4")  # not found
+
+    rows = audit(db, user_id=user)
+    claim_rows = [(e, d) for e, d in rows if e.startswith("claim.")]
+    assert [e for e, _ in claim_rows] == ["claim.claimed", "claim.replayed", "claim.conflict",
+                                          "claim.conflict", "claim.rejected", "claim.not_found"]
+    claimed_detail = claim_rows[0][1]
+    assert claimed_detail["checks"] == ["allowlist", "proposal_state", "order_limits", "cooldown",
+                                        "anti_flip", "daily_limits", "trading_enabled"]
+    assert claimed_detail["failed_checks"] == []
+    assert claimed_detail["client_order_id"] == won["execution"]["client_order_id"]
+    assert claimed_detail["idempotency_key"] == "k1"
+    assert [d["reason"] for e, d in claim_rows if e == "claim.conflict"] == [
+        "already_executed", "idempotency_key_reused"]
+    rejected_detail = claim_rows[4][1]
+    assert rejected_detail["failed_checks"] == rejected["failed_checks"]
+    assert rejected_detail["failed_checks"][0]["check"] == "cooldown"
+    # The claimed and replayed rows point at the execution.
+    assert sql(db, "select execution_id::text from public.execution_audit_log where user_id = %s "
+                   "and event in ('claim.claimed', 'claim.replayed') order by id",
+               (user,)) == [(won["execution"]["id"],)] * 2
+
+
+def test_g9_every_rejection_is_audited_even_when_repeated(db: Database) -> None:
+    user = trader(db)
+    proposal = propose(db, user, approve=False)
+    for i in range(3):
+        assert claim(db, user, proposal, key=f"r{i}")["outcome"] == "rejected"
+    rejected = [d for e, d in audit(db, proposal_id=proposal) if e == "claim.rejected"]
+    assert len(rejected) == 3
+    assert all(d["failed_checks"][0]["check"] == "proposal_state" for d in rejected)
+
+
+def test_g9_state_changes_and_ignored_results_are_audited(db: Database) -> None:
+    user = trader(db)
+    execution = claimed(db, user)
+    record(db, execution["id"], status="submitted", exchange_order_id="o-1")
+    record(db, execution["id"], status="submitted", exchange_order_id="o-1")
+    record(db, execution["id"], status="filled", filled_amount="0.1", filled_amount_quote="10")
+    record(db, execution["id"], status="failed")
+    rows = audit(db, execution_id=execution["id"])
+    assert [e for e, _ in rows] == ["claim.claimed", "execution.status_changed",
+                                    "execution.result_unchanged", "execution.status_changed",
+                                    "execution.illegal_transition"]
+    assert (rows[1][1]["from"], rows[1][1]["to"]) == ("claimed", "submitted")
+    filled = rows[3][1]
+    assert (filled["from"], filled["to"]) == ("submitted", "filled")
+    assert filled["trade_history_written"] is True
+    assert filled["proposal_status"] == "executed"
+    assert filled["result"]["filled_amount_quote"] == "10"
+    assert (rows[4][1]["from"], rows[4][1]["to"]) == ("filled", "failed")
+
+
+def test_g9_proposal_life_is_audited(db: Database) -> None:
+    user = trader(db)
+    proposal = propose(db, user, approve=False)
+    db.rpc("decide_trade_proposal", role="authenticated", user_id=user, p_proposal_id=proposal,
+           p_decision="approve")
+    db.rpc("decide_trade_proposal", role="authenticated", user_id=user, p_proposal_id=proposal,
+           p_decision="reject")
+    assert events(db, proposal_id=proposal) == ["proposal.created", "proposal.decided",
+                                                "proposal.decision_refused"]
+
+
+def test_users_read_only_their_own_audit_rows(db: Database) -> None:
+    alice, bob = trader(db), trader(db)
+    claimed(db, alice)
+    claimed(db, bob)
+    with db.as_user(alice) as cur:
+        cur.execute("select distinct user_id from public.execution_audit_log")
+        assert cur.fetchall() == [(alice,)]
