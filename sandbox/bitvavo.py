@@ -405,10 +405,18 @@ class Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        except (BrokenPipeError, ConnectionResetError):
+            # The client hung up first (e.g. its read timeout during a latency fault): what was
+            # done is done, and there is nobody left to answer.
+            status = f"{status} client-gone"
+            self.close_connection = True
         except Exception:  # noqa: BLE001 - the sandbox answers like Bitvavo's 101
             traceback.print_exc(file=sys.stderr)
             status = 500
-            self._send(_json_answer(500, ApiError(101).body()))
+            try:
+                self._send(_json_answer(500, ApiError(101).body()))
+            except OSError:
+                self.close_connection = True
         finally:
             duration_ms = (time.perf_counter() - started) * 1000
             path = urlsplit(target).path
