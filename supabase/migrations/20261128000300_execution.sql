@@ -218,8 +218,9 @@ create index trade_executions_daily_idx
 -- list_unsettled_executions: the reconciler's open orders, oldest first.
 create index trade_executions_unsettled_idx
   on public.trade_executions (claimed_at) where status in ('claimed', 'submitted', 'unknown');
--- Users' own list, newest first.
-create index trade_executions_user_claimed_idx on public.trade_executions (user_id, claimed_at desc);
+-- No separate (user_id, claimed_at) index: a user's own list is small and found through the
+-- (user_id, idempotency_key) unique index; another user_id-leading index would compete with the two
+-- partial indexes above for the validator lookups.
 
 alter table public.trade_executions enable row level security;
 
