@@ -387,7 +387,7 @@ begin
   if v_value is null or v_value = 'null'::jsonb then
     return null;
   end if;
-  if pg_catalog.jsonb_typeof(v_value) = 'number' then
+  if pg_catalog.jsonb_typeof(v_value) = 'number' and length(v_value #>> '{}') <= 40 then
     if (v_value #>> '{}')::numeric < 0 then
       raise exception 'p_result.% must not be negative, got %', p_key, v_value using errcode = '22023';
     end if;
