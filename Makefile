@@ -9,8 +9,9 @@ SANDBOX_PORT ?= 54330
 setup: ## install what is missing (venv, PostgreSQL 15 + pg_cron + pgTAP, Supabase CLI)
 	@scripts/setup.sh
 
-test: setup ## the whole suite: ruff, pytest (database, pgTAP via pg_prove, Supabase CLI, exchange, sandbox)
+test: setup ## the whole suite: ruff, mypy, pytest (database, pgTAP via pg_prove, Supabase CLI, exchange, sandbox)
 	$(PY) -m ruff check .
+	$(PY) -m mypy shared sandbox
 	$(PY) -m pytest
 
 lint: setup

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sandbox.errors import ApiError
@@ -41,10 +42,9 @@ class ApiKey:
     permissions: frozenset[str]
 
 
-def load_keys(env: dict[str, str] | None = None) -> dict[str, ApiKey]:
+def load_keys(env: Mapping[str, str] | None = None) -> dict[str, ApiKey]:
     """Keys from `SANDBOX_KEYS` (JSON list of {key, secret, permissions}) or the defaults."""
-    env = os.environ if env is None else env
-    raw = env.get("SANDBOX_KEYS")
+    raw = (os.environ if env is None else env).get("SANDBOX_KEYS")
     if not raw:
         return {
             DEFAULT_VIEW_KEY: ApiKey(DEFAULT_VIEW_KEY, DEFAULT_VIEW_SECRET, frozenset({VIEW})),

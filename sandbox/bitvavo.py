@@ -586,8 +586,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as error:
         print(f"sandbox: cannot start: {error}", file=sys.stderr)
         return 2
-    host, port = server.server_address[:2]
-    if not _is_loopback(str(host)):
+    host, port = str(server.server_address[0]), server.server_address[1]
+    if not _is_loopback(host):
         print(f"sandbox: WARNING listening on {host}; /_sandbox stays loopback-only",
               file=sys.stderr)
 

@@ -235,9 +235,10 @@ class Account:
         if (isinstance(operator_id, bool) or not isinstance(operator_id, int)
                 or not -INT64_MAX - 1 <= operator_id <= INT64_MAX):
             raise invalid("operatorId")
-        client_order_id = body.get("clientOrderId")
-        if client_order_id is not None and not _uuid_text(client_order_id):
+        raw_client_order_id = body.get("clientOrderId")
+        if raw_client_order_id is not None and not _uuid_text(raw_client_order_id):
             raise invalid("clientOrderId")
+        client_order_id = None if raw_client_order_id is None else str(raw_client_order_id)
         spec = MARKETS[str(market)]
         amount = _decimal(body, "amount")
         amount_quote = _decimal(body, "amountQuote")
