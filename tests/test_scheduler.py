@@ -159,6 +159,26 @@ def test_g2_claim_leases_only_enabled_due_jobs_in_next_run_at_order(db: Database
     assert claim(db, "w3", limit=10) == []
 
 
+@pytest.mark.parametrize("revoke", [
+    "update public.trading_allowlist set enabled = false where market = 'ETH-EUR'",
+    "delete from public.trading_allowlist where market = 'ETH-EUR'",
+    "update public.market_allowlist set enabled = false where market = 'ETH-EUR'",
+])
+def test_g4_jobs_for_a_market_dropped_from_either_allowlist_are_not_claimed(
+        db: Database, revoke: str) -> None:
+    add_market(db, "BTC-EUR")
+    add_market(db, "ETH-EUR")
+    user = db.create_user()
+    allow(db, user, "BTC-EUR")
+    allow(db, user, "ETH-EUR")
+    kept = add_job(db, user, "BTC-EUR", due_seconds_ago=10)
+    dropped = add_job(db, user, "ETH-EUR", due_seconds_ago=120)
+    db.query(revoke)
+
+    assert claim(db, "w1", limit=10) == [kept]
+    assert job(db, dropped)["locked_by"] is None and job(db, dropped)["attempts"] == 0
+
+
 @pytest.mark.parametrize("args", [
     {"p_worker_id": ""}, {"p_worker_id": "   "}, {"p_worker_id": None},
     {"p_worker_id": "w", "p_limit": 0}, {"p_worker_id": "w", "p_limit": 1001},
@@ -336,6 +356,21 @@ def test_user_creates_a_job_for_an_own_allowlisted_market_and_changes_only_enabl
     with pytest.raises(psycopg.Error) as exc, db.as_user(alice) as cur:
         cur.execute("update public.scan_jobs set interval_seconds = 30 where id = %s", (job_id,))
     assert exc.value.sqlstate == "23514"
+
+
+def test_user_can_switch_off_but_not_on_a_job_whose_market_left_the_allowlist(
+        tenants: dict[str, Any]) -> None:
+    db, alice = tenants["db"], tenants["alice"]
+    job_id = add_job(db, alice, "BTC-EUR")
+    db.query("update public.trading_allowlist set enabled = false "
+             "where user_id = %s and market = 'BTC-EUR'", (alice,))
+    with db.as_user(alice) as cur:
+        cur.execute("update public.scan_jobs set enabled = false where id = %s", (job_id,))
+        assert cur.rowcount == 1
+    with pytest.raises(psycopg.Error) as exc, db.as_user(alice) as cur:
+        cur.execute("update public.scan_jobs set enabled = true where id = %s", (job_id,))
+    assert exc.value.sqlstate == "42501"
+    assert job(db, job_id)["enabled"] is False
 
 
 USER_FORBIDDEN_ASSIGNMENTS = [

@@ -95,10 +95,26 @@ create policy "users can create scan jobs for their own allowlisted markets"
         and ma.enabled
     )
   );
+-- A job may always be switched off, but only switched (or left) on for a market still enabled in
+-- both allowlists.
 create policy "users can change their own scan jobs"
   on public.scan_jobs for update to authenticated
   using (user_id = (select auth.uid()))
-  with check (user_id = (select auth.uid()));
+  with check (
+    user_id = (select auth.uid())
+    and (
+      not enabled
+      or exists (
+        select 1
+        from public.trading_allowlist ta
+        join public.market_allowlist ma on ma.market = ta.market
+        where ta.user_id = (select auth.uid())
+          and ta.market = scan_jobs.market
+          and ta.enabled
+          and ma.enabled
+      )
+    )
+  );
 create policy "users can delete their own scan jobs"
   on public.scan_jobs for delete to authenticated
   using (user_id = (select auth.uid()));
@@ -141,6 +157,17 @@ begin
     where j.enabled
       and j.next_run_at <= now()
       and (j.locked_by is null or j.lock_expires_at <= now())
+      -- G4 here too: a market dropped from either allowlist after the job was created is not
+      -- scanned (no market data calls, no GPT spend) until it is allowed again.
+      and exists (
+        select 1
+        from public.trading_allowlist ta
+        join public.market_allowlist ma on ma.market = ta.market
+        where ta.user_id = j.user_id
+          and ta.market = j.market
+          and ta.enabled
+          and ma.enabled
+      )
     order by j.next_run_at, j.id
     limit p_limit
     for update skip locked
