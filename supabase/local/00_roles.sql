@@ -8,13 +8,13 @@
 do $$
 begin
   if not exists (select from pg_roles where rolname = 'anon') then
-    create role anon nologin noinherit;
+    create role anon nologin inherit;
   end if;
   if not exists (select from pg_roles where rolname = 'authenticated') then
-    create role authenticated nologin noinherit;
+    create role authenticated nologin inherit;
   end if;
   if not exists (select from pg_roles where rolname = 'service_role') then
-    create role service_role nologin noinherit bypassrls;
+    create role service_role nologin inherit bypassrls;
   end if;
   if not exists (select from pg_roles where rolname = 'authenticator') then
     create role authenticator login noinherit;
@@ -25,7 +25,7 @@ begin
 end
 $$;
 
--- Since 2023 the three API roles are INHERIT on hosted Supabase.
+-- Re-applying to a cluster whose roles predate Supabase's 2023 change (INHERIT) brings them level.
 alter role anon inherit;
 alter role authenticated inherit;
 alter role service_role inherit bypassrls;
