@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from sandbox import bitvavo
 from sandbox.auth import sign
 from tests.sandbox_server import SandboxServer, start_sandbox
 
@@ -729,36 +731,29 @@ def test_request_log_names_requests_but_never_credentials(bitvavo_sandbox: Sandb
     assert "signature" not in log.lower()
 
 
-def _non_loopback_address() -> str | None:
-    candidates = []
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("10.255.255.255", 9))  # no packet is sent for a UDP connect
-        candidates.append(probe.getsockname()[0])
-    except OSError:
-        pass
-    finally:
-        probe.close()
-    try:
-        candidates.append(socket.gethostbyname(socket.gethostname()))
-    except OSError:
-        pass
-    return next((a for a in candidates if not a.startswith(("127.", "0."))), None)
-
-
 def test_control_surface_refuses_non_loopback_peers() -> None:
-    address = _non_loopback_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback IPv4 address to call from")
-    with start_sandbox(host="0.0.0.0") as server:  # noqa: S104 - the point of the test
-        port = server.root.rsplit(":", 1)[1]
-        remote = f"http://{address}:{port}"
-        assert httpx.get(remote + "/v2/time", timeout=5).status_code == 200
+    """The real request path with the peer address the server records replaced by a
+    non-loopback one (a documentation address; all traffic stays on 127.0.0.1)."""
+    class SeenFromAfar(bitvavo.SandboxServer):
+        def get_request(self) -> tuple[socket.socket, Any]:
+            conn, (_, port) = super().get_request()
+            return conn, ("203.0.113.7", port)
+
+    server = bitvavo.make_server("127.0.0.1", 0, 42, env={})
+    server.socket.close()
+    afar = SeenFromAfar(("127.0.0.1", 0), server.RequestHandlerClass)
+    thread = threading.Thread(target=afar.serve_forever, daemon=True)
+    thread.start()
+    try:
+        root = f"http://127.0.0.1:{afar.server_address[1]}"
+        assert httpx.get(root + "/v2/time", timeout=5).status_code == 200
         for method, path in (("GET", "/_sandbox/orders"), ("POST", "/_sandbox/reset"),
                              ("POST", "/_sandbox/faults")):
-            response = httpx.request(method, remote + path, json={"fault": "error"}, timeout=5)
+            response = httpx.request(method, root + path, json={"fault": "error"}, timeout=5)
             assert response.status_code == 403, (method, path)
-        assert server.set_fault(fault="none")["fault"] == "none"  # loopback still works
+    finally:
+        afar.shutdown()
+        afar.server_close()
 
 
 def test_loopback_detection() -> None:
