@@ -32,7 +32,7 @@ if [ -n "$need_apt" ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends $APT_PACKAGES >/dev/null
   # Debian starts a default cluster on 5432; the project never uses it.
-  command -v pg_ctlcluster >/dev/null 2>&1 && pg_ctlcluster 15 main stop 2>/dev/null || true
+  command -v pg_ctlcluster >/dev/null 2>&1 && pg_ctlcluster 15 main stop >/dev/null 2>&1 || true
 fi
 
 req_stamp=".venv/.requirements.sha256"
