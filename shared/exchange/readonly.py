@@ -30,7 +30,12 @@ from shared.exchange.models import (
 from shared.exchange.ratelimit import Clock, Sleep
 from shared.exchange.roles import refuse_trading
 from shared.exchange.settings import DEFAULT_REST_URL, ReadonlyExchangeSettings
-from shared.exchange.transport import DEFAULT_TIMEOUT, BitvavoTransport, Credentials
+from shared.exchange.transport import (
+    DEFAULT_TIMEOUT,
+    BitvavoTransport,
+    Credentials,
+    TransportClient,
+)
 
 CANDLE_INTERVALS = frozenset(
     {"1m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d", "1W", "1M"}
@@ -42,7 +47,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 M = TypeVar("M")
 
 
-class BitvavoReadonly:
+class BitvavoReadonly(TransportClient):
     def __init__(
         self,
         base_url: str = DEFAULT_REST_URL,
@@ -83,19 +88,6 @@ class BitvavoReadonly:
     @property
     def has_credentials(self) -> bool:
         return self._transport.credentials is not None
-
-    @property
-    def transport(self) -> BitvavoTransport:
-        return self._transport
-
-    def close(self) -> None:
-        self._transport.close()
-
-    def __enter__(self) -> BitvavoReadonly:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- public market data -----------------------------------------------------------------
 

@@ -25,7 +25,12 @@ from shared.exchange.models import Order, OrderCancellation, OrderReference, Ord
 from shared.exchange.ratelimit import Clock, Sleep
 from shared.exchange.roles import Side, refuse_market_data
 from shared.exchange.settings import DEFAULT_REST_URL, TradeExchangeSettings
-from shared.exchange.transport import DEFAULT_TIMEOUT, BitvavoTransport, Credentials
+from shared.exchange.transport import (
+    DEFAULT_TIMEOUT,
+    BitvavoTransport,
+    Credentials,
+    TransportClient,
+)
 
 _CLIENT = "BitvavoTrade"
 
@@ -37,7 +42,7 @@ def _text(value: str | SecretStr | None) -> str | None:
     return text or None
 
 
-class BitvavoTrade:
+class BitvavoTrade(TransportClient):
     def __init__(
         self,
         base_url: str = DEFAULT_REST_URL,
@@ -99,19 +104,6 @@ class BitvavoTrade:
             readonly_api_key=settings.bitvavo_readonly_api_key,
             **options,
         )
-
-    @property
-    def transport(self) -> BitvavoTransport:
-        return self._transport
-
-    def close(self) -> None:
-        self._transport.close()
-
-    def __enter__(self) -> BitvavoTrade:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     # -- orders -------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from pydantic import SecretStr
@@ -260,6 +260,25 @@ class BitvavoTransport:
     def _log_error(error: ExchangeError) -> None:
         level = logging.WARNING if error.outcome_unknown else logging.INFO
         logger.log(level, "bitvavo error: %s (outcome_unknown=%s)", error, error.outcome_unknown)
+
+
+class TransportClient:
+    """What BitvavoReadonly and BitvavoTrade share: one transport, closed with the client."""
+
+    _transport: BitvavoTransport
+
+    @property
+    def transport(self) -> BitvavoTransport:
+        return self._transport
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _query_value(value: object) -> str:
