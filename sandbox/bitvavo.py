@@ -52,6 +52,8 @@ from sandbox.market import (
 from sandbox.matching import Account
 
 DEFAULT_BALANCES = {"EUR": Decimal("10000")}
+MAX_BODY_BYTES = 64 * 1024
+
 NOT_FOUND_HTML = (
     b"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Error</title>"
     b"</head><body><pre>Cannot GET</pre></body></html>\n"
@@ -388,8 +390,7 @@ class Handler(BaseHTTPRequestHandler):
         target = self.path
         status: int | str = 500
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw_body = self.rfile.read(length) if length > 0 else b""
+            raw_body = self._read_body()
             if target.startswith("/_sandbox/"):
                 answer = self._control(method, target, raw_body)
             elif target.startswith("/v2/"):
@@ -398,6 +399,10 @@ class Handler(BaseHTTPRequestHandler):
                 answer = Answer(404, NOT_FOUND_HTML, "text/html; charset=utf-8")
             status = answer.status
             self._send(answer)
+        except ApiError as error:  # a request the HTTP layer cannot even read
+            status = error.http_status
+            self.close_connection = True
+            self._send(_json_answer(error.http_status, error.body()))
         except _Dropped:
             status = "dropped"
             self.close_connection = True
@@ -421,6 +426,16 @@ class Handler(BaseHTTPRequestHandler):
             duration_ms = (time.perf_counter() - started) * 1000
             path = urlsplit(target).path
             print(f"{method} {path} {status} {duration_ms:.1f}ms", file=sys.stderr, flush=True)
+
+    def _read_body(self) -> bytes:
+        """The request body, refusing what no Bitvavo client sends (a bad or huge length)."""
+        header = self.headers.get("Content-Length") or "0"
+        if not header.isdigit():
+            raise ApiError(102, "Invalid JSON.")
+        length = int(header)
+        if length > MAX_BODY_BYTES:
+            raise ApiError(102, f"Request body larger than {MAX_BODY_BYTES} bytes.")
+        return self.rfile.read(length) if length > 0 else b""
 
     def _send(self, answer: Answer) -> None:
         self.send_response(answer.status)

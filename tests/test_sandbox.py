@@ -762,3 +762,18 @@ def test_loopback_detection() -> None:
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("127.8.9.10")
     assert not _is_loopback("10.0.0.5") and not _is_loopback("192.168.1.2")
     assert not _is_loopback("not-an-ip")
+
+
+@pytest.mark.parametrize("length", ["abc", "-5", str(10 * 1024 * 1024)])
+def test_unreadable_content_length_is_a_400_not_a_500(
+        bitvavo_sandbox: SandboxServer, length: str) -> None:
+    with socket.create_connection(("127.0.0.1", int(bitvavo_sandbox.root.rsplit(":", 1)[1])),
+                                  timeout=5) as conn:
+        conn.sendall(f"POST /v2/order HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                     "Content-Type: application/json\r\n\r\n".encode())
+        chunks = []
+        while chunk := conn.recv(4096):  # the sandbox closes the connection after answering
+            chunks.append(chunk)
+        head = b"".join(chunks).decode(errors="replace")
+    assert head.startswith("HTTP/1.0 400") or head.startswith("HTTP/1.1 400"), head
+    assert '"errorCode": 102' in head or '"errorCode":102' in head, head
