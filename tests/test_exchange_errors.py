@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,7 +17,10 @@ ERROR_TABLE = [
     (400, 212, e.BelowMinimumSize, False),
     (400, 217, e.BelowMinimumSize, False),
     (400, 216, e.InsufficientBalance, False),
+    (400, 214, e.InvalidParameter, False),  # price off the tick
+    (400, 215, e.InvalidParameter, False),
     (400, 220, e.ClientOrderIdConflict, False),
+    (400, 233, e.OrderNotCancellable, False),
     (400, 219, e.MarketUnavailable, False),
     (400, 423, e.MarketUnavailable, False),
     (400, 424, e.MarketUnavailable, False),
@@ -39,7 +42,10 @@ ERROR_TABLE = [
     (429, 105, e.RateLimitBanned, False),
     (500, 101, e.ExchangeServerError, True),
     (503, 107, e.ExchangeServerError, True),
+    (503, 108, e.ExchangeServerError, True),
     (503, 109, e.ExchangeServerError, True),
+    (400, 400, e.ExchangeServerError, True),  # "Unknown server error. Contact support."
+    (500, 400, e.ExchangeServerError, True),
     (400, 101, e.ExchangeServerError, True),  # the code decides even under a 4xx
     (500, None, e.ExchangeServerError, True),
     (502, None, e.ExchangeServerError, True),
@@ -107,11 +113,30 @@ def test_ban_expiry_is_parsed_from_the_message() -> None:
     assert error.ban_expires_at.tzinfo is UTC
 
 
-def test_ban_expiry_falls_back_to_the_resetat_header() -> None:
+def test_ban_without_expiry_lasts_a_minute_past_the_resetat_header() -> None:
     reset = datetime(2030, 1, 1, tzinfo=UTC)
     error = e.error_for(429, {"errorCode": 105, "error": "banned"}, rate_limit_reset_at=reset)
     assert isinstance(error, e.RateLimitBanned)
-    assert error.ban_expires_at == reset
+    assert error.ban_expires_at == reset + timedelta(seconds=60)
+    unknown = e.error_for(429, {"errorCode": 105, "error": "banned"})
+    assert isinstance(unknown, e.RateLimitBanned) and unknown.ban_expires_at is None
+
+
+def test_unknown_server_error_400_is_never_a_rejection() -> None:
+    # Bitvavo's table: 400 "Unknown server error. Contact support." A maybe-placed order must not
+    # be recorded as certainly not placed.
+    body = {"errorCode": 400, "error": "Unknown error. Please contact support."}
+    error = e.error_for(400, body, endpoint="POST /order")
+    assert isinstance(error, e.OutcomeUnknown) and not isinstance(error, e.ExchangeRejected)
+    assert error.outcome_unknown is True
+
+
+def test_233_is_not_cancellable_and_never_not_found() -> None:
+    # the order exists (filled, canceled…): the reconciler reads OrderNotFound as "not placed"
+    error = e.error_for(400, {"errorCode": 233, "error": "Order must be active"})
+    assert type(error) is e.OrderNotCancellable
+    assert not isinstance(error, e.OrderNotFound)
+    assert isinstance(error, e.ExchangeRejected) and error.outcome_unknown is False
 
 
 def test_usage_errors_are_not_exchange_answers() -> None:
@@ -124,8 +149,8 @@ def test_usage_errors_are_not_exchange_answers() -> None:
 
 
 def test_every_documented_code_is_in_the_table() -> None:
-    documented = {102, 203, 204, 205, 212, 217, 216, 220, 219, 423, 424, 431, 240, 105}
-    documented |= set(range(300, 312)) | {101, 107, 109}
+    documented = {102, 203, 204, 205, 212, 214, 215, 217, 216, 220, 219, 423, 424, 431, 233, 240}
+    documented |= set(range(300, 312)) | {101, 105, 107, 108, 109, 400}
     assert documented <= set(e.ERROR_CODES)
     tested = {code for _, code, _, _ in ERROR_TABLE if code is not None}
     assert documented <= tested

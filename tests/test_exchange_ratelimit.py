@@ -134,7 +134,7 @@ def test_105_bans_and_the_next_call_is_refused_without_sending(
     assert len(httpx_mock.get_requests()) == 2
 
 
-def test_105_without_expiry_in_the_message_uses_resetat(
+def test_105_without_expiry_bans_until_a_minute_after_resetat(
     httpx_mock: HTTPXMock, client: BitvavoReadonly, clock: FakeClock
 ) -> None:
     headers = limit_headers(0, 20, clock)
@@ -143,8 +143,36 @@ def test_105_without_expiry_in_the_message_uses_resetat(
     )
     with pytest.raises(RateLimitBanned) as caught:
         client.time()
-    assert caught.value.ban_expires_at == datetime.fromtimestamp(clock.now + 20, UTC)
-    clock.now += 19
-    with pytest.raises(RateLimitBanned):
+    assert caught.value.ban_expires_at == datetime.fromtimestamp(clock.now + 20 + 60, UTC)
+    clock.now += 79  # past the resetat and past "60 s from now", still within the ban
+    with pytest.raises(RateLimitBanned) as local:
         client.time()
+    assert local.value.http_status is None
     assert len(httpx_mock.get_requests()) == 1
+    clock.now += 2
+    httpx_mock.add_response(url=TIME_URL, json={"time": 1})
+    client.time()
+    assert len(httpx_mock.get_requests()) == 2
+
+
+def test_105_without_expiry_and_a_stale_resetat_bans_a_minute_from_now(
+    httpx_mock: HTTPXMock, client: BitvavoReadonly, clock: FakeClock
+) -> None:
+    # the last resetat seen is already past: it says nothing about this ban
+    httpx_mock.add_response(url=TIME_URL, json={"time": 1}, headers=limit_headers(500, 5, clock))
+    client.time()
+    clock.now += 30
+    httpx_mock.add_response(
+        url=TIME_URL, status_code=429, json={"errorCode": 105, "error": "banned"}
+    )
+    with pytest.raises(RateLimitBanned) as caught:
+        client.time()
+    assert caught.value.ban_expires_at is None
+    clock.now += 59
+    with pytest.raises(RateLimitBanned) as local:
+        client.time()
+    assert local.value.ban_expires_at == datetime.fromtimestamp(clock.now + 1, UTC)
+    clock.now += 2
+    httpx_mock.add_response(url=TIME_URL, json={"time": 2})
+    client.time()
+    assert len(httpx_mock.get_requests()) == 3

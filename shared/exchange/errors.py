@@ -5,16 +5,18 @@ The names tell the caller what to do:
     ExchangeError                      the exchange (or the road to it) said no / said nothing
     ├── ExchangeRejected               a definitive answer: the request had no effect
     │   ├── AuthenticationError        300-399  (key, timestamp, window, signature, permission)
-    │   ├── InvalidRequest             102, 203-205
+    │   ├── InvalidRequest             102, 203-205, 214, 215
     │   ├── BelowMinimumSize           212, 217
     │   ├── InsufficientBalance        216
     │   ├── ClientOrderIdConflict      220
+    │   ├── OrderNotCancellable        233: the order exists but is no longer open
     │   ├── OrderNotFound              240
     │   ├── MarketUnavailable          219, 423, 424, 431
     │   └── RateLimitBanned            105 (or HTTP 429), also raised locally while banned
     ├── OutcomeUnknown                 G10: the request may or may not have taken effect;
-    │   ├── ExchangeServerError        5xx, 101, 107, 109      never re-send, reconcile by
-    │   ├── ExchangeTimeout            timeouts                 clientOrderId
+    │   ├── ExchangeServerError        5xx, 101, 107, 108,     never re-send, reconcile by
+    │   │                              109, 400                 clientOrderId
+    │   ├── ExchangeTimeout            timeouts
     │   ├── ExchangeTransportError     connection reset / closed without an answer
     │   └── MalformedResponse          a success status with a body we cannot read
     └── RateLimitWouldExceed           refused locally, nothing was sent
@@ -25,14 +27,14 @@ The names tell the caller what to do:
     └── InvalidOrderRequest            an order that must not be sent (also a ValueError)
 
 `outcome_unknown` is True exactly for OutcomeUnknown (timeouts, transport errors, 5xx and codes
-101/107/109). `error_for` maps an HTTP answer to its exception with the two tables below.
+101/107/108/109/400). `error_for` maps an HTTP answer to its exception with the two tables below.
 Messages carry the exchange's own error text and the endpoint, never keys, secrets or signatures.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 
@@ -130,8 +132,14 @@ class ClientOrderIdConflict(ExchangeRejected):
     """220: an open order in this market already uses this clientOrderId."""
 
 
+class OrderNotCancellable(ExchangeRejected):
+    """233: only orders with status new or partiallyFilled can be cancelled. The order EXISTS
+    (filled, canceled, expired…): deliberately not an OrderNotFound, which the reconciler reads
+    as "certainly not placed". (ccxt maps 233 to its OrderNotFound; we must not.)"""
+
+
 class OrderNotFound(ExchangeRejected):
-    """240: no such order (or no longer active, for cancel)."""
+    """240: no such order. (Cancelling one that exists but is no longer open is 233.)"""
 
 
 class MarketUnavailable(ExchangeRejected):
@@ -157,7 +165,9 @@ class OutcomeUnknown(ExchangeError):
 
 
 class ExchangeServerError(OutcomeUnknown):
-    """Any 5xx, or codes 101 (unknown error), 107 (overloaded), 109 (timeout)."""
+    """Any 5xx, or codes 101 (unknown error), 107 (overloaded), 108 (engine could not process
+    in time), 109 (engine timeout) and 400 ("Unknown server error. Contact support.", which may
+    come under HTTP 400): whatever the status, the exchange could not say what it did."""
 
 
 class ExchangeTimeout(OutcomeUnknown):
@@ -212,15 +222,19 @@ ERROR_CODES: dict[int, type[ExchangeError]] = {
     102: InvalidJson,
     105: RateLimitBanned,
     107: ExchangeServerError,
+    108: ExchangeServerError,
     109: ExchangeServerError,
     203: InvalidParameter,
     204: InvalidParameter,
     205: InvalidParameter,
     212: BelowMinimumSize,
+    214: InvalidParameter,  # price off the tick size / too many significant digits
+    215: InvalidParameter,  # price with more than 15 decimals
     216: InsufficientBalance,
     217: BelowMinimumSize,
     219: MarketUnavailable,
     220: ClientOrderIdConflict,
+    233: OrderNotCancellable,
     240: OrderNotFound,
     300: AuthenticationError,
     301: AuthenticationError,
@@ -234,6 +248,7 @@ ERROR_CODES: dict[int, type[ExchangeError]] = {
     309: InvalidSignature,
     310: TradePermissionMissing,
     311: ViewPermissionMissing,
+    400: ExchangeServerError,
     423: MarketUnavailable,
     424: MarketUnavailable,
     431: MarketUnavailable,
@@ -253,9 +268,15 @@ HTTP_STATUSES: dict[int, type[ExchangeError]] = {
 # A 404 without errorCode 240 (wrong base URL, a proxy's page) is deliberately NOT OrderNotFound:
 # the reconciler treats "not found" as "certainly not placed".
 
-OUTCOME_UNKNOWN_CODES = frozenset({101, 107, 109})
+# 101 "Operation may or may not have succeeded", 109 "did not respond in time", 107/108 the
+# matching engine overloaded / "could not process your order in time" (ambiguous for an order
+# already handed to the engine), 400 "Unknown server error. Contact support." (under HTTP 400).
+OUTCOME_UNKNOWN_CODES = frozenset({101, 107, 108, 109, 400})
 
 _BAN_EXPIRY = re.compile(r" at (\d{10,})")
+# A key ban lasts about a minute from the moment it is imposed; without an expiry in the 105
+# message, the ban ends at the earliest a minute after the current rate-limit window resets.
+IMPLICIT_BAN = timedelta(seconds=60)
 
 
 def error_for(
@@ -306,11 +327,14 @@ def _class_for(http_status: int | None, code: int | None) -> type[ExchangeError]
 
 def ban_expiry(message: str, rate_limit_reset_at: datetime | None = None) -> datetime | None:
     """The ban's end: the milliseconds after " at " in Bitvavo's 105 message (as the official
-    SDK parses it), else the bitvavo-ratelimit-resetat header."""
+    SDK parses it), else the bitvavo-ratelimit-resetat header + 60 s, else unknown (None: the
+    rate-limit budget then bans for 60 s from now)."""
     match = _BAN_EXPIRY.search(message)
     if match:
         return datetime_from_ms(int(match.group(1)))
-    return rate_limit_reset_at
+    if rate_limit_reset_at is not None:
+        return rate_limit_reset_at + IMPLICIT_BAN
+    return None
 
 
 def datetime_from_ms(ms: int) -> datetime:

@@ -5,7 +5,8 @@ Bitvavo gives every key (or IP) 1000 weight points per minute and reports what i
 Going over earns a 105 ban (a minute for a key, fifteen for an IP). So we:
   - stop *before* the limit: a request whose weight would take the budget below a safety margin
     waits for the reset when that is short enough, and is refused (RateLimitWouldExceed) when not;
-  - respect a ban: after a 105 answer every request is refused locally until it expires.
+  - respect a ban: after a 105 answer every request is refused locally until it expires — the
+    time in the message, else a minute after the window's `resetat`, else a minute from now.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ Sleep = Callable[[float], None]
 
 DEFAULT_SAFETY_MARGIN = 25  # the heaviest single call we make (ticker/24h for all markets)
 DEFAULT_MAX_WAIT_SECONDS = 10.0
-DEFAULT_BAN_SECONDS = 60.0  # when a 105 answer does not say when the ban ends
+DEFAULT_BAN_SECONDS = 60.0  # when neither the 105 answer nor a resetat header says more
 
 REMAINING_HEADER = "bitvavo-ratelimit-remaining"
 RESET_AT_HEADER = "bitvavo-ratelimit-resetat"
@@ -96,7 +97,12 @@ class RateLimitBudget:
                 self.resets_at = int(resets_at) / 1000
 
     def reset_at_datetime(self) -> datetime | None:
-        return None if self.resets_at is None else _utc(self.resets_at)
+        """When the current window resets, if that is still ahead (a reset time in the past is
+        a stale header of an earlier answer and says nothing about now)."""
+        with self._lock:
+            if self.resets_at is None or self.resets_at <= self._clock():
+                return None
+            return _utc(self.resets_at)
 
     def ban(self, until: datetime | None) -> None:
         """After a 105: refuse everything until `until` (or DEFAULT_BAN_SECONDS from now)."""
