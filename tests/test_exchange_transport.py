@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import pydantic
 import pytest
 from pytest_httpx import HTTPXMock
 
@@ -416,6 +417,83 @@ def test_definitive_rejection_is_not_outcome_unknown(
         place(trade)
     assert caught.value.outcome_unknown is False
     assert caught.value.error_code == 216
+
+
+# -- an answer that does not fit its model: MalformedResponse, never a pydantic error ------------
+
+UNFIT_TRADE_ANSWERS = [
+    ("place", "POST", order_json(filledAmount="")),
+    ("place", "POST", order_json(side="long")),
+    ("place", "POST", [order_json()]),
+    ("get", "GET", order_json(fills=[{"id": "1", "amount": "x"}])),
+    ("get", "GET", {"orderId": "1"}),
+    ("cancel", "DELETE", {"orderId": {"nested": "x"}}),
+    ("cancel", "DELETE", []),
+]
+
+
+@pytest.mark.parametrize(("call", "method", "answer"), UNFIT_TRADE_ANSWERS)
+def test_unfit_trade_answers_are_malformed_responses(
+    httpx_mock: HTTPXMock, trade: BitvavoTrade, call: str, method: str, answer: Any
+) -> None:
+    httpx_mock.add_response(method=method, json=answer)
+    with pytest.raises(MalformedResponse) as caught:
+        match call:
+            case "place":
+                place(trade)
+            case "get":
+                trade.get_order("BTC-EUR", client_order_id=CLIENT_ORDER_ID)
+            case "cancel":
+                trade.cancel_order("BTC-EUR", client_order_id=CLIENT_ORDER_ID)
+    assert not isinstance(caught.value, pydantic.ValidationError)
+    assert caught.value.outcome_unknown is True
+    assert caught.value.endpoint == f"{method} /order"
+
+
+def test_malformed_message_names_the_field_but_not_the_value(
+    httpx_mock: HTTPXMock, trade: BitvavoTrade
+) -> None:
+    secret_looking = "sk-" + "9" * 40
+    httpx_mock.add_response(method="POST", json=order_json(filledAmount=secret_looking))
+    with pytest.raises(MalformedResponse) as caught:
+        place(trade)
+    text = str(caught.value) + repr(caught.value)
+    assert "filledAmount" in text and "does not fit Order" in text
+    assert secret_looking not in text
+
+
+UNFIT_READONLY_ANSWERS: list[tuple[str, ReadonlyCall, str, Any]] = [
+    ("time", lambda c: c.time(), "/time", {"time": "soon"}),
+    ("markets", lambda c: c.markets(), "/markets", [{"market": "BTC-EUR"}]),
+    ("assets", lambda c: c.assets("BTC"), "/assets?symbol=BTC", {"symbol": None}),
+    ("ticker", lambda c: c.ticker_price("BTC-EUR"), "/ticker/price?market=BTC-EUR",
+     {"market": "BTC-EUR", "price": "?"}),
+    ("book top", lambda c: c.ticker_book("BTC-EUR"), "/ticker/book?market=BTC-EUR",
+     {"market": "BTC-EUR", "bid": "?"}),
+    ("24h", lambda c: c.ticker_24h("BTC-EUR"), "/ticker/24h?market=BTC-EUR",
+     {"market": "BTC-EUR", "volume": []}),
+    ("book", lambda c: c.order_book("BTC-EUR"), "/BTC-EUR/book",
+     {"market": "BTC-EUR", "bids": [["1"]]}),
+    ("candles", lambda c: c.candles("BTC-EUR", "1h"), "/BTC-EUR/candles?interval=1h",
+     [[1, "1", "2"]]),
+    ("balance", lambda c: c.balance(), "/balance", [{"symbol": "EUR", "available": ""}]),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "target", "answer"), UNFIT_READONLY_ANSWERS)
+def test_unfit_readonly_answers_are_malformed_responses(
+    httpx_mock: HTTPXMock,
+    readonly: BitvavoReadonly,
+    name: str,
+    call: ReadonlyCall,
+    target: str,
+    answer: Any,
+) -> None:
+    httpx_mock.add_response(method="GET", url=BASE_URL + target, json=answer)
+    with pytest.raises(MalformedResponse) as caught:
+        call(readonly)
+    assert not isinstance(caught.value, pydantic.ValidationError)
+    assert caught.value.endpoint is not None and caught.value.endpoint.startswith("GET /")
 
 
 # -- parsing: Decimal, never float ---------------------------------------------------------------

@@ -3,6 +3,8 @@
 Inbound: field aliases are Bitvavo's camelCase, unknown fields are ignored, numeric strings become
 Decimal, integer milliseconds become tz-aware UTC datetimes. The transport parses JSON with
 `parse_float=Decimal`, so a float never exists; a float handed to a model directly is refused.
+Clients read every answer through `parse_answer` / `parse_rows`: an answer that does not fit its
+model is a MalformedResponse (outcome unknown), never a raw pydantic ValidationError.
 
 Outbound: `OrderRequest` validates an order before anything is signed and renders it as the
 exact body Bitvavo expects (amounts as strings, operatorId as int, clientOrderId as UUID text).
@@ -10,11 +12,12 @@ exact body Bitvavo expects (amounts as strings, operatorId as int, clientOrderId
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -23,13 +26,14 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
 
-from shared.exchange.errors import InvalidOrderRequest, datetime_from_ms
+from shared.exchange.errors import InvalidOrderRequest, MalformedResponse, datetime_from_ms
 
 MARKET_PATTERN = re.compile(r"^[A-Z0-9]{1,15}-[A-Z]{2,6}$")
 
@@ -456,8 +460,40 @@ class OrderReference(BaseModel):
         return params
 
 
-def _describe(exc: ValidationError) -> str:
-    """A ValidationError's reasons without echoing the input values."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'order'}: {err['msg']}" for err in exc.errors()
-    )
+# -- reading answers ------------------------------------------------------------------------------
+
+M = TypeVar("M")
+
+
+@functools.cache
+def _adapter(shape: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(shape)
+
+
+def parse_answer(model: type[M], payload: Any, *, endpoint: str) -> M:
+    """`payload` (a parsed 2xx answer) as `model`, or MalformedResponse naming the fields that
+    did not fit — never the values (an answer may carry anything)."""
+    return _parse(model, model.__name__, payload, endpoint)  # type: ignore[no-any-return]
+
+
+def parse_rows(model: type[M], payload: Any, *, endpoint: str) -> list[M]:
+    """A list answer; Bitvavo answers a filtered query (?market=…, ?symbol=…) with one object."""
+    rows = payload if isinstance(payload, list) else [payload]
+    return _parse(list[model], f"a list of {model.__name__}", rows, endpoint)  # type: ignore[valid-type,no-any-return]
+
+
+def _parse(shape: Any, name: str, payload: Any, endpoint: str) -> Any:
+    try:
+        return _adapter(shape).validate_python(payload)
+    except ValidationError as exc:
+        raise MalformedResponse(
+            f"the answer does not fit {name} ({_describe(exc)})", endpoint=endpoint
+        ) from None
+
+
+def _describe(exc: ValidationError, limit: int = 5) -> str:
+    """A ValidationError's reasons (the first `limit`) without echoing the input values."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    reasons = [f"{'.'.join(str(p) for p in err['loc']) or 'order'}: {err['msg']}" for err in errors]
+    more = f"; and {len(reasons) - limit} more" if len(reasons) > limit else ""
+    return "; ".join(reasons[:limit]) + more

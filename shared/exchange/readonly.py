@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar, overload
 
 import httpx
-from pydantic import SecretStr, TypeAdapter
+from pydantic import SecretStr
 
 from shared.exchange.errors import MalformedResponse, MissingCredentials
 from shared.exchange.models import (
@@ -26,6 +26,8 @@ from shared.exchange.models import (
     Ticker24h,
     TickerBook,
     TickerPrice,
+    parse_answer,
+    parse_rows,
 )
 from shared.exchange.ratelimit import Clock, Sleep
 from shared.exchange.roles import refuse_trading
@@ -92,27 +94,30 @@ class BitvavoReadonly(TransportClient):
     # -- public market data -----------------------------------------------------------------
 
     def time(self) -> datetime:
-        return ServerTime.model_validate(self._get("/time")).time
+        return parse_answer(ServerTime, self._get("/time"), endpoint="GET /time").time
 
     def markets(self, market: str | None = None) -> list[Market]:
-        return _rows(Market, self._get("/markets", {"market": market}))
+        payload = self._get("/markets", {"market": market})
+        return parse_rows(Market, payload, endpoint="GET /markets")
 
     def assets(self, symbol: str | None = None) -> list[Asset]:
-        return _rows(Asset, self._get("/assets", {"symbol": symbol}))
+        return parse_rows(Asset, self._get("/assets", {"symbol": symbol}), endpoint="GET /assets")
 
     @overload
     def ticker_price(self, market: str) -> TickerPrice: ...
     @overload
     def ticker_price(self, market: None = None) -> list[TickerPrice]: ...
     def ticker_price(self, market: str | None = None) -> TickerPrice | list[TickerPrice]:
-        return _one_or_all(TickerPrice, market, self._get("/ticker/price", {"market": market}))
+        payload = self._get("/ticker/price", {"market": market})
+        return _one_or_all(TickerPrice, market, payload, "GET /ticker/price")
 
     @overload
     def ticker_book(self, market: str) -> TickerBook: ...
     @overload
     def ticker_book(self, market: None = None) -> list[TickerBook]: ...
     def ticker_book(self, market: str | None = None) -> TickerBook | list[TickerBook]:
-        return _one_or_all(TickerBook, market, self._get("/ticker/book", {"market": market}))
+        payload = self._get("/ticker/book", {"market": market})
+        return _one_or_all(TickerBook, market, payload, "GET /ticker/book")
 
     @overload
     def ticker_24h(self, market: str) -> Ticker24h: ...
@@ -121,12 +126,13 @@ class BitvavoReadonly(TransportClient):
     def ticker_24h(self, market: str | None = None) -> Ticker24h | list[Ticker24h]:
         weight = 1 if market else 25
         payload = self._get("/ticker/24h", {"market": market}, weight=weight)
-        return _one_or_all(Ticker24h, market, payload)
+        return _one_or_all(Ticker24h, market, payload, "GET /ticker/24h")
 
     def order_book(self, market: str, depth: int | None = None) -> OrderBook:
         if depth is not None and not 1 <= depth <= 1000:
             raise ValueError("depth must be within 1..1000")
-        return OrderBook.model_validate(self._get(_market_path(market, "book"), {"depth": depth}))
+        path = _market_path(market, "book")
+        return parse_answer(OrderBook, self._get(path, {"depth": depth}), endpoint=f"GET {path}")
 
     def candles(
         self,
@@ -148,7 +154,8 @@ class BitvavoReadonly(TransportClient):
             "start": _ms(start),
             "end": _ms(end),
         }
-        return _rows(Candle, self._get(_market_path(market, "candles"), params))
+        path = _market_path(market, "candles")
+        return parse_rows(Candle, self._get(path, params), endpoint=f"GET {path}")
 
     # -- account (read-only key) ------------------------------------------------------------
 
@@ -156,7 +163,7 @@ class BitvavoReadonly(TransportClient):
         payload = self._transport.request(
             "GET", "/balance", params={"symbol": symbol}, weight=5, signed=True
         )
-        return _rows(Balance, payload)
+        return parse_rows(Balance, payload, endpoint="GET /balance")
 
     # -- the trade role's methods: refused (G3) ----------------------------------------------
 
@@ -178,18 +185,14 @@ class BitvavoReadonly(TransportClient):
         return self._transport.request("GET", path, params=params, weight=weight)
 
 
-def _rows(model: type[M], payload: Any) -> list[M]:
-    """Bitvavo answers a filtered query (?market=…, ?symbol=…) with one object, else a list."""
-    items = payload if isinstance(payload, list) else [payload]
-    return TypeAdapter(list[model]).validate_python(items)  # type: ignore[valid-type]
-
-
-def _one_or_all(model: type[M], market: str | None, payload: Any) -> Any:
-    rows = _rows(model, payload)
+def _one_or_all(model: type[M], market: str | None, payload: Any, endpoint: str) -> Any:
+    rows = parse_rows(model, payload, endpoint=endpoint)
     if market is None:
         return rows
     if len(rows) != 1:
-        raise MalformedResponse(f"expected one ticker for {market}, got {len(rows)}")
+        raise MalformedResponse(
+            f"expected one ticker for {market}, got {len(rows)}", endpoint=endpoint
+        )
     return rows[0]
 
 

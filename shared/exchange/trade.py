@@ -5,8 +5,9 @@ import it as `from shared.exchange.trade import BitvavoTrade`.
 
 Every order carries `operatorId` and a UUID `clientOrderId` (generated when not given), so an
 order whose answer is lost can be found again with `get_order(client_order_id=…)`.
-POST /order is sent exactly once: a timeout, a transport failure, a 5xx or codes 101/107/109
-raise an OutcomeUnknown error and the caller reconciles (G10). Nothing here retries.
+POST /order is sent exactly once: a timeout, a transport failure, a 5xx, codes 101/107/108/109/400
+or an unreadable answer raise an OutcomeUnknown error and the caller reconciles (G10). Nothing
+here retries.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ import httpx
 from pydantic import SecretStr
 
 from shared.exchange.errors import KeySeparationError, MissingCredentials
-from shared.exchange.models import Order, OrderCancellation, OrderReference, OrderRequest
+from shared.exchange.models import (
+    Order,
+    OrderCancellation,
+    OrderReference,
+    OrderRequest,
+    parse_answer,
+)
 from shared.exchange.ratelimit import Clock, Sleep
 from shared.exchange.roles import Side, refuse_market_data
 from shared.exchange.settings import DEFAULT_REST_URL, TradeExchangeSettings
@@ -162,7 +169,7 @@ class BitvavoTrade(TransportClient):
         payload = self._transport.request(
             "GET", "/order", params=reference.to_params(), signed=True
         )
-        return Order.model_validate(payload)
+        return parse_answer(Order, payload, endpoint="GET /order")
 
     def cancel_order(
         self,
@@ -174,12 +181,12 @@ class BitvavoTrade(TransportClient):
         reference = OrderReference.of(market, client_order_id, order_id)
         params = {**reference.to_params(), "operatorId": self.operator_id}
         payload = self._transport.request("DELETE", "/order", params=params, signed=True)
-        return OrderCancellation.model_validate(payload)
+        return parse_answer(OrderCancellation, payload, endpoint="DELETE /order")
 
     def _place(self, request: OrderRequest) -> Order:
         # Sent once. No retry, whatever happens (G10).
         payload = self._transport.request("POST", "/order", body=request.to_body(), signed=True)
-        return Order.model_validate(payload)
+        return parse_answer(Order, payload, endpoint="POST /order")
 
     # -- the read-only role's methods: refused (G3) -----------------------------------------------
 
