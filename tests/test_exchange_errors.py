@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -137,6 +138,27 @@ def test_233_is_not_cancellable_and_never_not_found() -> None:
     assert type(error) is e.OrderNotCancellable
     assert not isinstance(error, e.OrderNotFound)
     assert isinstance(error, e.ExchangeRejected) and error.outcome_unknown is False
+
+
+def test_an_error_names_the_order_it_is_about() -> None:
+    coid = uuid.UUID("2be7d0df-d5dc-4b53-a250-3376f3b393e6")
+    error = e.error_for(503, {"errorCode": 109, "error": "did not respond"}, endpoint="POST /order")
+    assert error.market is None and error.client_order_id is None
+    assert error.about_order("BTC-EUR", coid) is error
+    assert error.market == "BTC-EUR" and error.client_order_id == coid
+    assert str(error) == (
+        "POST /order, market BTC-EUR, clientOrderId 2be7d0df-d5dc-4b53-a250-3376f3b393e6, "
+        "HTTP 503, errorCode 109: did not respond"
+    )
+
+
+def test_naming_order_names_every_exchange_error_and_nothing_else() -> None:
+    coid = uuid.uuid4()
+    with pytest.raises(e.ExchangeTimeout) as caught, e.naming_order("ETH-EUR", coid):
+        raise e.ExchangeTimeout("no answer")
+    assert (caught.value.market, caught.value.client_order_id) == ("ETH-EUR", coid)
+    with pytest.raises(ValueError), e.naming_order("ETH-EUR", coid):
+        raise ValueError("not an exchange error")
 
 
 def test_usage_errors_are_not_exchange_answers() -> None:

@@ -27,9 +27,16 @@ from tests.exchange_doubles import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
+COID = "2be7d0df-d5dc-4b53-a250-3376f3b393e6"
 TRADE_METHODS = {
-    "place_market_order": (("BTC-EUR", "buy"), {"amount_quote": Decimal("10")}),
-    "place_limit_order": (("BTC-EUR", "buy", Decimal("1"), Decimal("1")), {}),
+    "place_market_order": (
+        ("BTC-EUR", "buy"),
+        {"amount_quote": Decimal("10"), "client_order_id": COID},
+    ),
+    "place_limit_order": (
+        ("BTC-EUR", "buy", Decimal("1"), Decimal("1")),
+        {"client_order_id": COID},
+    ),
     "get_order": (("BTC-EUR",), {"order_id": "1"}),
     "cancel_order": (("BTC-EUR",), {"order_id": "1"}),
 }
@@ -132,7 +139,7 @@ def test_g3_trade_client_refuses_missing_credentials(missing: dict[str, object],
 
 def test_g3_trade_client_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MissingCredentials):
-        BitvavoTrade.from_settings()  # paper-mode environment: no trade key at all
+        BitvavoTrade.from_settings()  # paper-mode environment: no trade key
     monkeypatch.setenv("BITVAVO_TRADE_API_KEY", TRADE_KEY)
     monkeypatch.setenv("BITVAVO_TRADE_API_SECRET", TRADE_SECRET)
     monkeypatch.setenv("BITVAVO_OPERATOR_ID", str(OPERATOR_ID))

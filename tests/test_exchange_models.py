@@ -273,7 +273,7 @@ def test_order_request_body_has_strings_for_money() -> None:
     ],
 )
 def test_invalid_order_requests_are_refused(kwargs: dict[str, Any]) -> None:
-    args = {"market": "BTC-EUR", "side": "buy"} | kwargs
+    args = {"market": "BTC-EUR", "side": "buy", "client_order_id": uuid.uuid4()} | kwargs
     with pytest.raises(InvalidOrderRequest):
         OrderRequest.market_order(args.pop("market"), args.pop("side"), **args)
 
@@ -288,7 +288,28 @@ def test_invalid_order_message_does_not_echo_values() -> None:
 
 
 def test_limit_order_needs_amount_and_price() -> None:
+    coid = uuid.uuid4()
     with pytest.raises(InvalidOrderRequest):
-        OrderRequest.limit_order("BTC-EUR", "buy", Decimal("1"), None)
+        OrderRequest.limit_order("BTC-EUR", "buy", Decimal("1"), None, client_order_id=coid)
     with pytest.raises(InvalidOrderRequest):
-        OrderRequest.limit_order("BTC-EUR", "buy", Decimal("1"), Decimal("1"), time_in_force="DAY")
+        OrderRequest.limit_order(
+            "BTC-EUR", "buy", Decimal("1"), Decimal("1"), client_order_id=coid,
+            time_in_force="DAY",
+        )
+
+
+def test_an_order_request_never_invents_a_client_order_id() -> None:
+    with pytest.raises(TypeError, match="client_order_id"):
+        OrderRequest.market_order("BTC-EUR", "buy", amount_quote=Decimal("10"))  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="client_order_id"):
+        OrderRequest.limit_order("BTC-EUR", "buy", Decimal("1"), Decimal("1"))  # type: ignore[call-arg]
+    with pytest.raises(InvalidOrderRequest, match="clientOrderId must be a UUID"):
+        OrderRequest.market_order(
+            "BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id=None  # type: ignore[arg-type]
+        )
+
+
+def test_market_listing_with_null_price_precision() -> None:
+    # Bitvavo since v2.12.0: pricePrecision is always null, tickSize rules prices
+    m = Market.model_validate(MARKET | {"pricePrecision": None, "tickSize": "0.01"})
+    assert m.price_precision is None and m.tick_size == Decimal("0.01")

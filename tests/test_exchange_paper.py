@@ -1,4 +1,5 @@
-"""PaperTrade: BitvavoTrade's interface, fills at the given price, taker fee in quote."""
+"""PaperTrade: BitvavoTrade's interface, fills at the given price, taker fee in quote, the
+exchange's refusals."""
 
 from __future__ import annotations
 
@@ -8,10 +9,19 @@ from decimal import Decimal
 import pytest
 
 from shared.exchange import Order, PaperTrade
-from shared.exchange.errors import ClientOrderIdConflict, InvalidOrderRequest, OrderNotFound
+from shared.exchange.errors import (
+    ClientOrderIdConflict,
+    InvalidOrderRequest,
+    OrderNotCancellable,
+    OrderNotFound,
+)
 from tests.exchange_doubles import FakeClock
 
 PRICE = Decimal("36000")
+
+
+def coid() -> uuid.UUID:
+    return uuid.uuid4()
 
 
 @pytest.fixture
@@ -21,7 +31,9 @@ def paper() -> PaperTrade:
 
 
 def test_market_buy_by_amount_quote(paper: PaperTrade) -> None:
-    order = paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"))
+    order = paper.place_market_order(
+        "BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id=coid()
+    )
     assert isinstance(order, Order)
     assert order.status == "filled" and order.is_final
     # spends at most amountQuote, fee included: 10 / 1.0025 / 36000, rounded down to 8 decimals
@@ -37,7 +49,9 @@ def test_market_buy_by_amount_quote(paper: PaperTrade) -> None:
 
 
 def test_market_sell_by_amount(paper: PaperTrade) -> None:
-    order = paper.place_market_order("ETH-EUR", "sell", amount=Decimal("0.5"))
+    order = paper.place_market_order(
+        "ETH-EUR", "sell", amount=Decimal("0.5"), client_order_id=coid()
+    )
     assert order.filled_amount == Decimal("0.5")
     assert order.filled_amount_quote == Decimal("1000")
     assert order.fee_paid == Decimal("2.5")
@@ -45,13 +59,17 @@ def test_market_sell_by_amount(paper: PaperTrade) -> None:
 
 def test_configurable_fee_rate() -> None:
     paper = PaperTrade(lambda _: PRICE, taker_fee_rate=Decimal("0.0015"))
-    order = paper.place_market_order("BTC-EUR", "buy", amount=Decimal("0.01"))
+    order = paper.place_market_order(
+        "BTC-EUR", "buy", amount=Decimal("0.01"), client_order_id=coid()
+    )
     assert order.filled_amount_quote == Decimal("360")
     assert order.fee_paid == Decimal("0.54")
 
 
 def test_sell_by_amount_quote_charges_the_fee_on_the_proceeds(paper: PaperTrade) -> None:
-    order = paper.place_market_order("ETH-EUR", "sell", amount_quote=Decimal("100"))
+    order = paper.place_market_order(
+        "ETH-EUR", "sell", amount_quote=Decimal("100"), client_order_id=coid()
+    )
     assert order.filled_amount == Decimal("0.05")
     assert order.filled_amount_quote == Decimal("100")
     assert order.fee_paid == Decimal("0.25")
@@ -72,22 +90,28 @@ def test_get_order_by_client_order_id_and_order_id(paper: PaperTrade) -> None:
     with pytest.raises(OrderNotFound) as caught:
         paper.get_order("BTC-EUR", client_order_id=uuid.uuid4())
     assert caught.value.error_code == 240
-    with pytest.raises(OrderNotFound):
+    with pytest.raises(OrderNotFound) as other_market:
         paper.get_order("ETH-EUR", client_order_id=coid)
+    assert other_market.value.client_order_id == coid and other_market.value.market == "ETH-EUR"
 
 
 def test_client_order_id_is_never_reused(paper: PaperTrade) -> None:
     coid = uuid.uuid4()
     paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id=coid)
-    with pytest.raises(ClientOrderIdConflict):
+    with pytest.raises(ClientOrderIdConflict) as caught:
         paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id=coid)
+    assert caught.value.client_order_id == coid and caught.value.market == "BTC-EUR"
 
 
 def test_same_validation_as_the_live_client(paper: PaperTrade) -> None:
     with pytest.raises(InvalidOrderRequest):
-        paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"), amount=Decimal(1))
+        paper.place_market_order(
+            "BTC-EUR", "buy", amount_quote=Decimal("10"), amount=Decimal(1), client_order_id=coid()
+        )
     with pytest.raises(InvalidOrderRequest):
-        paper.place_market_order("BTC-EUR", "buy", amount_quote=10.0)  # type: ignore[arg-type]
+        paper.place_market_order(
+            "BTC-EUR", "buy", amount_quote=10.0, client_order_id=coid()  # type: ignore[arg-type]
+        )
     with pytest.raises(InvalidOrderRequest):
         paper.place_market_order(
             "BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id="not-a-uuid"
@@ -95,20 +119,32 @@ def test_same_validation_as_the_live_client(paper: PaperTrade) -> None:
 
 
 def test_limit_orders_rest_or_fill_and_can_be_cancelled(paper: PaperTrade) -> None:
-    resting = paper.place_limit_order("BTC-EUR", "buy", Decimal("0.001"), Decimal("30000"))
+    resting = paper.place_limit_order(
+        "BTC-EUR", "buy", Decimal("0.001"), Decimal("30000"), client_order_id=coid()
+    )
     assert resting.status == "new" and resting.filled_amount == 0
     cancelled = paper.cancel_order("BTC-EUR", client_order_id=resting.client_order_id)
     assert cancelled.order_id == resting.order_id and cancelled.operator_id == 7
     assert paper.get_order("BTC-EUR", order_id=resting.order_id).status == "canceled"
-    with pytest.raises(OrderNotFound):
+    # it exists but is no longer open: Bitvavo's 233, never "not found"
+    with pytest.raises(OrderNotCancellable) as caught:
         paper.cancel_order("BTC-EUR", order_id=resting.order_id)
+    assert caught.value.error_code == 233 and not isinstance(caught.value, OrderNotFound)
+    assert caught.value.client_order_id is None and caught.value.market == "BTC-EUR"
+    with pytest.raises(OrderNotFound):
+        paper.cancel_order("BTC-EUR", order_id="no-such-order")
 
-    crossing = paper.place_limit_order("BTC-EUR", "buy", Decimal("0.001"), Decimal("40000"))
+    crossing = paper.place_limit_order(
+        "BTC-EUR", "buy", Decimal("0.001"), Decimal("40000"), client_order_id=coid()
+    )
     assert crossing.status == "filled" and crossing.fills[0].price == PRICE
     assert crossing.filled_amount_quote == Decimal("36")
+    with pytest.raises(OrderNotCancellable):
+        paper.cancel_order("BTC-EUR", client_order_id=crossing.client_order_id)
 
     ioc = paper.place_limit_order(
-        "BTC-EUR", "sell", Decimal("1"), Decimal("99999"), time_in_force="IOC"
+        "BTC-EUR", "sell", Decimal("1"), Decimal("99999"), time_in_force="IOC",
+        client_order_id=coid(),
     )
     assert ioc.status == "canceledIOC"
 
@@ -116,4 +152,6 @@ def test_limit_orders_rest_or_fill_and_can_be_cancelled(paper: PaperTrade) -> No
 def test_unusable_price_is_refused() -> None:
     paper = PaperTrade(lambda _: Decimal("0"))
     with pytest.raises(InvalidOrderRequest):
-        paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"))
+        paper.place_market_order(
+            "BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id=coid()
+        )

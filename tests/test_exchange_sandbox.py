@@ -177,10 +177,13 @@ def test_market_buy_by_amount_quote(
 
 
 def test_market_buy_and_sell_by_amount(trade: BitvavoTrade, readonly: BitvavoReadonly) -> None:
-    bought = trade.place_market_order(MARKET, "buy", amount=Decimal("0.001"))
+    coid = uuid.uuid4()
+    bought = trade.place_market_order(MARKET, "buy", amount=Decimal("0.001"), client_order_id=coid)
     assert bought.status == "filled" and bought.filled_amount == Decimal("0.001")
-    assert isinstance(bought.client_order_id, uuid.UUID)  # generated for us
-    sold = trade.place_market_order(MARKET, "sell", amount=Decimal("0.001"))
+    assert bought.client_order_id == coid
+    sold = trade.place_market_order(
+        MARKET, "sell", amount=Decimal("0.001"), client_order_id=uuid.uuid4()
+    )
     assert sold.status == "filled" and sold.side == "sell"
     assert readonly.balance("BTC") == []  # all sold: zero balances are not listed
 
@@ -204,10 +207,13 @@ def test_limit_order_get_and_cancel(trade: BitvavoTrade, readonly: BitvavoReadon
     with pytest.raises(OrderNotFound) as caught:
         trade.cancel_order(MARKET, order_id=placed.order_id)
     assert caught.value.error_code == 240 and caught.value.http_status == 404
+    assert caught.value.client_order_id is None and caught.value.market == MARKET
 
 
 def test_cancel_by_order_id(trade: BitvavoTrade, readonly: BitvavoReadonly) -> None:
-    placed = trade.place_limit_order(MARKET, "buy", Decimal("0.001"), far_below_market(readonly))
+    placed = trade.place_limit_order(
+        MARKET, "buy", Decimal("0.001"), far_below_market(readonly), client_order_id=uuid.uuid4()
+    )
     assert trade.cancel_order(MARKET, order_id=placed.order_id).order_id == placed.order_id
 
 
@@ -215,17 +221,23 @@ def test_cancel_by_order_id(trade: BitvavoTrade, readonly: BitvavoReadonly) -> N
 
 
 def test_below_minimum(trade: BitvavoTrade) -> None:
+    coid = uuid.uuid4()
     with pytest.raises(BelowMinimumSize) as caught:
-        trade.place_market_order(MARKET, "buy", amount_quote=Decimal("1"))
+        trade.place_market_order(MARKET, "buy", amount_quote=Decimal("1"), client_order_id=coid)
     assert caught.value.error_code == 217 and not caught.value.outcome_unknown
+    assert caught.value.client_order_id == coid
     with pytest.raises(BelowMinimumSize) as caught:
-        trade.place_market_order(MARKET, "buy", amount=Decimal("0.00000001"))
+        trade.place_market_order(
+            MARKET, "buy", amount=Decimal("0.00000001"), client_order_id=uuid.uuid4()
+        )
     assert caught.value.error_code == 212
 
 
 def test_insufficient_balance(trade: BitvavoTrade) -> None:
     with pytest.raises(InsufficientBalance) as caught:
-        trade.place_market_order(MARKET, "buy", amount_quote=Decimal("20000"))
+        trade.place_market_order(
+            MARKET, "buy", amount_quote=Decimal("20000"), client_order_id=uuid.uuid4()
+        )
     assert caught.value.error_code == 216 and caught.value.http_status == 400
 
 
@@ -257,7 +269,9 @@ def test_view_key_cannot_trade(bitvavo_sandbox: SandboxServer) -> None:
         operator_id=OPERATOR_ID,
     ) as client:
         with pytest.raises(TradePermissionMissing) as caught:
-            client.place_market_order(MARKET, "buy", amount_quote=Decimal("10"))
+            client.place_market_order(
+                MARKET, "buy", amount_quote=Decimal("10"), client_order_id=uuid.uuid4()
+            )
     assert caught.value.error_code == 310
     assert bitvavo_sandbox.orders() == []
 

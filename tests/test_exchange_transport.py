@@ -3,6 +3,7 @@ error mapping; no secret in logs."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import uuid
@@ -15,15 +16,18 @@ import pydantic
 import pytest
 from pytest_httpx import HTTPXMock
 
-from shared.exchange import BitvavoReadonly
+from shared.exchange import BitvavoReadonly, OrderClient, PaperTrade
 from shared.exchange.errors import (
+    ExchangeError,
     ExchangeServerError,
     ExchangeTimeout,
     ExchangeTransportError,
     InsufficientBalance,
     MalformedResponse,
     MissingCredentials,
+    OrderNotCancellable,
     OutcomeUnknown,
+    RateLimitBanned,
 )
 from shared.exchange.trade import BitvavoTrade
 from tests.exchange_doubles import (
@@ -308,15 +312,116 @@ def test_trade_calls_are_exact_and_signed(
     assert_signed(request, TRADE_KEY, TRADE_SECRET, clock)
 
 
-def test_generated_client_order_id_is_a_fresh_uuid4(
+# -- G10: the clientOrderId is the caller's, always; every order error names it ----------------
+
+
+@pytest.mark.parametrize("client", [BitvavoTrade, PaperTrade, OrderClient])
+@pytest.mark.parametrize("method", ["place_market_order", "place_limit_order"])
+def test_g10_client_order_id_is_required_keyword_only(client: type, method: str) -> None:
+    parameter = inspect.signature(getattr(client, method)).parameters["client_order_id"]
+    assert parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    assert parameter.default is inspect.Parameter.empty
+
+
+def test_g10_an_order_without_client_order_id_is_never_sent(
     httpx_mock: HTTPXMock, trade: BitvavoTrade
 ) -> None:
-    httpx_mock.add_response(method="POST", json=order_json(), is_reusable=True)
-    trade.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"))
-    trade.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"))
-    ids = [json.loads(r.content)["clientOrderId"] for r in httpx_mock.get_requests()]
-    assert [uuid.UUID(i).version for i in ids] == [4, 4]
-    assert ids[0] != ids[1]
+    with pytest.raises(TypeError, match="client_order_id"):
+        trade.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"))  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="client_order_id"):
+        trade.place_limit_order("BTC-EUR", "buy", Decimal("0.001"), Decimal("30000"))  # type: ignore[call-arg]
+    assert httpx_mock.get_requests() == []
+
+
+def answer_with(httpx_mock: HTTPXMock, kind: str) -> None:
+    """Program the POST /order answer of one failure kind."""
+    match kind:
+        case "timeout":
+            httpx_mock.add_exception(httpx.ReadTimeout("read timed out"), method="POST")
+        case "transport":
+            httpx_mock.add_exception(httpx.RemoteProtocolError("disconnected"), method="POST")
+        case "5xx":
+            httpx_mock.add_response(method="POST", status_code=502, html="<h1>Bad Gateway</h1>")
+        case "101":
+            httpx_mock.add_response(
+                method="POST", status_code=500, json={"errorCode": 101, "error": "Unknown"}
+            )
+        case "400":
+            httpx_mock.add_response(
+                method="POST", status_code=400, json={"errorCode": 400, "error": "Unknown"}
+            )
+        case "not json":
+            httpx_mock.add_response(method="POST", status_code=200, text="<html>")
+        case "unfit json":
+            httpx_mock.add_response(method="POST", json=order_json(filledAmount=""))
+        case "rejected":
+            httpx_mock.add_response(
+                method="POST", status_code=400, json={"errorCode": 216, "error": "balance"}
+            )
+
+
+FAILURES = ["timeout", "transport", "5xx", "101", "400", "not json", "unfit json", "rejected"]
+
+
+@pytest.mark.parametrize("kind", FAILURES)
+@pytest.mark.parametrize("order_type", ["market", "limit"])
+def test_g10_every_post_order_error_names_the_order(
+    httpx_mock: HTTPXMock, trade: BitvavoTrade, kind: str, order_type: str
+) -> None:
+    answer_with(httpx_mock, kind)
+    coid = uuid.uuid4()
+    with pytest.raises(ExchangeError) as caught:
+        if order_type == "market":
+            trade.place_market_order(
+                "ETH-EUR", "buy", amount_quote=Decimal("10"), client_order_id=coid
+            )
+        else:
+            trade.place_limit_order(
+                "ETH-EUR", "buy", Decimal("0.1"), Decimal("100"), client_order_id=str(coid)
+            )
+    error = caught.value
+    assert error.client_order_id == coid and error.market == "ETH-EUR"
+    assert str(coid) in str(error) and "ETH-EUR" in str(error)
+    assert error.outcome_unknown is (kind != "rejected")
+    (request,) = httpx_mock.get_requests()
+    assert json.loads(request.content)["clientOrderId"] == str(coid)
+
+
+def test_g10_a_local_refusal_names_the_order_too(
+    httpx_mock: HTTPXMock, trade: BitvavoTrade, clock: FakeClock
+) -> None:
+    httpx_mock.add_response(
+        method="POST",
+        status_code=429,
+        json={"errorCode": 105, "error": f"banned. The ban expires at {clock.ms + 60_000}."},
+    )
+    with pytest.raises(RateLimitBanned):
+        place(trade)
+    coid = uuid.uuid4()
+    with pytest.raises(RateLimitBanned) as caught:
+        trade.place_market_order("BTC-EUR", "sell", amount=Decimal("1"), client_order_id=coid)
+    assert caught.value.http_status is None  # refused here, nothing sent
+    assert caught.value.client_order_id == coid and caught.value.market == "BTC-EUR"
+    assert len(httpx_mock.get_requests()) == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "method", "body"),
+    [
+        (lambda c: c.get_order("BTC-EUR", client_order_id=CLIENT_ORDER_ID), "GET", None),
+        (lambda c: c.cancel_order("BTC-EUR", client_order_id=CLIENT_ORDER_ID), "DELETE", None),
+    ],
+)
+def test_order_lookups_name_the_order(
+    httpx_mock: HTTPXMock, trade: BitvavoTrade, call: TradeCall, method: str, body: Any
+) -> None:
+    httpx_mock.add_response(
+        method=method, status_code=400, json={"errorCode": 233, "error": "Order must be active"}
+    )
+    with pytest.raises(OrderNotCancellable) as caught:
+        call(trade)
+    assert caught.value.client_order_id == uuid.UUID(CLIENT_ORDER_ID)
+    assert caught.value.market == "BTC-EUR"
 
 
 # -- G10: POST /order is sent once; an unknown outcome is reported, never retried --------------
@@ -447,6 +552,7 @@ def test_unfit_trade_answers_are_malformed_responses(
                 trade.cancel_order("BTC-EUR", client_order_id=CLIENT_ORDER_ID)
     assert not isinstance(caught.value, pydantic.ValidationError)
     assert caught.value.outcome_unknown is True
+    assert caught.value.client_order_id == uuid.UUID(CLIENT_ORDER_ID)
     assert caught.value.endpoint == f"{method} /order"
 
 

@@ -28,14 +28,19 @@ The names tell the caller what to do:
 
 `outcome_unknown` is True exactly for OutcomeUnknown (timeouts, transport errors, 5xx and codes
 101/107/108/109/400). `error_for` maps an HTTP answer to its exception with the two tables below.
+An error raised by an order call also names the order: `market` and `client_order_id` (G10: an
+order whose answer was lost can always be reconciled by what the error says).
 Messages carry the exchange's own error text and the endpoint, never keys, secrets or signatures.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 
 class ExchangeError(Exception):
@@ -55,18 +60,41 @@ class ExchangeError(Exception):
         self.http_status = http_status
         self.error_code = error_code
         self.endpoint = endpoint
+        self.market: str | None = None
+        self.client_order_id: uuid.UUID | None = None
         super().__init__(message)
+
+    def about_order(self, market: str, client_order_id: uuid.UUID | None) -> Self:
+        """Name the order this error is about (set by the order clients on every error of an
+        order call): with `client_order_id` an unknown outcome can always be reconciled."""
+        self.market = market
+        self.client_order_id = client_order_id
+        return self
 
     def __str__(self) -> str:
         parts = []
         if self.endpoint:
             parts.append(self.endpoint)
+        if self.market is not None:
+            parts.append(f"market {self.market}")
+        if self.client_order_id is not None:
+            parts.append(f"clientOrderId {self.client_order_id}")
         if self.http_status is not None:
             parts.append(f"HTTP {self.http_status}")
         if self.error_code is not None:
             parts.append(f"errorCode {self.error_code}")
         prefix = ", ".join(parts)
         return f"{prefix}: {self.message}" if prefix else self.message
+
+
+@contextmanager
+def naming_order(market: str, client_order_id: uuid.UUID | None) -> Iterator[None]:
+    """Every ExchangeError raised inside names the order it is about (G10)."""
+    try:
+        yield
+    except ExchangeError as error:
+        error.about_order(market, client_order_id)
+        raise
 
 
 # -- definitive answers: the request had no effect ------------------------------------------

@@ -373,9 +373,9 @@ class OrderRequest(BaseModel):
         market: str,
         side: str,
         *,
+        client_order_id: uuid.UUID | str,
         amount_quote: Any = None,
         amount: Any = None,
-        client_order_id: uuid.UUID | str | None = None,
         operator_id: int | None = None,
     ) -> OrderRequest:
         return cls._checked(
@@ -384,7 +384,7 @@ class OrderRequest(BaseModel):
             order_type="market",
             amount=amount,
             amount_quote=amount_quote,
-            client_order_id=uuid.uuid4() if client_order_id is None else client_order_id,
+            client_order_id=client_order_id,
             operator_id=operator_id,
         )
 
@@ -396,7 +396,7 @@ class OrderRequest(BaseModel):
         amount: Any,
         price: Any,
         *,
-        client_order_id: uuid.UUID | str | None = None,
+        client_order_id: uuid.UUID | str,
         time_in_force: str = "GTC",
         post_only: bool = False,
         operator_id: int | None = None,
@@ -407,7 +407,7 @@ class OrderRequest(BaseModel):
             order_type="limit",
             amount=amount,
             price=price,
-            client_order_id=uuid.uuid4() if client_order_id is None else client_order_id,
+            client_order_id=client_order_id,
             time_in_force=time_in_force,
             post_only=post_only,
             operator_id=operator_id,

@@ -5,7 +5,8 @@ ticker price). The taker fee is charged in the quote currency and, as on the exc
 amountQuote spends at most amountQuote, fee included. A limit order fills at the
 current price when it is marketable, otherwise it rests as `new` until cancelled. Orders are
 kept in memory so `get_order(client_order_id=…)` answers like the exchange would, and refusals
-use the exchange's exceptions (OrderNotFound, ClientOrderIdConflict) so callers handle one set.
+use the exchange's exceptions (ClientOrderIdConflict 220, OrderNotCancellable 233,
+OrderNotFound 240) so callers handle one set; each names the order.
 A clientOrderId is never accepted twice (stricter than Bitvavo, which only forbids reuse among
 open orders).
 """
@@ -23,8 +24,10 @@ from typing import Any, Literal
 from shared.exchange.errors import (
     ClientOrderIdConflict,
     InvalidOrderRequest,
+    OrderNotCancellable,
     OrderNotFound,
     datetime_from_ms,
+    naming_order,
 )
 from shared.exchange.models import Fill, Order, OrderCancellation, OrderReference, OrderRequest
 from shared.exchange.ratelimit import Clock
@@ -61,9 +64,9 @@ class PaperTrade:
         market: str,
         side: Side,
         *,
+        client_order_id: uuid.UUID | str,
         amount_quote: Decimal | None = None,
         amount: Decimal | None = None,
-        client_order_id: uuid.UUID | str | None = None,
     ) -> Order:
         request = OrderRequest.market_order(
             market,
@@ -73,7 +76,8 @@ class PaperTrade:
             client_order_id=client_order_id,
             operator_id=self.operator_id,
         )
-        return self._place(request, fill_price=self._price(market))
+        with naming_order(request.market, request.client_order_id):
+            return self._place(request, fill_price=self._price(market))
 
     def place_limit_order(
         self,
@@ -82,7 +86,7 @@ class PaperTrade:
         amount: Decimal,
         price: Decimal,
         *,
-        client_order_id: uuid.UUID | str | None = None,
+        client_order_id: uuid.UUID | str,
         time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC",
         post_only: bool = False,
     ) -> Order:
@@ -96,15 +100,16 @@ class PaperTrade:
             post_only=post_only,
             operator_id=self.operator_id,
         )
-        assert request.price is not None
-        current = self._price(market)
-        marketable = current <= request.price if side == "buy" else current >= request.price
-        if marketable and post_only:
-            return self._place(request, fill_price=None, status="canceledPostOnly")
-        if not marketable and time_in_force != "GTC":
-            status = "canceledIOC" if time_in_force == "IOC" else "canceledFOK"
-            return self._place(request, fill_price=None, status=status)
-        return self._place(request, fill_price=current if marketable else None)
+        with naming_order(request.market, request.client_order_id):
+            assert request.price is not None
+            current = self._price(market)
+            marketable = current <= request.price if side == "buy" else current >= request.price
+            if marketable and post_only:
+                return self._place(request, fill_price=None, status="canceledPostOnly")
+            if not marketable and time_in_force != "GTC":
+                status = "canceledIOC" if time_in_force == "IOC" else "canceledFOK"
+                return self._place(request, fill_price=None, status=status)
+            return self._place(request, fill_price=current if marketable else None)
 
     def get_order(
         self,
@@ -114,8 +119,8 @@ class PaperTrade:
         order_id: str | None = None,
     ) -> Order:
         reference = OrderReference.of(market, client_order_id, order_id)
-        with self._lock:
-            return self._find(reference)
+        with naming_order(reference.market, reference.client_order_id), self._lock:
+            return self._find(reference, "GET /order")
 
     def cancel_order(
         self,
@@ -125,14 +130,14 @@ class PaperTrade:
         order_id: str | None = None,
     ) -> OrderCancellation:
         reference = OrderReference.of(market, client_order_id, order_id)
-        with self._lock:
-            order = self._find(reference)
-            if order.status != "new":
-                raise OrderNotFound(
-                    "No order found. Please be aware that simultaneously updating the same "
-                    "order may return this error.",
-                    http_status=404,
-                    error_code=240,
+        with naming_order(reference.market, reference.client_order_id), self._lock:
+            order = self._find(reference, "DELETE /order")
+            if order.status not in ("new", "partiallyFilled"):
+                raise OrderNotCancellable(
+                    "Order must be active (status new or partiallyFilled) to allow "
+                    "updating/cancelling.",
+                    http_status=400,
+                    error_code=233,
                     endpoint="DELETE /order",
                 )
             assert order.client_order_id is not None
@@ -244,7 +249,7 @@ class PaperTrade:
             "fills": (fill,),
         }
 
-    def _find(self, reference: OrderReference) -> Order:
+    def _find(self, reference: OrderReference, endpoint: str) -> Order:
         order: Order | None = None
         if reference.client_order_id is not None:
             order = self._orders.get(reference.client_order_id)
@@ -254,7 +259,7 @@ class PaperTrade:
             )
         if order is None or order.market != reference.market:
             raise OrderNotFound(
-                "No order found.", http_status=404, error_code=240, endpoint="GET /order"
+                "No order found.", http_status=404, error_code=240, endpoint=endpoint
             )
         return order
 

@@ -32,14 +32,17 @@ def refuse_market_data(client: str, action: str) -> KeySeparationError:
 class OrderClient(Protocol):
     """What trading_execute needs; BitvavoTrade (live) and PaperTrade (paper) provide it."""
 
+    # G10: `client_order_id` is required (the execution's claim id), so an order whose answer
+    # is lost can always be found again; the clients never generate one.
+
     def place_market_order(
         self,
         market: str,
         side: Side,
         *,
+        client_order_id: uuid.UUID | str,
         amount_quote: Decimal | None = None,
         amount: Decimal | None = None,
-        client_order_id: uuid.UUID | str | None = None,
     ) -> Order: ...
 
     def place_limit_order(
@@ -49,7 +52,7 @@ class OrderClient(Protocol):
         amount: Decimal,
         price: Decimal,
         *,
-        client_order_id: uuid.UUID | str | None = None,
+        client_order_id: uuid.UUID | str,
         time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC",
         post_only: bool = False,
     ) -> Order: ...

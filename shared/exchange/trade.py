@@ -3,8 +3,9 @@
 This module is left out of the scanner's bundle, and `shared.exchange` never imports it:
 import it as `from shared.exchange.trade import BitvavoTrade`.
 
-Every order carries `operatorId` and a UUID `clientOrderId` (generated when not given), so an
-order whose answer is lost can be found again with `get_order(client_order_id=…)`.
+Every order carries `operatorId` and the caller's UUID `clientOrderId` (required: the
+execution's claim id), so an order whose answer is lost can be found again with
+`get_order(client_order_id=…)`; every error an order call raises names that id and the market.
 POST /order is sent exactly once: a timeout, a transport failure, a 5xx, codes 101/107/108/109/400
 or an unreadable answer raise an OutcomeUnknown error and the caller reconciles (G10). Nothing
 here retries.
@@ -21,7 +22,7 @@ from typing import Any, Literal, NoReturn
 import httpx
 from pydantic import SecretStr
 
-from shared.exchange.errors import KeySeparationError, MissingCredentials
+from shared.exchange.errors import KeySeparationError, MissingCredentials, naming_order
 from shared.exchange.models import (
     Order,
     OrderCancellation,
@@ -119,9 +120,9 @@ class BitvavoTrade(TransportClient):
         market: str,
         side: Side,
         *,
+        client_order_id: uuid.UUID | str,
         amount_quote: Decimal | None = None,
         amount: Decimal | None = None,
-        client_order_id: uuid.UUID | str | None = None,
     ) -> Order:
         """Exactly one of `amount_quote` (spend/receive this much quote) and `amount` (base)."""
         request = OrderRequest.market_order(
@@ -141,7 +142,7 @@ class BitvavoTrade(TransportClient):
         amount: Decimal,
         price: Decimal,
         *,
-        client_order_id: uuid.UUID | str | None = None,
+        client_order_id: uuid.UUID | str,
         time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC",
         post_only: bool = False,
     ) -> Order:
@@ -166,10 +167,11 @@ class BitvavoTrade(TransportClient):
     ) -> Order:
         """The way to learn an order's fate after OutcomeUnknown (raises OrderNotFound)."""
         reference = OrderReference.of(market, client_order_id, order_id)
-        payload = self._transport.request(
-            "GET", "/order", params=reference.to_params(), signed=True
-        )
-        return parse_answer(Order, payload, endpoint="GET /order")
+        with naming_order(reference.market, reference.client_order_id):
+            payload = self._transport.request(
+                "GET", "/order", params=reference.to_params(), signed=True
+            )
+            return parse_answer(Order, payload, endpoint="GET /order")
 
     def cancel_order(
         self,
@@ -180,13 +182,17 @@ class BitvavoTrade(TransportClient):
     ) -> OrderCancellation:
         reference = OrderReference.of(market, client_order_id, order_id)
         params = {**reference.to_params(), "operatorId": self.operator_id}
-        payload = self._transport.request("DELETE", "/order", params=params, signed=True)
-        return parse_answer(OrderCancellation, payload, endpoint="DELETE /order")
+        with naming_order(reference.market, reference.client_order_id):
+            payload = self._transport.request("DELETE", "/order", params=params, signed=True)
+            return parse_answer(OrderCancellation, payload, endpoint="DELETE /order")
 
     def _place(self, request: OrderRequest) -> Order:
-        # Sent once. No retry, whatever happens (G10).
-        payload = self._transport.request("POST", "/order", body=request.to_body(), signed=True)
-        return parse_answer(Order, payload, endpoint="POST /order")
+        # Sent once. No retry, whatever happens (G10); whatever is raised names the order.
+        with naming_order(request.market, request.client_order_id):
+            payload = self._transport.request(
+                "POST", "/order", body=request.to_body(), signed=True
+            )
+            return parse_answer(Order, payload, endpoint="POST /order")
 
     # -- the read-only role's methods: refused (G3) -----------------------------------------------
 
