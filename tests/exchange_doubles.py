@@ -1,11 +1,15 @@
-"""Test doubles for the exchange tests: a fake clock, keys, an independent signature check."""
+"""Test doubles for the exchange tests: a fake clock, keys, an independent signature check,
+market listings as Bitvavo sends them and a static market lookup."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import Any
 
 import httpx
+
+from shared.exchange.models import Market
 
 BASE_URL = "https://api.bitvavo.test/v2"
 READONLY_KEY = "r" * 64
@@ -87,3 +91,40 @@ def order_json(**overrides: object) -> dict[str, object]:
     }
     order.update(overrides)
     return order
+
+
+def market_json(market: str, **overrides: Any) -> dict[str, Any]:
+    """A `/markets` row as Bitvavo sends it (since v2.12.0 `pricePrecision` is null)."""
+    rows: dict[str, dict[str, Any]] = {
+        "BTC-EUR": {"minOrderInBaseAsset": "0.00006", "quantityDecimals": 8, "tickSize": "1"},
+        "ETH-EUR": {"minOrderInBaseAsset": "0.001", "quantityDecimals": 8, "tickSize": "0.01"},
+        "XRP-EUR": {"minOrderInBaseAsset": "1", "quantityDecimals": 6, "tickSize": "0.00001"},
+    }
+    base, quote = market.split("-")
+    row: dict[str, Any] = {
+        "market": market,
+        "status": "trading",
+        "base": base,
+        "quote": quote,
+        "pricePrecision": None,
+        "minOrderInQuoteAsset": "5",
+        "maxOrderInBaseAsset": "1000000000",
+        "maxOrderInQuoteAsset": "1000000000",
+        "notionalDecimals": 2,
+        "maxOpenOrders": 100,
+        "orderTypes": ["market", "limit"],
+        "feeCategory": "A",
+        **rows[market],
+    }
+    row.update(overrides)
+    return row
+
+
+MARKETS = {
+    name: Market.model_validate(market_json(name)) for name in ("BTC-EUR", "ETH-EUR", "XRP-EUR")
+}
+
+
+def markets(name: str) -> Market:
+    """A static MarketLookup over MARKETS (KeyError for anything else, like MarketCatalog)."""
+    return MARKETS[name]

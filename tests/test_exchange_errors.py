@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -161,6 +162,14 @@ def test_naming_order_names_every_exchange_error_and_nothing_else() -> None:
         raise ValueError("not an exchange error")
 
 
+def test_order_below_minimum_is_a_local_refusal() -> None:
+    assert issubclass(e.OrderBelowMinimum, e.InvalidOrderRequest)
+    assert not issubclass(e.OrderBelowMinimum, e.ExchangeError)
+    error = e.OrderBelowMinimum("x", field="amountQuote", value=Decimal("4.99"),
+                                minimum=Decimal("5"))
+    assert (error.field, error.value, error.minimum) == ("amountQuote", Decimal("4.99"), 5)
+
+
 def test_usage_errors_are_not_exchange_answers() -> None:
     assert not issubclass(e.KeySeparationError, e.ExchangeError)
     assert issubclass(e.KeySeparationError, e.ExchangeUsageError)
@@ -168,6 +177,8 @@ def test_usage_errors_are_not_exchange_answers() -> None:
     assert issubclass(e.InvalidOrderRequest, ValueError)
     assert not issubclass(e.RateLimitWouldExceed, e.OutcomeUnknown)
     assert e.RateLimitWouldExceed("x").outcome_unknown is False
+    assert not issubclass(e.MarketListingUnavailable, e.OutcomeUnknown | e.ExchangeRejected)
+    assert e.MarketListingUnavailable("x").outcome_unknown is False
 
 
 def test_every_documented_code_is_in_the_table() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pytest_httpx import HTTPXMock
 
-from shared.exchange import BitvavoReadonly, PaperTrade
+from shared.exchange import BitvavoReadonly, Market, PaperTrade
 from shared.exchange.errors import ExchangeError, KeySeparationError, MissingCredentials
 from shared.exchange.settings import ReadonlyExchangeSettings, TradeExchangeSettings
 from shared.exchange.trade import BitvavoTrade
@@ -23,6 +23,8 @@ from tests.exchange_doubles import (
     READONLY_SECRET,
     TRADE_KEY,
     TRADE_SECRET,
+    markets,
+    order_json,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +73,7 @@ def make_trade(**overrides: object) -> BitvavoTrade:
         "api_key": TRADE_KEY,
         "api_secret": TRADE_SECRET,
         "operator_id": OPERATOR_ID,
+        "markets": markets,
     } | overrides
     return BitvavoTrade(BASE_URL, **kwargs)  # type: ignore[arg-type]
 
@@ -139,17 +142,40 @@ def test_g3_trade_client_refuses_missing_credentials(missing: dict[str, object],
 
 def test_g3_trade_client_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MissingCredentials):
-        BitvavoTrade.from_settings()  # paper-mode environment: no trade key
+        BitvavoTrade.from_settings(markets=markets)  # paper-mode environment: no trade key
     monkeypatch.setenv("BITVAVO_TRADE_API_KEY", TRADE_KEY)
     monkeypatch.setenv("BITVAVO_TRADE_API_SECRET", TRADE_SECRET)
     monkeypatch.setenv("BITVAVO_OPERATOR_ID", str(OPERATOR_ID))
     monkeypatch.setenv("BITVAVO_REST_URL", BASE_URL + "/")
-    client = BitvavoTrade.from_settings()
+    client = BitvavoTrade.from_settings(markets=markets)
     assert client.operator_id == OPERATOR_ID
     assert str(client.transport.base_url) == BASE_URL
     monkeypatch.setenv("BITVAVO_READONLY_API_KEY", TRADE_KEY)
     with pytest.raises(KeySeparationError):
-        BitvavoTrade.from_settings()
+        BitvavoTrade.from_settings(markets=markets)
+
+
+def test_g3_trade_client_sizes_orders_from_an_injected_lookup_only(
+    httpx_mock: HTTPXMock,
+) -> None:
+    """The live client needs the market listing but never fetches it: it is handed a lookup
+    (MarketCatalog on a read-only client in trading_execute) and sends only POST /order."""
+    with pytest.raises(TypeError, match="markets"):
+        BitvavoTrade(  # type: ignore[call-arg]
+            BASE_URL, api_key=TRADE_KEY, api_secret=TRADE_SECRET, operator_id=OPERATOR_ID
+        )
+    asked: list[str] = []
+
+    def lookup(name: str) -> Market:
+        asked.append(name)
+        return markets(name)
+
+    httpx_mock.add_response(method="POST", url=BASE_URL + "/order", json=order_json())
+    make_trade(markets=lookup).place_market_order(
+        "BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id=COID
+    )
+    assert asked == ["BTC-EUR"]
+    assert [(r.method, r.url.path) for r in httpx_mock.get_requests()] == [("POST", "/v2/order")]
 
 
 def test_readonly_client_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:

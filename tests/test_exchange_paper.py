@@ -1,5 +1,5 @@
-"""PaperTrade: BitvavoTrade's interface, fills at the given price, taker fee in quote, the
-exchange's refusals."""
+"""PaperTrade: BitvavoTrade's interface, sized by the same quantizer, fills at the given price,
+taker fee in quote, the exchange's refusals."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ import pytest
 
 from shared.exchange import Order, PaperTrade
 from shared.exchange.errors import (
+    BelowMinimumSize,
     ClientOrderIdConflict,
     InvalidOrderRequest,
+    OrderBelowMinimum,
     OrderNotCancellable,
     OrderNotFound,
 )
-from tests.exchange_doubles import FakeClock
+from tests.exchange_doubles import FakeClock, markets
 
 PRICE = Decimal("36000")
 
@@ -26,8 +28,8 @@ def coid() -> uuid.UUID:
 
 @pytest.fixture
 def paper() -> PaperTrade:
-    prices = {"BTC-EUR": PRICE, "ETH-EUR": Decimal("2000")}
-    return PaperTrade(prices.__getitem__, operator_id=7, clock=FakeClock())
+    prices = {"BTC-EUR": PRICE, "ETH-EUR": Decimal("2000"), "XRP-EUR": Decimal("0.5")}
+    return PaperTrade(prices.__getitem__, markets=markets, operator_id=7, clock=FakeClock())
 
 
 def test_market_buy_by_amount_quote(paper: PaperTrade) -> None:
@@ -58,7 +60,7 @@ def test_market_sell_by_amount(paper: PaperTrade) -> None:
 
 
 def test_configurable_fee_rate() -> None:
-    paper = PaperTrade(lambda _: PRICE, taker_fee_rate=Decimal("0.0015"))
+    paper = PaperTrade(lambda _: PRICE, markets=markets, taker_fee_rate=Decimal("0.0015"))
     order = paper.place_market_order(
         "BTC-EUR", "buy", amount=Decimal("0.01"), client_order_id=coid()
     )
@@ -77,7 +79,7 @@ def test_sell_by_amount_quote_charges_the_fee_on_the_proceeds(paper: PaperTrade)
 
 def test_fee_rate_must_not_be_float() -> None:
     with pytest.raises(ValueError):
-        PaperTrade(lambda _: PRICE, taker_fee_rate=0.0025)  # type: ignore[arg-type]
+        PaperTrade(lambda _: PRICE, markets=markets, taker_fee_rate=0.0025)  # type: ignore[arg-type]
 
 
 def test_get_order_by_client_order_id_and_order_id(paper: PaperTrade) -> None:
@@ -150,8 +152,73 @@ def test_limit_orders_rest_or_fill_and_can_be_cancelled(paper: PaperTrade) -> No
 
 
 def test_unusable_price_is_refused() -> None:
-    paper = PaperTrade(lambda _: Decimal("0"))
+    paper = PaperTrade(lambda _: Decimal("0"), markets=markets)
     with pytest.raises(InvalidOrderRequest):
         paper.place_market_order(
             "BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id=coid()
         )
+
+
+# -- sized like the live client (shared.exchange.precision) -------------------------------------
+
+
+def test_an_ai_sized_proposal_is_rounded_down_like_live(paper: PaperTrade) -> None:
+    order = paper.place_market_order(
+        "BTC-EUR", "buy", amount_quote=Decimal("10.123456789"), client_order_id=coid()
+    )
+    assert order.amount_quote == Decimal("10.12")
+    assert order.filled_amount_quote + order.fee_paid <= Decimal("10.12")
+    assert order.amount_quote_remaining == Decimal("10.12") - order.filled_amount_quote \
+        - order.fee_paid
+
+
+def test_fills_have_the_markets_quantity_decimals(paper: PaperTrade) -> None:
+    order = paper.place_market_order(
+        "XRP-EUR", "buy", amount_quote=Decimal("10"), client_order_id=coid()
+    )
+    assert order.filled_amount == Decimal("19.950124")  # 10 / 1.0025 / 0.5, 6 decimals, down
+    assert -order.filled_amount.as_tuple().exponent <= 6  # type: ignore[operator]
+    limit = paper.place_limit_order(
+        "XRP-EUR", "sell", Decimal("20.3456789"), Decimal("0.6000009"), client_order_id=coid()
+    )
+    assert limit.amount == Decimal("20.345678") and limit.price == Decimal("0.60001")  # sell: up
+
+
+@pytest.mark.parametrize(
+    "place",
+    [
+        lambda p: p.place_market_order(
+            "BTC-EUR", "buy", amount_quote=Decimal("4.999"), client_order_id=coid()
+        ),
+        lambda p: p.place_market_order(
+            "BTC-EUR", "sell", amount=Decimal("0.000000001"), client_order_id=coid()
+        ),
+        lambda p: p.place_limit_order(
+            "BTC-EUR", "buy", Decimal("0.0001"), Decimal("30000"), client_order_id=coid()
+        ),
+    ],
+)
+def test_sub_minimum_is_refused_like_live(paper: PaperTrade, place: object) -> None:
+    with pytest.raises(OrderBelowMinimum):
+        place(paper)  # type: ignore[operator]
+    with pytest.raises(OrderNotFound):
+        paper.get_order("BTC-EUR", order_id="anything")  # nothing was recorded
+
+
+def test_market_order_by_amount_below_the_quote_minimum_is_the_exchanges_217(
+    paper: PaperTrade,
+) -> None:
+    # 0.0001 BTC is above minOrderInBaseAsset but worth 3.60 EUR: Bitvavo answers 217
+    order_id = coid()
+    with pytest.raises(BelowMinimumSize) as caught:
+        paper.place_market_order(
+            "BTC-EUR", "buy", amount=Decimal("0.0001"), client_order_id=order_id
+        )
+    assert caught.value.error_code == 217 and caught.value.client_order_id == order_id
+    with pytest.raises(OrderNotFound):
+        paper.get_order("BTC-EUR", client_order_id=order_id)
+
+
+def test_paper_needs_a_market_lookup() -> None:
+    with pytest.raises(TypeError, match="markets"):
+        PaperTrade(lambda _: PRICE)  # type: ignore[call-arg]

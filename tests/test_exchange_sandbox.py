@@ -13,7 +13,8 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from shared.exchange import BitvavoReadonly, Candle, Order
+from shared.exchange import BitvavoReadonly, Candle, Order, PaperTrade
+from shared.exchange.catalog import MarketCatalog
 from shared.exchange.errors import (
     AccessWindowError,
     ApiKeyInactive,
@@ -25,12 +26,14 @@ from shared.exchange.errors import (
     InsufficientBalance,
     InvalidParameter,
     InvalidSignature,
+    OrderBelowMinimum,
     OrderNotFound,
     RateLimitBanned,
     RateLimitWouldExceed,
     TradePermissionMissing,
     ViewPermissionMissing,
 )
+from shared.exchange.models import OrderRequest
 from shared.exchange.trade import BitvavoTrade
 from tests.sandbox_server import SandboxServer, start_sandbox
 
@@ -59,12 +62,18 @@ def readonly(bitvavo_sandbox: SandboxServer) -> Iterator[BitvavoReadonly]:
         yield client
 
 
+def catalog_of(sandbox: SandboxServer) -> MarketCatalog:
+    """What trading_execute composes: the listing from a read-only client without a key."""
+    return MarketCatalog(BitvavoReadonly(sandbox.rest_url))
+
+
 def make_trade(sandbox: SandboxServer, **options: object) -> BitvavoTrade:
     return BitvavoTrade(
         sandbox.rest_url,
         api_key=sandbox.trade_key,
         api_secret=sandbox.trade_secret,
         operator_id=OPERATOR_ID,
+        markets=catalog_of(sandbox),
         **options,  # type: ignore[arg-type]
     )
 
@@ -217,20 +226,110 @@ def test_cancel_by_order_id(trade: BitvavoTrade, readonly: BitvavoReadonly) -> N
     assert trade.cancel_order(MARKET, order_id=placed.order_id).order_id == placed.order_id
 
 
+# -- precision: an AI-sized proposal becomes an order the exchange accepts ----------------------
+
+
+def test_an_ai_sized_proposal_is_accepted(
+    trade: BitvavoTrade, bitvavo_sandbox: SandboxServer
+) -> None:
+    # Unrounded, the exchange refuses it (205): the failure every live order would meet.
+    raw = OrderRequest.market_order(
+        MARKET, "buy", amount_quote=Decimal("10.123456789"), client_order_id=uuid.uuid4(),
+        operator_id=OPERATOR_ID,
+    )
+    with pytest.raises(InvalidParameter) as refused:
+        trade.transport.request("POST", "/order", body=raw.to_body(), signed=True)
+    assert refused.value.error_code == 205
+
+    coid = uuid.uuid4()
+    order = trade.place_market_order(
+        MARKET, "buy", amount_quote=Decimal("10.123456789"), client_order_id=coid
+    )
+    assert order.status == "filled" and order.amount_quote == Decimal("10.12")
+    assert order.filled_amount_quote + order.fee_paid <= Decimal("10.12")
+    (accepted,) = sandbox_orders_with(bitvavo_sandbox, coid)
+    assert accepted["amountQuote"] == "10.12"
+
+
+def test_an_ai_sized_proposal_is_sized_alike_by_paper_and_live(
+    trade: BitvavoTrade, bitvavo_sandbox: SandboxServer
+) -> None:
+    catalog = catalog_of(bitvavo_sandbox)
+    with BitvavoReadonly(bitvavo_sandbox.rest_url) as public:
+
+        def ticker(market: str) -> Decimal:
+            price = public.ticker_price(market).price
+            assert price is not None
+            return price
+
+        paper = PaperTrade(ticker, markets=catalog, operator_id=OPERATOR_ID)
+        for market, amount_quote in (("BTC-EUR", "10.123456789"), ("XRP-EUR", "7.777777")):
+            proposal = Decimal(amount_quote)
+            simulated = paper.place_market_order(
+                market, "buy", amount_quote=proposal, client_order_id=uuid.uuid4()
+            )
+            live = trade.place_market_order(
+                market, "buy", amount_quote=proposal, client_order_id=uuid.uuid4()
+            )
+            assert simulated.amount_quote == live.amount_quote == proposal.quantize(
+                Decimal("0.01"), rounding="ROUND_DOWN"
+            )
+            assert simulated.status == live.status == "filled"
+            decimals = catalog(market).quantity_decimals
+            assert decimals is not None
+            for order in (simulated, live):  # fills have the market's quantityDecimals in both
+                assert order.filled_amount == order.filled_amount.quantize(
+                    Decimal(1).scaleb(-decimals)
+                )
+
+
+def test_amounts_and_prices_off_the_markets_precision_are_accepted_after_rounding(
+    trade: BitvavoTrade, readonly: BitvavoReadonly, bitvavo_sandbox: SandboxServer
+) -> None:
+    sold_after = trade.place_market_order(
+        MARKET, "buy", amount=Decimal("0.000123456789"), client_order_id=uuid.uuid4()
+    )
+    assert sold_after.filled_amount == Decimal("0.00012345")
+    eth = readonly.ticker_price("ETH-EUR").price
+    assert eth is not None
+    resting = trade.place_limit_order(
+        "ETH-EUR", "buy", Decimal("0.0123456789"), eth / 2 + Decimal("0.00999"),
+        client_order_id=uuid.uuid4(),
+    )
+    assert resting.status == "new"
+    assert resting.price is not None and resting.price % Decimal("0.01") == 0
+    assert resting.price <= eth / 2 + Decimal("0.00999")  # a buy snaps down
+    assert resting.amount == Decimal("0.01234567")
+
+
+def test_below_the_minimum_after_rounding_nothing_is_sent(
+    trade: BitvavoTrade, bitvavo_sandbox: SandboxServer
+) -> None:
+    before = posts_to_order(bitvavo_sandbox)
+    with pytest.raises(OrderBelowMinimum):
+        trade.place_market_order(
+            MARKET, "buy", amount_quote=Decimal("4.999999"), client_order_id=uuid.uuid4()
+        )
+    assert posts_to_order(bitvavo_sandbox) == before
+    assert bitvavo_sandbox.orders() == []
+
+
 # -- the sandbox's error answers as our exceptions -----------------------------------------------
 
 
 def test_below_minimum(trade: BitvavoTrade) -> None:
+    # refused locally after rounding (nothing sent) ...
+    with pytest.raises(OrderBelowMinimum):
+        trade.place_market_order(
+            MARKET, "buy", amount_quote=Decimal("1"), client_order_id=uuid.uuid4()
+        )
+    # ... and what only the exchange can know (the price of a market order by amount): 1 XRP is
+    # its minOrderInBaseAsset but worth ~2 EUR, below the 5 EUR minimum: 217
     coid = uuid.uuid4()
     with pytest.raises(BelowMinimumSize) as caught:
-        trade.place_market_order(MARKET, "buy", amount_quote=Decimal("1"), client_order_id=coid)
+        trade.place_market_order("XRP-EUR", "buy", amount=Decimal("1"), client_order_id=coid)
     assert caught.value.error_code == 217 and not caught.value.outcome_unknown
     assert caught.value.client_order_id == coid
-    with pytest.raises(BelowMinimumSize) as caught:
-        trade.place_market_order(
-            MARKET, "buy", amount=Decimal("0.00000001"), client_order_id=uuid.uuid4()
-        )
-    assert caught.value.error_code == 212
 
 
 def test_insufficient_balance(trade: BitvavoTrade) -> None:
@@ -267,6 +366,7 @@ def test_view_key_cannot_trade(bitvavo_sandbox: SandboxServer) -> None:
         api_key=bitvavo_sandbox.view_key,
         api_secret=bitvavo_sandbox.view_secret,
         operator_id=OPERATOR_ID,
+        markets=catalog_of(bitvavo_sandbox),
     ) as client:
         with pytest.raises(TradePermissionMissing) as caught:
             client.place_market_order(

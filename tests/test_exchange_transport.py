@@ -25,6 +25,7 @@ from shared.exchange.errors import (
     InsufficientBalance,
     MalformedResponse,
     MissingCredentials,
+    OrderBelowMinimum,
     OrderNotCancellable,
     OutcomeUnknown,
     RateLimitBanned,
@@ -39,6 +40,7 @@ from tests.exchange_doubles import (
     TRADE_SECRET,
     FakeClock,
     expected_signature,
+    markets,
     order_json,
 )
 
@@ -58,6 +60,7 @@ def trade(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> Iterator[Bitvavo
         api_key=TRADE_KEY,
         api_secret=TRADE_SECRET,
         operator_id=OPERATOR_ID,
+        markets=markets,
         clock=clock,
         sleep=clock.sleep,
     )
@@ -200,7 +203,7 @@ TRADE_CALLS: list[tuple[str, TradeCall, str, str, dict[str, Any] | None, Any]] =
             "market": "BTC-EUR",
             "side": "buy",
             "orderType": "market",
-            "amountQuote": "10.00",
+            "amountQuote": "10",
             "clientOrderId": CLIENT_ORDER_ID,
             "operatorId": OPERATOR_ID,
         },
@@ -422,6 +425,130 @@ def test_order_lookups_name_the_order(
         call(trade)
     assert caught.value.client_order_id == uuid.UUID(CLIENT_ORDER_ID)
     assert caught.value.market == "BTC-EUR"
+
+
+# -- precision: what goes on the wire is what the market accepts --------------------------------
+
+
+def sent_body(httpx_mock: HTTPXMock) -> dict[str, Any]:
+    (request,) = httpx_mock.get_requests()
+    body: dict[str, Any] = json.loads(request.content)
+    return body
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        (  # an AI-sized proposal: rounded DOWN to notionalDecimals (2)
+            lambda c, coid: c.place_market_order(
+                "BTC-EUR", "buy", amount_quote=Decimal("10.123456789"), client_order_id=coid
+            ),
+            {"amountQuote": "10.12"},
+        ),
+        (  # rounded DOWN to quantityDecimals (8 for BTC, 6 for XRP)
+            lambda c, coid: c.place_market_order(
+                "BTC-EUR", "sell", amount=Decimal("0.000123456789"), client_order_id=coid
+            ),
+            {"amount": "0.00012345"},
+        ),
+        (
+            lambda c, coid: c.place_market_order(
+                "XRP-EUR", "sell", amount=Decimal("12.3456789"), client_order_id=coid
+            ),
+            {"amount": "12.345678"},
+        ),
+        (  # a buy's price snaps DOWN to the tick (1 for BTC-EUR): never pay more
+            lambda c, coid: c.place_limit_order(
+                "BTC-EUR", "buy", Decimal("0.0012345678912"), Decimal("30000.99"),
+                client_order_id=coid,
+            ),
+            {"amount": "0.00123456", "price": "30000"},
+        ),
+        (  # a sell's price snaps UP (0.01 for ETH-EUR): never receive less
+            lambda c, coid: c.place_limit_order(
+                "ETH-EUR", "sell", Decimal("0.5"), Decimal("3000.001"), client_order_id=coid
+            ),
+            {"amount": "0.5", "price": "3000.01"},
+        ),
+        (
+            lambda c, coid: c.place_limit_order(
+                "XRP-EUR", "buy", Decimal("10"), Decimal("0.5123456"), client_order_id=coid
+            ),
+            {"amount": "10", "price": "0.51234"},
+        ),
+    ],
+)
+def test_orders_are_rounded_to_the_market_before_sending(
+    httpx_mock: HTTPXMock, trade: BitvavoTrade, call: Callable[..., Any],
+    expected: dict[str, str],
+) -> None:
+    httpx_mock.add_response(method="POST", json=order_json())
+    call(trade, uuid.uuid4())
+    body = sent_body(httpx_mock)
+    assert {key: body[key] for key in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (  # 4.999 EUR rounds to 4.99, below minOrderInQuoteAsset 5
+            lambda c, coid: c.place_market_order(
+                "BTC-EUR", "buy", amount_quote=Decimal("4.999"), client_order_id=coid
+            ),
+            "amountQuote",
+        ),
+        (  # 5.009 rounds to 5.00: fine; 0.004 rounds to zero
+            lambda c, coid: c.place_market_order(
+                "BTC-EUR", "buy", amount_quote=Decimal("0.004"), client_order_id=coid
+            ),
+            "amountQuote",
+        ),
+        (  # 0.000000009 BTC rounds to zero at 8 decimals
+            lambda c, coid: c.place_market_order(
+                "BTC-EUR", "sell", amount=Decimal("0.000000009"), client_order_id=coid
+            ),
+            "amount",
+        ),
+        (  # 0.00005999 BTC is below minOrderInBaseAsset 0.00006
+            lambda c, coid: c.place_market_order(
+                "BTC-EUR", "sell", amount=Decimal("0.000059999"), client_order_id=coid
+            ),
+            "amount",
+        ),
+        (  # 0.0001 BTC at 30000 is 3 EUR, below the 5 EUR minimum
+            lambda c, coid: c.place_limit_order(
+                "BTC-EUR", "buy", Decimal("0.0001"), Decimal("30000"), client_order_id=coid
+            ),
+            "amount × price",
+        ),
+        (  # a buy below one tick snaps to zero
+            lambda c, coid: c.place_limit_order(
+                "BTC-EUR", "buy", Decimal("1"), Decimal("0.5"), client_order_id=coid
+            ),
+            "price",
+        ),
+    ],
+)
+def test_sub_minimum_orders_are_refused_before_sending(
+    httpx_mock: HTTPXMock, trade: BitvavoTrade, call: Callable[..., Any], field: str
+) -> None:
+    with pytest.raises(OrderBelowMinimum) as caught:
+        call(trade, uuid.uuid4())
+    assert caught.value.field == field
+    assert not isinstance(caught.value, ExchangeError)
+    assert httpx_mock.get_requests() == []
+
+
+def test_an_unlisted_market_is_refused_before_sending(
+    httpx_mock: HTTPXMock, trade: BitvavoTrade
+) -> None:
+    from shared.exchange.errors import InvalidOrderRequest
+
+    with pytest.raises(InvalidOrderRequest, match="SOL-EUR is not listed"):
+        trade.place_market_order(
+            "SOL-EUR", "buy", amount_quote=Decimal("10"), client_order_id=uuid.uuid4()
+        )
+    assert httpx_mock.get_requests() == []
 
 
 # -- G10: POST /order is sent once; an unknown outcome is reported, never retried --------------

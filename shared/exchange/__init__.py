@@ -5,6 +5,9 @@ NOT import `shared.exchange.trade` (G3): the scanner's bundle ships without trad
 still import this package. trading_execute imports the live client explicitly:
 
     from shared.exchange.trade import BitvavoTrade
+
+and composes it with `shared.exchange.catalog.MarketCatalog` (imported from its module), the
+market listings every order is sized by, through `shared.exchange.precision`.
 """
 
 from shared.exchange.errors import (

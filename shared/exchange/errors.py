@@ -19,12 +19,16 @@ The names tell the caller what to do:
     │   ├── ExchangeTimeout            timeouts
     │   ├── ExchangeTransportError     connection reset / closed without an answer
     │   └── MalformedResponse          a success status with a body we cannot read
-    └── RateLimitWouldExceed           refused locally, nothing was sent
+    ├── RateLimitWouldExceed           refused locally, nothing was sent
+    └── MarketListingUnavailable       the market listing to size an order could not be read;
+                                       the order was not sent
 
     ExchangeUsageError                 our own code misused a client; nothing was sent
     ├── KeySeparationError             G3: the wrong role's method, or the wrong key
     │   └── MissingCredentials         the role's key/secret/operator id is not configured
     └── InvalidOrderRequest            an order that must not be sent (also a ValueError)
+        └── OrderBelowMinimum          rounded to the market's precision it is zero or below
+                                       the market's minimum size
 
 `outcome_unknown` is True exactly for OutcomeUnknown (timeouts, transport errors, 5xx and codes
 101/107/108/109/400). `error_for` maps an HTTP answer to its exception with the two tables below.
@@ -40,6 +44,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar, Self
 
 
@@ -222,6 +227,12 @@ class RateLimitWouldExceed(ExchangeError):
         self.resets_at = resets_at
 
 
+class MarketListingUnavailable(ExchangeError):
+    """The listing an order must be sized by (GET /markets, through the market lookup) could not
+    be read. The order itself was NOT sent, whatever the listing's error was (its `__cause__`):
+    an order call never raises an OutcomeUnknown for a request other than its POST /order."""
+
+
 # -- misuse of the clients (not an exchange answer) --------------------------------------------
 
 
@@ -239,6 +250,25 @@ class MissingCredentials(KeySeparationError):
 
 class InvalidOrderRequest(ExchangeUsageError, ValueError):
     """An order request that must not be sent (bad market, side, amount, clientOrderId…)."""
+
+
+class OrderBelowMinimum(InvalidOrderRequest):
+    """Rounded down to the market's precision the order is zero, or below the market's minimum
+    (minOrderInBaseAsset / minOrderInQuoteAsset). Refused before anything was sent: the exchange
+    would answer 212/217 (or 205 for a zero)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str,
+        value: Decimal,
+        minimum: Decimal | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+        self.minimum = minimum
 
 
 # -- mapping an HTTP answer to an exception ----------------------------------------------------

@@ -1,12 +1,14 @@
 """PaperTrade: BitvavoTrade's interface, simulated in memory, no credentials (TRADING_MODE=paper).
 
-A market order fills at once at `price_source(market)` (trading_execute passes the public
-ticker price). The taker fee is charged in the quote currency and, as on the exchange, a buy by
-amountQuote spends at most amountQuote, fee included. A limit order fills at the
-current price when it is marketable, otherwise it rests as `new` until cancelled. Orders are
+Orders are sized exactly as BitvavoTrade sizes them (shared.exchange.precision, with the same
+injected `markets` lookup), so what paper accepts, live accepts. A market order fills at once at
+`price_source(market)` (trading_execute passes the public ticker price); the filled amount has
+the market's quantityDecimals. The taker fee is charged in the quote currency and, as on the
+exchange, a buy by amountQuote spends at most amountQuote, fee included. A limit order fills at
+the current price when it is marketable, otherwise it rests as `new` until cancelled. Orders are
 kept in memory so `get_order(client_order_id=…)` answers like the exchange would, and refusals
-use the exchange's exceptions (ClientOrderIdConflict 220, OrderNotCancellable 233,
-OrderNotFound 240) so callers handle one set; each names the order.
+use the exchange's exceptions (BelowMinimumSize 217, ClientOrderIdConflict 220,
+OrderNotCancellable 233, OrderNotFound 240) so callers handle one set; each names the order.
 A clientOrderId is never accepted twice (stricter than Bitvavo, which only forbids reuse among
 open orders).
 """
@@ -22,6 +24,7 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from typing import Any, Literal
 
 from shared.exchange.errors import (
+    BelowMinimumSize,
     ClientOrderIdConflict,
     InvalidOrderRequest,
     OrderNotCancellable,
@@ -29,12 +32,20 @@ from shared.exchange.errors import (
     datetime_from_ms,
     naming_order,
 )
-from shared.exchange.models import Fill, Order, OrderCancellation, OrderReference, OrderRequest
+from shared.exchange.models import (
+    Fill,
+    Market,
+    Order,
+    OrderCancellation,
+    OrderReference,
+    OrderRequest,
+)
+from shared.exchange.precision import MarketLookup, listing, quantize_order
 from shared.exchange.ratelimit import Clock
 from shared.exchange.roles import Side
 
 DEFAULT_TAKER_FEE_RATE = Decimal("0.0025")
-AMOUNT_QUANTUM = Decimal("1e-8")
+FEE_QUANTUM = Decimal("1e-8")  # fees (in quote) round up to 8 decimals, as the sandbox's
 
 PriceSource = Callable[[str], Decimal]
 
@@ -44,6 +55,7 @@ class PaperTrade:
         self,
         price_source: PriceSource,
         *,
+        markets: MarketLookup,
         taker_fee_rate: Decimal = DEFAULT_TAKER_FEE_RATE,
         operator_id: int | None = None,
         clock: Clock = time.time,
@@ -51,6 +63,7 @@ class PaperTrade:
         if isinstance(taker_fee_rate, float) or not 0 <= taker_fee_rate < 1:
             raise ValueError("taker_fee_rate must be a Decimal in [0, 1)")
         self._price_source = price_source
+        self._markets = markets
         self.taker_fee_rate = Decimal(taker_fee_rate)
         self.operator_id = operator_id
         self._clock = clock
@@ -77,7 +90,19 @@ class PaperTrade:
             operator_id=self.operator_id,
         )
         with naming_order(request.market, request.client_order_id):
-            return self._place(request, fill_price=self._price(market))
+            spec = listing(self._markets, request.market)
+            request = quantize_order(request, spec)
+            price = self._price(market)
+            if request.amount is not None:
+                minimum = spec.min_order_in_quote_asset
+                if minimum is not None and request.amount * price < minimum:
+                    raise BelowMinimumSize(  # what the exchange answers (217)
+                        f"Minimum order size in quote currency is {minimum} {spec.quote}.",
+                        http_status=400,
+                        error_code=217,
+                        endpoint="POST /order",
+                    )
+            return self._place(request, fill_price=price, spec=spec)
 
     def place_limit_order(
         self,
@@ -101,15 +126,17 @@ class PaperTrade:
             operator_id=self.operator_id,
         )
         with naming_order(request.market, request.client_order_id):
+            spec = listing(self._markets, request.market)
+            request = quantize_order(request, spec)
             assert request.price is not None
             current = self._price(market)
             marketable = current <= request.price if side == "buy" else current >= request.price
             if marketable and post_only:
-                return self._place(request, fill_price=None, status="canceledPostOnly")
+                return self._place(request, fill_price=None, spec=spec, status="canceledPostOnly")
             if not marketable and time_in_force != "GTC":
                 status = "canceledIOC" if time_in_force == "IOC" else "canceledFOK"
-                return self._place(request, fill_price=None, status=status)
-            return self._place(request, fill_price=current if marketable else None)
+                return self._place(request, fill_price=None, spec=spec, status=status)
+            return self._place(request, fill_price=current if marketable else None, spec=spec)
 
     def get_order(
         self,
@@ -163,6 +190,7 @@ class PaperTrade:
         request: OrderRequest,
         *,
         fill_price: Decimal | None,
+        spec: Market,
         status: str | None = None,
     ) -> Order:
         now = self._now()
@@ -189,7 +217,7 @@ class PaperTrade:
             if status is None:
                 fields["amount_remaining"] = request.amount
         else:
-            fields.update(self._fill(request, fill_price, now))
+            fields.update(self._fill(request, fill_price, now, spec))
         order = Order(**fields)
         with self._lock:
             if request.client_order_id in self._orders:
@@ -202,10 +230,14 @@ class PaperTrade:
             self._orders[request.client_order_id] = order
         return order
 
-    def _fill(self, request: OrderRequest, price: Decimal, now: datetime) -> dict[str, Any]:
+    def _fill(
+        self, request: OrderRequest, price: Decimal, now: datetime, spec: Market
+    ) -> dict[str, Any]:
         """Like the exchange: the fee is charged in quote; a buy by amountQuote spends at most
-        amountQuote, fee included; amounts are whole quanta (8 decimals), rounded down."""
+        amountQuote, fee included; the amount has the market's quantityDecimals, rounded down."""
         rate = self.taker_fee_rate
+        assert spec.quantity_decimals is not None  # quantize_order checked the listing
+        quantum = Decimal(1).scaleb(-spec.quantity_decimals)
         if request.amount is not None:
             amount = request.amount
         else:
@@ -215,14 +247,14 @@ class PaperTrade:
                 if request.side == "buy"
                 else (request.amount_quote)
             )
-            amount = (budget / price).quantize(AMOUNT_QUANTUM, ROUND_DOWN)
+            amount = (budget / price).quantize(quantum, ROUND_DOWN)
         quote = amount * price
-        fee = (quote * rate).quantize(AMOUNT_QUANTUM, ROUND_UP)
+        fee = (quote * rate).quantize(FEE_QUANTUM, ROUND_UP)
         if request.side == "buy" and request.amount_quote is not None:
             while amount > 0 and quote + fee > request.amount_quote:
-                amount -= AMOUNT_QUANTUM
+                amount -= quantum
                 quote = amount * price
-                fee = (quote * rate).quantize(AMOUNT_QUANTUM, ROUND_UP)
+                fee = (quote * rate).quantize(FEE_QUANTUM, ROUND_UP)
         if amount <= 0:
             raise InvalidOrderRequest("the order is too small to fill a single unit")
         spent_quote = quote + fee if request.side == "buy" else quote

@@ -9,6 +9,10 @@ execution's claim id), so an order whose answer is lost can be found again with
 POST /order is sent exactly once: a timeout, a transport failure, a 5xx, codes 101/107/108/109/400
 or an unreadable answer raise an OutcomeUnknown error and the caller reconciles (G10). Nothing
 here retries.
+
+Orders are sized to their market first (shared.exchange.precision) with the listing from the
+injected `markets` lookup — a MarketCatalog on a read-only client: this client never fetches
+market data itself (G3). What rounds to below the market minimum is refused before sending.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from shared.exchange.models import (
     OrderRequest,
     parse_answer,
 )
+from shared.exchange.precision import MarketLookup, listing, quantize_order
 from shared.exchange.ratelimit import Clock, Sleep
 from shared.exchange.roles import Side, refuse_market_data
 from shared.exchange.settings import DEFAULT_REST_URL, TradeExchangeSettings
@@ -58,6 +63,7 @@ class BitvavoTrade(TransportClient):
         api_key: str | SecretStr | None,
         api_secret: str | SecretStr | None,
         operator_id: int | None,
+        markets: MarketLookup,
         readonly_api_key: str | SecretStr | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         http_transport: httpx.BaseTransport | None = None,
@@ -89,6 +95,7 @@ class BitvavoTrade(TransportClient):
             )
         assert key is not None and secret is not None
         self.operator_id: int = operator_id
+        self._markets = markets
         self._transport = BitvavoTransport(
             base_url,
             credentials=Credentials.of(key, secret),
@@ -101,7 +108,11 @@ class BitvavoTrade(TransportClient):
 
     @classmethod
     def from_settings(
-        cls, settings: TradeExchangeSettings | None = None, **options: Any
+        cls,
+        settings: TradeExchangeSettings | None = None,
+        *,
+        markets: MarketLookup,
+        **options: Any,
     ) -> BitvavoTrade:
         settings = settings or TradeExchangeSettings()
         return cls(
@@ -109,6 +120,7 @@ class BitvavoTrade(TransportClient):
             api_key=settings.bitvavo_trade_api_key,
             api_secret=settings.bitvavo_trade_api_secret,
             operator_id=settings.bitvavo_operator_id,
+            markets=markets,
             readonly_api_key=settings.bitvavo_readonly_api_key,
             **options,
         )
@@ -124,7 +136,8 @@ class BitvavoTrade(TransportClient):
         amount_quote: Decimal | None = None,
         amount: Decimal | None = None,
     ) -> Order:
-        """Exactly one of `amount_quote` (spend/receive this much quote) and `amount` (base)."""
+        """Exactly one of `amount_quote` (spend/receive this much quote) and `amount` (base),
+        each rounded down to the market's precision."""
         request = OrderRequest.market_order(
             market,
             side,
@@ -146,6 +159,8 @@ class BitvavoTrade(TransportClient):
         time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC",
         post_only: bool = False,
     ) -> Order:
+        """`amount` rounded down, `price` snapped to the tick on the safe side (a buy down,
+        a sell up)."""
         request = OrderRequest.limit_order(
             market,
             side,
@@ -189,6 +204,7 @@ class BitvavoTrade(TransportClient):
     def _place(self, request: OrderRequest) -> Order:
         # Sent once. No retry, whatever happens (G10); whatever is raised names the order.
         with naming_order(request.market, request.client_order_id):
+            request = quantize_order(request, listing(self._markets, request.market))
             payload = self._transport.request(
                 "POST", "/order", body=request.to_body(), signed=True
             )

@@ -1,0 +1,143 @@
+"""One quantizer: an order rounded to what its market accepts, or refused before it is sent.
+
+Bitvavo's `/markets` listing decides what an order may look like (reference/bitvavo-api.md;
+ccxt reads it the same way): `amount` has at most `quantityDecimals` decimals, `amountQuote` at
+most `notionalDecimals`, and a `price` is a multiple of `tickSize` (validated since v2.12.0).
+Anything finer is refused by the exchange (205 / 214), so an AI-sized amount such as
+10.123456789 EUR would fail live while a paper trader filled it. Hence, for BitvavoTrade and
+PaperTrade alike:
+
+- amounts (`amount`, `amountQuote`) are rounded DOWN: never spend or sell more than proposed;
+- a limit price is snapped to the safe side of the tick: a buy DOWN (never pay more), a sell UP
+  (never receive less);
+- what is zero after rounding, or below `minOrderInBaseAsset` / `minOrderInQuoteAsset` (for a
+  limit order also amount × price), is refused with OrderBelowMinimum — nothing is sent.
+
+A market order placed by `amount` cannot be checked against the quote minimum here (its price is
+the exchange's); the exchange answers 217 then, a definitive refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal, InvalidOperation
+
+from shared.exchange.errors import (
+    ExchangeError,
+    InvalidOrderRequest,
+    MarketListingUnavailable,
+    OrderBelowMinimum,
+)
+from shared.exchange.models import Market, OrderRequest
+
+MarketLookup = Callable[[str], Market]
+"""A market's listing by name (e.g. "BTC-EUR"). `MarketCatalog` (shared.exchange.catalog) is the
+live one; a test may pass `{name: Market(...)}.__getitem__`."""
+
+
+def listing(markets: MarketLookup, market: str) -> Market:
+    """The listing of `market`; an unknown market is an InvalidOrderRequest, an unreadable
+    listing a MarketListingUnavailable (never an OutcomeUnknown: the order is not sent)."""
+    try:
+        found = markets(market)
+    except LookupError:
+        raise InvalidOrderRequest(f"market {market} is not listed on the exchange") from None
+    except ExchangeError as error:
+        raise MarketListingUnavailable(
+            f"the listing of {market} could not be read ({type(error).__name__}: "
+            f"{error.message}); the order was not sent",
+            http_status=error.http_status,
+            error_code=error.error_code,
+            endpoint=error.endpoint,
+        ) from error
+    if found.market != market:
+        raise InvalidOrderRequest(f"the market lookup answered {found.market} for {market}")
+    return found
+
+
+def quantize_order(request: OrderRequest, market: Market) -> OrderRequest:
+    """`request` with its amounts rounded down and its price snapped to the tick, checked
+    against the market's minimums. Raises OrderBelowMinimum / InvalidOrderRequest."""
+    if market.market != request.market:
+        raise InvalidOrderRequest(f"{market.market}'s listing cannot size a {request.market} order")
+    updates: dict[str, Decimal] = {}
+    if request.amount is not None:
+        amount = round_amount(market, request.amount)
+        _at_least(market, "amount", amount, market.min_order_in_base_asset, market.base)
+        updates["amount"] = amount
+    if request.amount_quote is not None:
+        amount_quote = round_amount_quote(market, request.amount_quote)
+        minimum = market.min_order_in_quote_asset
+        _at_least(market, "amountQuote", amount_quote, minimum, market.quote)
+        updates["amount_quote"] = amount_quote
+    if request.price is not None:
+        price = snap_price(market, request.price, request.side)
+        _at_least(market, "price", price, None, market.quote)
+        updates["price"] = price
+        notional = updates["amount"] * price
+        minimum = market.min_order_in_quote_asset
+        _at_least(market, "amount × price", notional, minimum, market.quote)
+    return request.model_copy(update=updates)
+
+
+def round_amount(market: Market, amount: Decimal) -> Decimal:
+    """`amount` (base asset) rounded down to the market's `quantityDecimals`."""
+    return _round_down(amount, _decimals(market, market.quantity_decimals, "quantityDecimals"))
+
+
+def round_amount_quote(market: Market, amount_quote: Decimal) -> Decimal:
+    """`amountQuote` (quote asset) rounded down to the market's `notionalDecimals`."""
+    return _round_down(
+        amount_quote, _decimals(market, market.notional_decimals, "notionalDecimals")
+    )
+
+
+def snap_price(market: Market, price: Decimal, side: str) -> Decimal:
+    """A multiple of `tickSize` on the safe side: a buy rounds down, a sell rounds up."""
+    tick = market.tick_size
+    if tick is None or not tick.is_finite() or tick <= 0:
+        raise InvalidOrderRequest(f"{market.market}'s listing has no usable tickSize")
+    rounding = ROUND_FLOOR if side == "buy" else ROUND_CEILING
+    try:
+        ticks = (price / tick).to_integral_value(rounding=rounding)
+    except InvalidOperation:
+        raise InvalidOrderRequest(f"price is out of range for {market.market}") from None
+    return _tidy(ticks * tick)
+
+
+def _decimals(market: Market, value: int | None, name: str) -> int:
+    if value is None or value < 0:
+        raise InvalidOrderRequest(f"{market.market}'s listing has no usable {name}")
+    return value
+
+
+def _round_down(value: Decimal, decimals: int) -> Decimal:
+    try:
+        return _tidy(value.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_DOWN))
+    except InvalidOperation:
+        raise InvalidOrderRequest("amount is out of range") from None
+
+
+def _tidy(value: Decimal) -> Decimal:
+    """Without trailing zeros (the wire form is plain notation either way)."""
+    return value.normalize() if value else Decimal(0)
+
+
+def _at_least(
+    market: Market, field: str, value: Decimal, minimum: Decimal | None, unit: str
+) -> None:
+    if value <= 0:
+        raise OrderBelowMinimum(
+            f"{field} rounds to zero at {market.market}'s precision; nothing was sent",
+            field=field,
+            value=value,
+            minimum=minimum,
+        )
+    if minimum is not None and value < minimum:
+        raise OrderBelowMinimum(
+            f"{field} {format(value, 'f')} {unit} is below {market.market}'s minimum of "
+            f"{format(minimum, 'f')} {unit} (after rounding to its precision); nothing was sent",
+            field=field,
+            value=value,
+            minimum=minimum,
+        )
