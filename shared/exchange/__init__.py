@@ -6,8 +6,9 @@ still import this package. trading_execute imports the live client explicitly:
 
     from shared.exchange.trade import BitvavoTrade
 
-and composes it with `shared.exchange.catalog.MarketCatalog` (imported from its module), the
-market listings every order is sized by, through `shared.exchange.precision`.
+and composes it with what it needs from the read-only side (each imported from its module):
+`shared.exchange.catalog.MarketCatalog` (the market listings every order is sized by, through
+`shared.exchange.precision`) and `shared.exchange.clock.ServerClock` (Bitvavo's time to sign with).
 """
 
 from shared.exchange.errors import (
