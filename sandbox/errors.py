@@ -20,11 +20,16 @@ MESSAGES = {
     101: "Unknown error. Operation may or may not have succeeded.",
     102: "Invalid JSON.",
     107: "The matching engine is overloaded. Please wait 500ms and resubmit your order.",
+    108: "The matching engine could not process your order in time. Please consider increasing "
+    "the access window or resubmit your order.",
     109: "The matching engine did not respond in time. Operation may or may not have succeeded.",
     110: "Invalid endpoint. Please check url and HTTP method.",
     216: "You do not have sufficient balance to complete this operation.",
     212: "Amount is below the minimum allowed amount for this asset.",
     214: "Price is too detailed",
+    # ccxt's exception table records this wording for 233 (Bitvavo's docs: "Only orders with
+    # status new or partiallyFilled can be deleted.").
+    233: "Order must be active (status new or partiallyFilled) to allow updating/cancelling.",
     235: "You can only have 100 open orders on each book.",
     240: "No order found. Please be aware that simultaneously updating the same order may "
     "return this error.",
@@ -42,6 +47,7 @@ MESSAGES = {
     309: "The signature is invalid.",
     310: "This key does not allow trading actions.",
     311: "This key does not allow showing account information.",
+    400: "Unknown error. Please contact support with a copy of your request.",
 }
 
 

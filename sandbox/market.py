@@ -49,7 +49,7 @@ class Market:
             "status": "trading",
             "base": self.base,
             "quote": self.quote,
-            "pricePrecision": 0,  # deprecated by Bitvavo, mostly 0 there as well
+            "pricePrecision": None,  # always null since Bitvavo v2.12.0 (tickSize replaced it)
             "minOrderInBaseAsset": str(self.min_base),
             "minOrderInQuoteAsset": str(self.min_quote),
             "maxOrderInBaseAsset": "1000000000",

@@ -9,7 +9,8 @@
   the first later minute whose candle reaches the limit price fills the whole order at that
   price as a maker (fee 0.15 %).
 - Validation follows Bitvavo's order: parameters (203/205/...), minimum sizes (212/217),
-  open-order limits (220/235), then funds (216).
+  open-order limits (220/235), then funds (216). Cancelling an order that exists but is no longer
+  open answers 233; one that does not exist, 240.
 """
 
 from __future__ import annotations
@@ -439,8 +440,8 @@ class Account:
         with self._lock:
             self.settle(now_ms)
             order = self.find(market, order_id, client_order_id)
-            if not order.is_open:
-                raise ApiError(240)
+            if not order.is_open:  # it exists, but is filled/canceled/expired: Bitvavo's 233
+                raise ApiError(233)
             self._move(order.hold_currency, in_order=-order.on_hold, available=order.on_hold)
             order.on_hold = Decimal(0)
             order.status = "canceled"

@@ -27,6 +27,7 @@ from shared.exchange.errors import (
     InvalidParameter,
     InvalidSignature,
     OrderBelowMinimum,
+    OrderNotCancellable,
     OrderNotFound,
     RateLimitBanned,
     RateLimitWouldExceed,
@@ -213,10 +214,23 @@ def test_limit_order_get_and_cancel(trade: BitvavoTrade, readonly: BitvavoReadon
     assert cancelled.order_id == placed.order_id
     assert cancelled.operator_id == OPERATOR_ID
     assert trade.get_order(MARKET, order_id=placed.order_id).status == "canceled"
-    with pytest.raises(OrderNotFound) as caught:
-        trade.cancel_order(MARKET, order_id=placed.order_id)
-    assert caught.value.error_code == 240 and caught.value.http_status == 404
-    assert caught.value.client_order_id is None and caught.value.market == MARKET
+    # it exists but is no longer open: 233, never "not found" (which means "not placed")
+    with pytest.raises(OrderNotCancellable) as caught:
+        trade.cancel_order(MARKET, client_order_id=coid)
+    assert caught.value.error_code == 233 and caught.value.http_status == 400
+    assert not isinstance(caught.value, OrderNotFound)
+    assert caught.value.client_order_id == coid and caught.value.market == MARKET
+    with pytest.raises(OrderNotFound) as missing:
+        trade.cancel_order(MARKET, client_order_id=uuid.uuid4())
+    assert missing.value.error_code == 240 and missing.value.http_status == 404
+
+
+def test_a_filled_order_is_not_cancellable(trade: BitvavoTrade) -> None:
+    coid = uuid.uuid4()
+    trade.place_market_order(MARKET, "buy", amount_quote=Decimal("10"), client_order_id=coid)
+    with pytest.raises(OrderNotCancellable):
+        trade.cancel_order(MARKET, client_order_id=coid)
+    assert trade.get_order(MARKET, client_order_id=coid).status == "filled"
 
 
 def test_cancel_by_order_id(trade: BitvavoTrade, readonly: BitvavoReadonly) -> None:

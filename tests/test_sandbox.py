@@ -166,6 +166,7 @@ def test_markets_list_and_single(bitvavo_sandbox: SandboxServer) -> None:
         assert {"market", "limit"} <= set(row["orderTypes"])
         assert {"base", "quote", "maxOrderInBaseAsset", "maxOrderInQuoteAsset",
                 "pricePrecision", "maxOpenOrders", "feeCategory"} <= set(row)
+        assert row["pricePrecision"] is None  # Bitvavo since v2.12.0: tickSize rules prices
     single = public(bitvavo_sandbox, "/markets?market=ETH-EUR").json()
     assert single["market"] == "ETH-EUR"
     assert_error(public(bitvavo_sandbox, "/markets?market=NOPE-EUR"), 400, 205)
@@ -390,6 +391,22 @@ def test_240_unknown_order(trade: Signer) -> None:
     cancel = trade.request("DELETE", f"/order?market={MARKET}&orderId={unknown}"
                                      f"&operatorId={OPERATOR_ID}")
     assert_error(cancel, 404, 240)
+
+
+def test_233_cancelling_an_order_that_is_no_longer_open(trade: Signer) -> None:
+    filled = trade.order(amountQuote="10").json()
+    resting = trade.order(orderType="limit", amount="0.001", price="10000").json()
+    cancel = f"/order?market={MARKET}&operatorId={OPERATOR_ID}&orderId="
+    assert trade.request("DELETE", cancel + resting["orderId"]).status_code == 200
+    for order in (filled, resting):  # filled, then canceled: both exist, neither is open
+        body = assert_error(trade.request("DELETE", cancel + order["orderId"]), 400, 233)
+        assert "new or partiallyFilled" in body["error"]
+    by_client_id = (f"/order?market={MARKET}&operatorId={OPERATOR_ID}"
+                    f"&clientOrderId={filled['clientOrderId']}")
+    assert_error(trade.request("DELETE", by_client_id), 400, 233)
+    assert_error(trade.request("DELETE", cancel + str(uuid.uuid4())), 404, 240)
+    assert trade.get(f"/order?market={MARKET}&orderId={filled['orderId']}").json()["status"] \
+        == "filled"
 
 
 def test_cancel_requires_operator_id(trade: Signer) -> None:
