@@ -216,8 +216,9 @@ class Exchange:
     def balance(self, query: Query, body: Any, now: int) -> Any:
         return self.account.balance(now, query.get("symbol"))
 
-    def place_order(self, query: Query, body: Any, now: int) -> Any:
-        return self.account.place(body, now).to_json()
+    def place_order(self, query: Query, body: Any, now: int,
+                    outcome: tuple[str, Decimal] | None = None) -> Any:
+        return self.account.place(body, now, outcome).to_json()
 
     @staticmethod
     def _order_ref(query: Query) -> tuple[str, str | None, str | None]:
@@ -517,7 +518,10 @@ class Handler(BaseHTTPRequestHandler):
             if fault.error_code is None:
                 raise _HtmlFault(fault.http_status)
             raise ApiError(fault.error_code, None, fault.http_status)
-        order = exchange.place_order(query, body, exchange.clock.now_ms())
+        outcome = None
+        if fault is not None and fault.kind == "unfilled":
+            outcome = (fault.status, fault.fill_fraction)
+        order = exchange.place_order(query, body, exchange.clock.now_ms(), outcome)
         if fault is not None and fault.kind == "drop_after_accept":
             raise _Dropped
         return order

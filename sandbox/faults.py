@@ -5,6 +5,11 @@
   `"error_code": null` the body is an HTML page (a proxy's 502) instead of Bitvavo's JSON.
 - `latency`: sleep `latency_ms`, then process normally.
 - `drop_after_accept`: place (and fill) the order, then close the connection without a byte.
+- `unfilled`: a market order is placed and answered 200, but fills only `fill_fraction` (default
+  "0") of its size and ends with `status`: `expired` (default), `canceledMarketProtection` or
+  `partiallyFilled` (which needs a fill). Balances, `GET /order`, `/orders`, `/trades` and
+  `/ordersOpen` (a partiallyFilled order stays open until cancelled) agree with the answer.
+  A limit order consumes the fault and is placed normally.
 - `none`: clear the plan.
 
 A fault is consumed by a `POST /order` that passed authentication and the rate limit.
@@ -14,8 +19,10 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 
-KINDS = ("none", "latency", "error", "drop_after_accept")
+KINDS = ("none", "latency", "error", "drop_after_accept", "unfilled")
+UNFILLED_STATUSES = ("expired", "canceledMarketProtection", "partiallyFilled")
 
 
 @dataclass(frozen=True)
@@ -25,11 +32,16 @@ class Fault:
     error_code: int | None = 101
     latency_ms: int = 0
     place: bool = False
+    status: str = "expired"
+    fill_fraction: Decimal = Decimal(0)
 
     def describe(self) -> dict[str, object]:
-        return {"fault": self.kind, "http_status": self.http_status,
-                "error_code": self.error_code, "latency_ms": self.latency_ms,
-                "place": self.place}
+        description: dict[str, object] = {
+            "fault": self.kind, "http_status": self.http_status, "error_code": self.error_code,
+            "latency_ms": self.latency_ms, "place": self.place}
+        if self.kind == "unfilled":
+            description.update(status=self.status, fill_fraction=str(self.fill_fraction))
+        return description
 
 
 class FaultPlan:
@@ -57,11 +69,18 @@ class FaultPlan:
             raise ValueError("latency_ms must be an integer between 0 and 120000")
         if not isinstance(place, bool):
             raise ValueError("place must be a boolean")
+        status = spec.get("status", "expired")
+        if status not in UNFILLED_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(UNFILLED_STATUSES)}")
+        fill_fraction = _fraction(spec.get("fill_fraction", "0"))
+        if status == "partiallyFilled" and fill_fraction == 0:
+            raise ValueError("a partiallyFilled order needs a fill_fraction above 0")
         with self._lock:
             if kind == "none" or times == 0:
                 self._fault, self._remaining = None, 0
             else:
-                self._fault = Fault(str(kind), http_status, error_code, latency_ms, place)
+                self._fault = Fault(str(kind), http_status, error_code, latency_ms, place,
+                                    str(status), fill_fraction)
                 self._remaining = times
             return self._describe_locked()
 
@@ -88,3 +107,16 @@ class FaultPlan:
     def reset(self) -> None:
         with self._lock:
             self._fault, self._remaining = None, 0
+
+
+def _fraction(value: object) -> Decimal:
+    """A fill fraction in [0, 1): a string or integer (never a float), like Bitvavo's numbers."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError('fill_fraction must be a string like "0.5"')
+    try:
+        fraction = Decimal(value)
+    except InvalidOperation:
+        raise ValueError('fill_fraction must be a string like "0.5"') from None
+    if not fraction.is_finite() or not 0 <= fraction < 1:
+        raise ValueError("fill_fraction must be at least 0 and below 1")
+    return fraction

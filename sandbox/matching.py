@@ -2,7 +2,9 @@
 
 - Market orders fill completely and at once at the best ask (buy) or bid (sell) of the price
   path, as a taker (fee 0.25 % in the quote currency). A buy by `amountQuote` spends at most
-  `amountQuote`, fee included.
+  `amountQuote`, fee included. The `unfilled` fault makes one fill only a fraction and end
+  `expired`, `canceledMarketProtection` or `partiallyFilled` (open, cancellable, never filling
+  further).
 - Limit orders check their price against the book at placement: marketable → filled as a taker
   at the best price (or `canceledPostOnly`); otherwise IOC/FOK are canceled and GTC orders rest
   (`new`) with their funds `onHold`. Resting orders are matched lazily, before every request:
@@ -198,12 +200,15 @@ class Account:
 
     # -- placing -----------------------------------------------------------------------------
 
-    def place(self, body: dict[str, object], now_ms: int) -> Order:
+    def place(self, body: dict[str, object], now_ms: int,
+              outcome: tuple[str, Decimal] | None = None) -> Order:
+        """Validate and place; `outcome` (the `unfilled` fault): a market order fills only that
+        fraction of its size and ends with that status."""
         with self._lock:
             self.settle(now_ms)
             order = self._validate(body, now_ms)
             if order.order_type == "market":
-                self._fill_market(order, now_ms)
+                self._fill_market(order, now_ms, outcome)
             else:
                 self._place_limit(order, now_ms)
             self.orders.append(order)
@@ -306,7 +311,8 @@ class Account:
     def _insufficient(self) -> ApiError:
         return ApiError(216)
 
-    def _fill_market(self, order: Order, now_ms: int) -> None:
+    def _fill_market(self, order: Order, now_ms: int,
+                     outcome: tuple[str, Decimal] | None = None) -> None:
         spec = order.spec
         bid, ask = self.path.best_bid_ask(spec.market, now_ms)
         price = ask if order.side == "buy" else bid
@@ -328,17 +334,26 @@ class Account:
                 fee = _fee(quote, TAKER_FEE)
             if self.available.get(spec.quote, Decimal(0)) < quote + fee:
                 raise self._insufficient()
+        elif self.available.get(spec.base, Decimal(0)) < amount:
+            raise self._insufficient()
+        status = "filled"
+        if outcome is not None:  # the whole order was funded; only part of it fills
+            status, fraction = outcome
+            amount = spec.quantize_amount(amount * fraction)
+            quote = amount * price
+            fee = _fee(quote, TAKER_FEE)
+        order.status = status
+        if amount <= 0:
+            return
+        if order.side == "buy":
             self._move(spec.quote, available=-(quote + fee))
             self._move(spec.base, available=amount)
             order.spent_quote = quote + fee
         else:
-            if self.available.get(spec.base, Decimal(0)) < amount:
-                raise self._insufficient()
             self._move(spec.base, available=-amount)
             self._move(spec.quote, available=quote - fee)
             order.spent_quote = quote
         self._record_fill(order, amount, price, fee, taker=True, at=now_ms)
-        order.status = "filled"
 
     def _record_fill(self, order: Order, amount: Decimal, price: Decimal, fee: Decimal, *,
                      taker: bool, at: int) -> None:

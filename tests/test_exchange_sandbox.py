@@ -518,3 +518,48 @@ def test_g10_drop_after_accept_is_outcome_unknown_and_found_by_client_order_id(
     found = trade.get_order(MARKET, client_order_id=coid)
     assert found.status == "filled" and found.order_id == accepted["orderId"]
     assert found.filled_amount > 0
+
+
+# -- placed but not (fully) filled: a 200 is not a fill ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "fraction", "final"),
+    [
+        ("expired", "0", True),
+        ("canceledMarketProtection", "0", True),
+        ("canceledMarketProtection", "0.4", True),
+        ("partiallyFilled", "0.5", False),
+    ],
+)
+def test_a_market_order_answered_200_may_be_unfilled(
+    trade: BitvavoTrade,
+    readonly: BitvavoReadonly,
+    bitvavo_sandbox: SandboxServer,
+    status: str,
+    fraction: str,
+    final: bool,
+) -> None:
+    bitvavo_sandbox.set_fault(fault="unfilled", times=1, status=status, fill_fraction=fraction)
+    coid = uuid.uuid4()
+    order = trade.place_market_order(
+        MARKET, "buy", amount_quote=Decimal("100"), client_order_id=coid
+    )
+    assert order.status == status and order.is_final is final
+    assert (order.filled_amount > 0) is (fraction != "0")
+    assert order.filled_amount == sum((f.amount for f in order.fills), Decimal(0))
+    assert order.amount_quote_remaining == (
+        Decimal("100") - order.filled_amount_quote - order.fee_paid
+    )
+    assert trade.get_order(MARKET, client_order_id=coid) == order  # the lookup agrees
+    (eur,) = readonly.balance("EUR")
+    assert eur.available == Decimal("10000") - order.filled_amount_quote - order.fee_paid
+    btc = [row.available for row in readonly.balance("BTC")]
+    assert btc == ([] if order.filled_amount == 0 else [order.filled_amount])
+    if final:
+        with pytest.raises(OrderNotCancellable):
+            trade.cancel_order(MARKET, client_order_id=coid)
+    else:
+        trade.cancel_order(MARKET, client_order_id=coid)
+        cancelled = trade.get_order(MARKET, client_order_id=coid)
+        assert cancelled.status == "canceled" and cancelled.filled_amount == order.filled_amount

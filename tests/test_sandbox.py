@@ -596,10 +596,86 @@ def test_drop_after_accept_places_exactly_one_order(bitvavo_sandbox: SandboxServ
     assert bitvavo_sandbox.set_fault(fault="none") == {"fault": "none", "remaining": 0}
 
 
-def test_fault_control_rejects_nonsense(bitvavo_sandbox: SandboxServer) -> None:
-    response = httpx.post(bitvavo_sandbox.root + "/_sandbox/faults",
-                          json={"fault": "explode"}, timeout=5)
+@pytest.mark.parametrize(
+    ("status", "fraction", "side", "by"),
+    [
+        ("expired", "0", "buy", {"amountQuote": "100"}),
+        ("canceledMarketProtection", "0", "buy", {"amount": "0.001"}),
+        ("canceledMarketProtection", "0.25", "buy", {"amountQuote": "100"}),
+        ("partiallyFilled", "0.5", "buy", {"amount": "0.001"}),
+        ("expired", "0.3", "sell", {"amount": "0.001"}),
+    ],
+)
+def test_unfilled_fault_answers_200_and_everything_agrees(
+        bitvavo_sandbox: SandboxServer, trade: Signer, status: str, fraction: str, side: str,
+        by: dict[str, str]) -> None:
+    if side == "sell":
+        bitvavo_sandbox.reset(balances={"EUR": "0", "BTC": "0.001"})
+    before = balances(trade)
+    described = bitvavo_sandbox.set_fault(fault="unfilled", times=1, status=status,
+                                          fill_fraction=fraction)
+    assert described["status"] == status and described["fill_fraction"] == fraction
+    response = trade.order(side=side, **by)
+    assert response.status_code == 200, response.text
+    order = response.json()
+    assert order["status"] == status
+    filled = Decimal(order["filledAmount"])
+    quote, fee = Decimal(order["filledAmountQuote"]), Decimal(order["feePaid"])
+    assert filled == sum((Decimal(f["amount"]) for f in order["fills"]), Decimal(0))
+    assert (filled > 0) is (fraction != "0")
+    if "amount" in by:
+        full = Decimal(by["amount"])
+        assert filled == full * Decimal(fraction)
+        assert Decimal(order["amountRemaining"]) == full - filled
+    else:
+        assert Decimal(order["amountQuoteRemaining"]) == Decimal(by["amountQuote"]) - quote - fee
+    # the lookup, the account's history and the balances tell the same story
+    lookup = f"/order?market={MARKET}&clientOrderId={order['clientOrderId']}"
+    assert trade.get(lookup).json() == order
+    assert [o["orderId"] for o in bitvavo_sandbox.orders()] == [order["orderId"]]
+    assert len(trade.get(f"/trades?market={MARKET}").json()) == len(order["fills"])
+    eur, btc = before.get("EUR", (Decimal(0),))[0], before.get("BTC", (Decimal(0),))[0]
+    expected = {"EUR": eur - quote - fee, "BTC": btc + filled} if side == "buy" else \
+        {"EUR": eur + quote - fee, "BTC": btc - filled}
+    assert balances(trade) == {k: (v, Decimal(0)) for k, v in expected.items() if v}
+    open_orders = [o["orderId"] for o in trade.get("/ordersOpen").json()]
+    assert open_orders == ([order["orderId"]] if status == "partiallyFilled" else [])
+    cancel = trade.request("DELETE", f"/order?market={MARKET}&orderId={order['orderId']}"
+                                     f"&operatorId={OPERATOR_ID}")
+    if status == "partiallyFilled":
+        assert cancel.status_code == 200
+        assert trade.get(lookup).json()["status"] == "canceled"
+        assert balances(trade) == {k: (v, Decimal(0)) for k, v in expected.items() if v}
+    else:
+        assert_error(cancel, 400, 233)
+    assert trade.order(side="buy", amountQuote="10").json()["status"] == "filled"  # used up
+
+
+def test_unfilled_fault_leaves_a_limit_order_alone(bitvavo_sandbox: SandboxServer,
+                                                   trade: Signer) -> None:
+    bitvavo_sandbox.set_fault(fault="unfilled", times=1, status="expired")
+    crossing = trade.order(orderType="limit", amount="0.001", price="200000").json()
+    assert crossing["status"] == "filled"
+    assert bitvavo_sandbox.set_fault(fault="none")["remaining"] == 0
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"fault": "explode"},
+        {"fault": "unfilled", "status": "filled"},
+        {"fault": "unfilled", "status": "partiallyFilled"},  # a partial fill needs a fill
+        {"fault": "unfilled", "fill_fraction": "1"},
+        {"fault": "unfilled", "fill_fraction": "-0.1"},
+        {"fault": "unfilled", "fill_fraction": 0.5},  # a float: money is never float
+        {"fault": "unfilled", "fill_fraction": "half"},
+    ],
+)
+def test_fault_control_rejects_nonsense(bitvavo_sandbox: SandboxServer,
+                                        spec: dict[str, Any]) -> None:
+    response = httpx.post(bitvavo_sandbox.root + "/_sandbox/faults", json=spec, timeout=5)
     assert response.status_code == 400
+    assert bitvavo_sandbox.set_fault(fault="none")["fault"] == "none"
 
 
 def test_reset_restores_the_starting_state(bitvavo_sandbox: SandboxServer,

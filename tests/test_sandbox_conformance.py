@@ -192,6 +192,20 @@ def test_ccxt_limit_order_and_cancel(cx: ccxt.bitvavo) -> None:
         cx.cancel_order(order["id"], "ETH/EUR")
 
 
+def test_both_clients_read_an_unfilled_market_order(bitvavo_sandbox: SandboxServer,
+                                                     sdk_trade: Bitvavo,
+                                                     cx: ccxt.bitvavo) -> None:
+    bitvavo_sandbox.set_fault(fault="unfilled", times=2, status="canceledMarketProtection",
+                              fill_fraction="0.5")
+    by_sdk = sdk_trade.placeOrder("BTC-EUR", "buy", "market",
+                                  {"amount": "0.0002", "operatorId": OPERATOR_ID})
+    assert by_sdk["status"] == "canceledMarketProtection" and by_sdk["filledAmount"] == "0.0001"
+    by_ccxt = cx.create_order("BTC/EUR", "market", "buy", 0.0002)
+    assert by_ccxt["info"]["status"] == "canceledMarketProtection"
+    assert by_ccxt["filled"] == 0.0001 and by_ccxt["remaining"] == 0.0001
+    assert cx.fetch_order(by_ccxt["id"], "BTC/EUR")["filled"] == 0.0001
+
+
 def test_ccxt_maps_bitvavo_error_codes(bitvavo_sandbox: SandboxServer, cx: ccxt.bitvavo) -> None:
     # ccxt refuses to send an order without operatorId ...
     no_operator = exchange(bitvavo_sandbox, bitvavo_sandbox.trade_key,
