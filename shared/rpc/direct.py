@@ -1,0 +1,235 @@
+"""DirectRpc: the RPC port over a direct PostgreSQL connection (DATABASE_URL), one round trip each.
+
+Each call is one request exactly as PostgREST runs it — one transaction in which
+`set_config('role', 'service_role', true)` and `set_config('request.jwt.claims',
+'{"role":"service_role"}', true)` (plus `request.method`/`request.path`, a per-call
+`statement_timeout` and `TimeZone=UTC`) are followed by `select public.<fn>(p_a => …, …)`:
+
+    client ── Parse/Bind/Execute (set_config …) ┐
+              Parse/Bind/Execute (the call)     ├─ one write, psycopg pipeline mode
+              Sync ─────────────────────────────┘
+    server ── results of both, ReadyForQuery ──── one answer
+
+The two statements must stay two: EXECUTE privilege is checked when the executor starts, so a role
+set by `set_config` inside the same SELECT would come too late. They travel together in pipeline
+mode on an autocommit connection, which makes everything up to the Sync one implicit transaction:
+the `set_config(…, true)` settings apply to the call and vanish at its end, an error anywhere rolls
+back everything, and the connection is idle again afterwards — also on the error path, so no
+ROLLBACK round trip is ever needed. (tests/test_rpc_direct.py counts the turns through
+scripts/wireturns.py.)
+
+Arguments are sent as untyped text parameters (`encode_args` in port.py turned them into JSON
+values; here every one becomes text of PostgreSQL's `unknown` type), so PostgreSQL converts each
+to the declared parameter type with that type's input function — as PostgREST does from its JSON
+body. The result is selected as `to_json(…)` text (PostgreSQL's own JSON rendering, what PostgREST
+sends) and parsed with Decimal numbers.
+
+Through Supabase's pooler (Supavisor, transaction mode, port 6543) this works unchanged: no
+prepared statements (`prepare_threshold=None`), no session state (every setting is
+transaction-local), no startup options, and each call is a single transaction. The login role must
+be allowed to SET ROLE service_role (`authenticator` or `postgres` on Supabase).
+
+A broken connection mid-call raises RpcUnavailable: the call may have committed. Nothing here
+retries a call.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import select
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+from shared.rpc.errors import RpcError, RpcUnavailable, error_for
+from shared.rpc.port import SERVICE_CLAIMS, SERVICE_ROLE, as_rows, decode_json, dumps, encode_args
+
+DEFAULT_MIN_SIZE = 1
+DEFAULT_MAX_SIZE = 4
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_POOL_TIMEOUT = 5.0
+DEFAULT_STATEMENT_TIMEOUT = 15.0
+DEFAULT_MAX_IDLE = 60.0
+DEFAULT_MAX_LIFETIME = 30 * 60.0
+
+# What PostgREST sets per request (role, claims, method, path), plus a per-call statement timeout
+# and UTC rendering of timestamps. Parameters only; nothing is interpolated.
+_REQUEST_SQL = (
+    "select set_config('role', %(role)s, true),"
+    " set_config('request.jwt.claims', %(claims)s, true),"
+    " set_config('request.method', 'POST', true),"
+    " set_config('request.path', %(path)s, true),"
+    " set_config('statement_timeout', %(statement_timeout)s, true),"
+    " set_config('TimeZone', 'UTC', true)"
+)
+_CLAIMS = dumps(SERVICE_CLAIMS)
+
+
+@functools.lru_cache(maxsize=256)
+def _call_sql(fn: str, names: tuple[str, ...], setof: bool) -> sql.Composed:
+    """`public.<fn>(<name> => %(<name>)s, …)` wrapped to return JSON text. The names were checked
+    by encode_args, and are composed as quoted identifiers anyway."""
+    call = sql.SQL("{}({})").format(
+        sql.Identifier("public", fn),
+        sql.SQL(", ").join(
+            sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name))
+            for name in names
+        ),
+    )
+    if setof:
+        return sql.SQL("select coalesce(json_agg(r), '[]'::json)::text from {} as r").format(call)
+    return sql.SQL("select to_json({})::text").format(call)
+
+
+def _param(value: Any) -> str | None:
+    """A JSON value as text of type `unknown` (psycopg sends `str` untyped): PostgreSQL applies the
+    declared parameter type's input function, as it does for a quoted literal."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | str):
+        return str(value)
+    return dumps(value)  # dict / list → JSON text, for json/jsonb parameters
+
+
+def _server_hung_up(conn: psycopg.Connection[Any]) -> bool:
+    """True when an idle pooled connection was closed by the server (idle timeout, restart,
+    pg_terminate_backend). An idle connection has nothing to read unless the server sent a FATAL
+    error or EOF, so a zero-timeout poll of the socket tells without a round trip. Written here
+    because psycopg_pool's `check` hook pays a round trip per checkout, and sleeps a second after a
+    failed check; this costs neither."""
+    if conn.closed or conn.broken:
+        return True
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    return bool(readable)
+
+
+class DirectRpc:
+    """The RPC port over psycopg + psycopg_pool. Thread-safe; `close()` releases everything."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = DEFAULT_MIN_SIZE,
+        max_size: int = DEFAULT_MAX_SIZE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        statement_timeout: float = DEFAULT_STATEMENT_TIMEOUT,
+        max_idle: float = DEFAULT_MAX_IDLE,
+        max_lifetime: float = DEFAULT_MAX_LIFETIME,
+        name: str = "rpc",
+    ) -> None:
+        try:
+            params = conninfo_to_dict(conninfo)
+        except psycopg.ProgrammingError:
+            # libpq's parse error may quote part of the URL, password included: say less.
+            raise ValueError("not a valid PostgreSQL connection URL") from None
+        self._where = f"{params.get('host', 'localhost')}:{params.get('port', 5432)}/" \
+                      f"{params.get('dbname', '')}"
+        self._statement_timeout_ms = str(max(0, math.ceil(statement_timeout * 1000)))
+        self._pool_timeout = pool_timeout
+        self._max_size = max_size
+        kwargs: dict[str, Any] = {
+            "autocommit": True,        # the pipeline's Sync ends each call's implicit transaction
+            "prepare_threshold": None,  # no server-side prepared statements: pooler-safe
+            # TCP keepalives, so a silently vanished server is noticed while we wait for an answer.
+            "keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+        if "connect_timeout" not in params:
+            kwargs["connect_timeout"] = max(2, math.ceil(connect_timeout))
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            conninfo,
+            kwargs=kwargs,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=pool_timeout,
+            max_idle=max_idle,
+            max_lifetime=max_lifetime,
+            name=name,
+            open=False,
+        )
+        self._pool.open(wait=False)
+
+    def __repr__(self) -> str:
+        return f"DirectRpc({self._where})"
+
+    # -- the port -----------------------------------------------------------------------------
+    def call(self, fn: str, args: Mapping[str, Any] | None = None) -> Any:
+        return self._run(fn, args, setof=False)
+
+    def rows(self, fn: str, args: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        return as_rows(fn, self._run(fn, args, setof=True))
+
+    def close(self) -> None:
+        self._pool.close(timeout=5.0)
+
+    def __enter__(self) -> DirectRpc:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- one request --------------------------------------------------------------------------
+    def _run(self, fn: str, args: Mapping[str, Any] | None, *, setof: bool) -> Any:
+        payload = encode_args(fn, args)
+        query = _call_sql(fn, tuple(payload), setof)
+        params = {name: _param(value) for name, value in payload.items()}
+        request = {"role": SERVICE_ROLE, "claims": _CLAIMS, "path": f"/rpc/{fn}",
+                   "statement_timeout": self._statement_timeout_ms}
+        try:
+            with self._connection() as conn:
+                # Both statements and the Sync leave in one write when the pipeline block ends;
+                # fetching inside the block would send a Flush and cost a second round trip.
+                with conn.pipeline():
+                    conn.execute(_REQUEST_SQL, request)
+                    cursor = conn.execute(query, params)
+                row = cursor.fetchone()
+        except psycopg.Error as exc:
+            raise _translate(exc, fn) from exc
+        text = row[0] if row else None
+        return None if text is None else decode_json(text)
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        conn = self._pool.getconn(timeout=self._pool_timeout)
+        # Connections the server closed while they sat idle are replaced, never used: a call on one
+        # would fail as outcome-unknown although nothing was sent.
+        for _ in range(self._max_size):
+            if not _server_hung_up(conn):
+                break
+            conn.close()
+            self._pool.putconn(conn)  # a closed connection is discarded and replaced by the pool
+            conn = self._pool.getconn(timeout=self._pool_timeout)
+        try:
+            yield conn
+        finally:
+            self._pool.putconn(conn)
+
+
+def _translate(exc: psycopg.Error, fn: str) -> RpcError:
+    """psycopg's exception → the port's. The SQLSTATE decides (errors.error_for); without one, a
+    connection-level failure (OperationalError/InterfaceError: dropped connection, pool timeout,
+    connect failure) is RpcUnavailable — outcome unknown."""
+    code = exc.sqlstate
+    if code is None:
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return RpcUnavailable(_first_line(str(exc)) or type(exc).__name__, fn=fn)
+        return RpcError(_first_line(str(exc)) or type(exc).__name__, fn=fn)
+    diag = exc.diag
+    return error_for(diag.message_primary or _first_line(str(exc)), code=code,
+                     details=diag.message_detail, hint=diag.message_hint, fn=fn)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
