@@ -1,0 +1,1 @@
+"""What the HTTP functions share that is not the domain: problem documents and step logs."""
