@@ -172,7 +172,8 @@ def test_execution_rpcs_each_take_one_round_trip_and_keep_decimals(
     measured["list_unsettled_executions"] = n
     mine = [row for row in unsettled if row["id"] == open_claim["execution"]["id"]]
     assert len(mine) == 1 and mine[0]["status"] == "claimed"
-    assert mine[0]["amount_quote"] == 5
+    # A whole amount is still a Decimal (PostgreSQL renders numeric 5 as `5`).
+    assert mine[0]["amount_quote"] == 5 and isinstance(mine[0]["amount_quote"], Decimal)
     claimed_at = datetime.fromisoformat(mine[0]["claimed_at"])
     assert claimed_at.utcoffset() == timedelta(0)
     assert execution["id"] not in {row["id"] for row in unsettled}  # filled is settled
@@ -375,7 +376,9 @@ def test_json_numbers_come_back_as_decimal_never_float(rpc: DirectRpc) -> None:
     assert isinstance(numbers["money"], Decimal)
     assert numbers["tenth"] == Decimal("0.1") and isinstance(numbers["tenth"], Decimal)
     assert numbers["int"] == 42 and numbers["big"] == 123456789012345678901234567890
+    assert isinstance(numbers["int"], Decimal) and isinstance(numbers["big"], Decimal)
     assert numbers["nested"] == [Decimal("1.50"), 2]
+    assert all(isinstance(n, Decimal) for n in numbers["nested"])
     assert no_floats(numbers)
 
 

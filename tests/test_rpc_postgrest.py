@@ -79,7 +79,7 @@ def test_decimals_go_out_exact_and_come_back_as_decimal(rpc: PostgrestRpc,
     assert execution["amount_quote"] == Decimal("10.123456789012345678901234567")
     assert isinstance(execution["amount_quote"], Decimal)
     assert execution["fee"] == Decimal("0.1") and isinstance(execution["fee"], Decimal)
-    assert execution["count"] == 3
+    assert execution["count"] == 3 and isinstance(execution["count"], Decimal)
     assert execution["nested"] == [Decimal("1.50"), {"x": Decimal("1e-7")}]
     request = httpx_mock.get_request()
     assert request is not None

@@ -14,7 +14,10 @@ either road:
   decimal string (money is a string on the wire, SPEC §3; PostgreSQL reads it into `numeric`
   exactly, and our jsonb readers accept decimal strings). `float` is refused: it is not money.
 - out (`decode_json`): the result as PostgreSQL's own JSON rendering of it (what PostgREST sends),
-  parsed with JSON numbers as `Decimal` (never float); uuids and timestamps arrive as strings.
+  parsed with every JSON number as `Decimal` — never float, and never int either: a `numeric`
+  whose value happens to be whole (`10`) is rendered without a fraction, and money must not change
+  type with its value (`amount.quantize(…)` works on every amount). Counts are Decimal too and
+  compare equal to ints. uuids and timestamps arrive as strings.
 
 Errors are `shared.rpc.errors` classes, identical for both adapters.
 """
@@ -112,8 +115,8 @@ def dumps(value: Any) -> str:
 
 
 def decode_json(text: str | bytes) -> Any:
-    """Parse an RPC result: JSON numbers with a fraction or exponent become Decimal, never float."""
-    return json.loads(text, parse_float=Decimal)
+    """Parse an RPC result: every JSON number becomes a Decimal (never float, never int)."""
+    return json.loads(text, parse_float=Decimal, parse_int=Decimal)
 
 
 def as_rows(fn: str, value: Any) -> list[dict[str, Any]]:
