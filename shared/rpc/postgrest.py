@@ -48,7 +48,6 @@ class PostgrestRpc:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         if not service_role_key:
             raise ValueError("the service role key is empty")
@@ -57,7 +56,6 @@ class PostgrestRpc:
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             follow_redirects=False,  # a redirected POST could run twice; PostgREST never redirects
-            transport=transport,
         )
         options = SyncClientOptions(
             headers={"Accept": "application/json"},
