@@ -13,6 +13,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -505,3 +506,26 @@ def test_no_password_in_errors_reprs_or_logs(rpc_db: Database,
 
 def test_direct_rpc_is_an_rpc_port(rpc: DirectRpc) -> None:
     assert isinstance(rpc, RpcPort)
+
+
+def test_one_port_serves_many_threads_within_its_pool_size(rpc_db: Database) -> None:
+    def backends() -> int:
+        return int(rpc_db.scalar("select count(*) from pg_stat_activity where datname = %s and "
+                                 "application_name = 'rpc-threads'", (rpc_db.name,)))
+
+    peak = 0
+    with DirectRpc(rpc_db.authenticator_url + "?application_name=rpc-threads", min_size=1,
+                   max_size=4) as rpc:
+        def work(i: int) -> list[str]:
+            nonlocal peak
+            roles = []
+            for _ in range(20):
+                roles.append(rpc.call("t_whoami")["auth_role"])
+                peak = max(peak, backends()) if i == 0 else peak
+            return roles
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            results = [role for roles in pool.map(work, range(16)) for role in roles]
+        assert backends() <= 4
+    assert results == ["service_role"] * 320
+    assert 1 <= peak <= 4
