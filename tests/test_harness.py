@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -13,19 +16,30 @@ from scripts.pgcluster import Cluster, ClusterError, free_port
 from tests.pg import SessionCluster
 
 
-def test_a_cluster_that_cannot_start_raises_with_the_server_log() -> None:
+@contextmanager
+def scratch_cluster(**settings: str) -> Iterator[Cluster]:
+    """A cluster in a temporary folder the `postgres` OS user can reach (pytest's tmp_path is
+    0700 under root); the cluster and the folder itself are gone afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="aio-pg-bad-"))
     tmp.chmod(0o755)
-    cluster = Cluster(data_dir=tmp / "cluster", port=free_port(),
-                      settings={"max_connections": "not-a-number"})
+    cluster = Cluster(data_dir=tmp / "cluster", port=free_port(), settings=settings)
     try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_a_cluster_that_cannot_start_raises_with_the_server_log() -> None:
+    with scratch_cluster(max_connections="not-a-number") as cluster:
         cluster.init()
         with pytest.raises(ClusterError) as failure:
             cluster.start()
         assert "did not start" in str(failure.value)
         assert "max_connections" in str(failure.value)  # the server's own complaint
-    finally:
-        cluster.destroy()
+    # Nothing is left behind: not the data directory, not the temporary folder around it.
+    assert not cluster.data_dir.exists()
+    assert not cluster.data_dir.parent.exists()
 
 
 def test_missing_postgresql_binaries_say_how_to_install_them(
