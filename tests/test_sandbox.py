@@ -209,7 +209,7 @@ def test_candles_shape_and_order(bitvavo_sandbox: SandboxServer) -> None:
         assert Decimal(low) <= min(Decimal(o), Decimal(c)) <= max(Decimal(o), Decimal(c)) \
             <= Decimal(h)
     hourly = public(bitvavo_sandbox, f"/{MARKET}/candles?interval=1h&limit=3").json()
-    assert all(row[0] % 3_600_000 == 0 for row in hourly)
+    assert len(hourly) == 3 and all(row[0] % 3_600_000 == 0 for row in hourly)
     end = stamps[-1]
     bounded = public(bitvavo_sandbox,
                      f"/{MARKET}/candles?interval=1m&start={end - 120_000}&end={end}").json()
