@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +23,9 @@ from tests.test_execution_support import (  # the database fixtures: db, module_
     _module_db_fixture,  # noqa: F401
     _shared_db_fixture,  # noqa: F401
     backdate,
+    claim,
     claimed,
+    propose,
     race,
     record,
     scalar,
@@ -137,9 +140,12 @@ def test_sixteen_concurrent_identical_fill_reports_write_the_ledger_once(db: Dat
 
 def test_fill_writes_the_ledger_row_with_derived_price(db: Database) -> None:
     execution = execution_in(db, "submitted")
+    # The exchange's fill time: a moment after the claim, at whole seconds, whatever today is.
+    fill_time = scalar(db, "select date_trunc('second', claimed_at) + interval '1 second' "
+                           "from public.trade_executions where id = %s", (execution["id"],))
     result = record(db, execution["id"], status="filled", filled_amount="0.0002",
                     filled_amount_quote="10", fee_paid="0.025", fee_currency="EUR",
-                    completed_at="2026-11-28T10:00:00Z")
+                    completed_at=fill_time.strftime("%Y-%m-%dT%H:%M:%SZ"))
     row = result["execution"]
     assert row["price"] == Decimal("50000")
     assert row["exchange_order_id"] == "ord-1"  # from the earlier `submitted` report
@@ -148,7 +154,7 @@ def test_fill_writes_the_ledger_row_with_derived_price(db: Database) -> None:
     assert (amount, quote, price, fee, currency) == (Decimal("0.0002"), Decimal("10"),
                                                       Decimal("50000"), Decimal("0.025"), "EUR")
     assert (side, mode) == ("buy", "paper")
-    assert executed_at.isoformat() == "2026-11-28T10:00:00+00:00"
+    assert executed_at == fill_time
 
 
 def test_fill_with_price_only_derives_the_quote_amount(db: Database) -> None:
@@ -281,3 +287,156 @@ def test_list_unsettled_returns_open_executions_older_than_the_age_oldest_first(
                            p_limit=100000)) == 4
     with pytest.raises(psycopg.errors.InvalidParameterValue):
         db.rpc_rows("list_unsettled_executions", p_older_than_seconds=-1)
+
+
+# -- a fill is never erased (issue 6, database item 1) -----------------------------------------
+# A report of a fill is a fact about money that moved. A later `failed` ("certainly not placed")
+# or `rejected` contradicts it, and a later report of a smaller fill contradicts it too: such a
+# report is refused (`illegal_transition` with a `reason`), the execution stays open with its fill
+# — counted by the validators and listed for the reconciler, which settles it from the exchange's
+# own answer (by clientOrderId) with the true final state.
+def test_a_late_failed_after_a_reported_fill_is_refused_and_the_fill_stays(db: Database) -> None:
+    user = trader(db, cooldown_seconds=3600, anti_flip_seconds=0)
+    execution = claimed(db, user)
+    partial = record(db, execution["id"], status="submitted", exchange_order_id="ord-f",
+                     filled_amount="0.004", filled_amount_quote="200")
+    assert partial["outcome"] == "updated"
+    for status in ("failed", "rejected"):
+        late = record(db, execution["id"], status=status, error_message="late report")
+        assert late["outcome"] == "illegal_transition", late
+        assert late["reason"] == "fill_recorded"
+        assert late["execution"] == partial["execution"]
+    row = sql(db, "select status, filled_amount, counts_toward_limits from public.trade_executions "
+                  "where id = %s", (execution["id"],))[0]
+    assert row == ("submitted", Decimal("0.004"), True)
+    assert proposal_status(db, execution) == "executing"
+    # The money that moved still counts: a second order 1 s later is inside the cooldown.
+    assert claim(db, user, propose(db, user))["failed_checks"][0]["check"] == "cooldown"
+    # The reconciler still sees it, and settles it with the exchange's answer.
+    backdate(db, execution["id"], 60)
+    assert execution["id"] in {str(r["id"]) for r in db.rpc_rows(
+        "list_unsettled_executions", p_older_than_seconds=30, p_limit=500)}
+    done = record(db, execution["id"], status="canceled", filled_amount="0.004",
+                  filled_amount_quote="200")
+    assert done["outcome"] == "updated"
+    assert len(history_rows(db, execution["id"])) == 1
+    assert proposal_status(db, execution) == "executed"
+
+
+def test_a_report_cannot_shrink_a_recorded_fill(db: Database) -> None:
+    execution = execution_in(db, "claimed")
+    record(db, execution["id"], status="submitted", filled_amount="0.004",
+           filled_amount_quote="200")
+    for report in ({"status": "canceled", "filled_amount": "0"},
+                   {"status": "unknown", "filled_amount": "0.001"},
+                   {"status": "submitted", "filled_amount": "0.003"}):
+        result = record(db, execution["id"], **report)
+        assert (result["outcome"], result.get("reason")) == ("illegal_transition",
+                                                             "fill_decreased"), report
+    assert scalar(db, "select filled_amount from public.trade_executions where id = %s",
+                  (execution["id"],)) == Decimal("0.004")
+    assert history_rows(db, execution["id"]) == []
+
+
+def test_the_table_refuses_a_failed_or_rejected_execution_with_a_fill(db: Database) -> None:
+    """The backstop behind record_execution_result, whoever writes (the superuser here)."""
+    execution = execution_in(db, "claimed")
+    record(db, execution["id"], status="submitted", filled_amount="0.004",
+           filled_amount_quote="200")
+    for status in ("failed", "rejected"):
+        with pytest.raises(psycopg.errors.CheckViolation):
+            sql(db, "update public.trade_executions set status = %s, completed_at = now() "
+                    "where id = %s", (status, execution["id"]))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="fill"):
+        sql(db, "update public.trade_executions set filled_amount = 0.001 where id = %s",
+            (execution["id"],))
+
+
+# -- a repeated non-final status adds the facts it brings (issue 6, database item 9) -----------
+def test_repeating_submitted_with_the_exchange_order_id_records_it(db: Database) -> None:
+    execution = execution_in(db, "claimed")
+    first = record(db, execution["id"], status="submitted")
+    assert first["execution"]["exchange_order_id"] is None
+    again = record(db, execution["id"], status="submitted", exchange_order_id="ord-late")
+    assert again["outcome"] == "updated"
+    assert again["execution"]["exchange_order_id"] == "ord-late"
+    assert again["execution"]["status"] == "submitted"
+    assert again["execution"]["submitted_at"] == first["execution"]["submitted_at"]
+    assert scalar(db, "select exchange_order_id from public.trade_executions where id = %s",
+                  (execution["id"],)) == "ord-late"
+    # Nothing new: unchanged, and nothing is written.
+    same = record(db, execution["id"], status="submitted", exchange_order_id="ord-late")
+    assert same["outcome"] == "unchanged" and same["execution"] == again["execution"]
+    audit_events = [e for (e,) in sql(db, "select event from public.execution_audit_log "
+                                          "where execution_id = %s order by id",
+                                      (execution["id"],))]
+    assert audit_events == ["claim.claimed", "execution.status_changed", "execution.facts_added",
+                            "execution.result_unchanged"]
+
+
+def test_repeating_a_non_final_status_adds_a_growing_fill_and_error_details(db: Database) -> None:
+    execution = execution_in(db, "claimed")
+    record(db, execution["id"], status="submitted", exchange_order_id="ord-g",
+           filled_amount="0.001", filled_amount_quote="50")
+    grown = record(db, execution["id"], status="submitted", filled_amount="0.003",
+                   filled_amount_quote="150")
+    assert grown["outcome"] == "updated"
+    assert (grown["execution"]["filled_amount"], grown["execution"]["filled_amount_quote"]) == (
+        Decimal("0.003"), Decimal("150"))
+    assert grown["execution"]["exchange_order_id"] == "ord-g"
+    record(db, execution["id"], status="unknown")
+    detailed = record(db, execution["id"], status="unknown", error_code="timeout",
+                      error_message="status poll timed out")
+    assert detailed["outcome"] == "updated"
+    assert (detailed["execution"]["error_code"], detailed["execution"]["error_message"]) == (
+        "timeout", "status poll timed out")
+
+
+def test_a_repeat_cannot_swap_the_exchange_order_id(db: Database) -> None:
+    execution = execution_in(db, "claimed")
+    record(db, execution["id"], status="submitted", exchange_order_id="ord-1")
+    for status in ("submitted", "filled"):
+        swapped = record(db, execution["id"], status=status, exchange_order_id="ord-2",
+                         filled_amount="0.1", filled_amount_quote="10")
+        assert (swapped["outcome"], swapped.get("reason")) == (
+            "illegal_transition", "exchange_order_id_mismatch"), swapped
+    assert sql(db, "select status, exchange_order_id from public.trade_executions where id = %s",
+               (execution["id"],)) == [("submitted", "ord-1")]
+
+
+# -- result timestamps are bounded (issue 6, database item 8) ----------------------------------
+# Exchange times may differ from the database clock by a little (Bitvavo's own access window is
+# at most 60 s): a reported time is accepted from one minute before the claim to one minute
+# after now, and refused with 22023 outside that.
+@pytest.mark.parametrize("field", ["completed_at", "submitted_at"])
+@pytest.mark.parametrize("value", [
+    "0044-03-15T12:00 BC",
+    "0001-01-01T00:00:00Z",
+    "1999-12-31T23:59:59Z",
+    "9999-12-31T23:59:59Z",
+    "infinity",
+    "-infinity",
+])
+def test_result_timestamps_out_of_any_sane_range_are_invalid(db: Database, field: str,
+                                                             value: str) -> None:
+    execution = execution_in(db, "claimed")
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        record(db, execution["id"], status="failed", **{field: value})
+    assert scalar(db, "select status from public.trade_executions where id = %s",
+                  (execution["id"],)) == "claimed"
+
+
+def test_result_timestamps_before_the_claim_or_after_now_are_invalid(db: Database) -> None:
+    execution = execution_in(db, "claimed")
+    claimed_at, now = sql(db, "select claimed_at, clock_timestamp() from public.trade_executions "
+                              "where id = %s", (execution["id"],))[0]
+    for at in (claimed_at - timedelta(minutes=2), now + timedelta(minutes=5)):
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            record(db, execution["id"], status="failed", completed_at=at.isoformat())
+    # A few seconds of clock difference with the exchange is fine.
+    skewed = record(db, execution["id"], status="submitted",
+                    submitted_at=(claimed_at - timedelta(seconds=5)).isoformat())
+    assert skewed["outcome"] == "updated"
+    done = record(db, execution["id"], status="filled", filled_amount="0.1",
+                  filled_amount_quote="10", completed_at=(now + timedelta(seconds=5)).isoformat())
+    assert done["outcome"] == "updated"

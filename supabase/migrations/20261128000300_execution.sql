@@ -27,8 +27,16 @@
  * `unknown` means "the last exchange call's outcome is not known" (timeout, 5xx, 101/107/109, crash);
  * it may follow `submitted` (a status poll timed out) and may become `submitted` again (the
  * reconciler found the order open by clientOrderId). Neither re-sends anything (G10). `failed` means
- * certainly not placed. Reporting the current status again is a no-op (`unchanged`); anything else on
- * a final execution is the outcome `illegal_transition`, never an exception.
+ * certainly not placed. Repeating a final result is a no-op (`unchanged`); repeating an open status
+ * records the facts it adds (exchange order id, a growing fill, error details). Anything else on a
+ * final execution is the outcome `illegal_transition`, never an exception.
+ *
+ * A fill is never erased: once a report carried filled_amount > 0, money moved. A later `failed` or
+ * `rejected`, or a smaller filled_amount, contradicts that fact and is refused (`illegal_transition`,
+ * reason `fill_recorded` / `fill_decreased`); the execution stays open with its fill — counted by
+ * the validators (G5, G6, daily limits), listed by list_unsettled_executions — until the reconciler
+ * records the exchange's own final answer. The table carries the same rule as a constraint
+ * (trade_executions_no_fill_unless_placed) and a trigger (a recorded fill never shrinks).
  *
  * The proposal follows its execution: approved → executing (claim) → executed (any fill, including a
  * cancel after a partial fill) | failed (rejected, failed, or canceled without a fill).
@@ -203,6 +211,11 @@ create table public.trade_executions (
   -- A final execution has a completion time.
   constraint trade_executions_completed_when_final check (
     completed_at is not null or status in ('claimed', 'submitted', 'unknown')
+  ),
+  -- `failed` is certainly not placed and `rejected` never reached the book: neither has a fill.
+  -- record_execution_result refuses the report that would make it so; this is the backstop.
+  constraint trade_executions_no_fill_unless_placed check (
+    status not in ('rejected', 'failed') or coalesce(filled_amount, 0) = 0
   )
 );
 
@@ -247,7 +260,8 @@ $$;
 revoke all on function private.execution_transition_allowed(text, text) from public, anon, authenticated;
 
 -- Backstop for the state machine, whoever writes: identity columns never change, status moves only
--- along private.execution_transition_allowed, and a final execution's result never changes.
+-- along private.execution_transition_allowed, a final execution's result never changes, a recorded
+-- fill never shrinks and a known exchange order id never changes.
 create or replace function private.guard_trade_execution_update() returns trigger
 language plpgsql
 set search_path = ''
@@ -272,6 +286,15 @@ begin
   end if;
   if new.status <> old.status and not private.execution_transition_allowed(old.status, new.status) then
     raise exception 'trade_executions: % → % is not allowed (execution %)', old.status, new.status, old.id
+      using errcode = '42501';
+  end if;
+  -- Money that moved stays on the books, and an execution is one exchange order.
+  if old.filled_amount is not null and coalesce(new.filled_amount < old.filled_amount, true) then
+    raise exception 'trade_executions: a recorded fill is never reduced or erased (execution %)', old.id
+      using errcode = '42501';
+  end if;
+  if old.exchange_order_id is not null and new.exchange_order_id is distinct from old.exchange_order_id then
+    raise exception 'trade_executions: the exchange order id never changes once known (execution %)', old.id
       using errcode = '42501';
   end if;
   return new;
@@ -890,9 +913,23 @@ $$;
 revoke execute on function public.claim_trade_execution(uuid, uuid, text, text) from public, anon, authenticated;
 grant execute on function public.claim_trade_execution(uuid, uuid, text, text) to service_role;
 
--- Moves an execution along the state machine only (illegal moves are an outcome, repeats a no-op);
--- a fill writes exactly one trade_history row and marks the proposal executed, rejected/failed (or
--- canceled without a fill) mark it failed; every answer is audited.
+-- Moves an execution along the state machine only; a fill, once reported, is never erased or
+-- reduced; a repeated open status adds the facts it brings; contradictions are the outcome
+-- `illegal_transition` with a `reason`. A fill writes exactly one trade_history row and marks the
+-- proposal executed, rejected/failed (or canceled without a fill) mark it failed; every answer is
+-- audited.
+--
+-- Outcomes: `updated` (a transition, or new facts for the same open status), `unchanged` (nothing
+-- new), `not_found`, and `illegal_transition` with `reason`:
+--   execution_final             the execution is final; nothing about it changes any more
+--   fill_recorded               `failed`/`rejected` after a fill was reported: money moved, so the
+--                               report is wrong; the execution stays open (counted by the
+--                               validators, listed for the reconciler), which settles it from the
+--                               exchange's own answer
+--   fill_decreased              filled_amount below the one recorded (a stale report)
+--   exchange_order_id_mismatch  another exchange order id than the one recorded
+-- Reported times (submitted_at, completed_at) must lie between one minute before the claim and one
+-- minute after now (exchange and database clocks may differ a little); 22023 otherwise.
 create or replace function public.record_execution_result(p_execution_id uuid, p_result jsonb) returns jsonb
 language plpgsql
 security definer
@@ -902,6 +939,8 @@ declare
   c_keys constant text[] := array['status', 'exchange_order_id', 'filled_amount', 'filled_amount_quote',
                                   'price', 'fee_paid', 'fee_currency', 'error_code', 'error_message',
                                   'submitted_at', 'completed_at'];
+  c_final constant text[] := array['filled', 'partially_filled', 'canceled', 'rejected', 'failed'];
+  c_clock_skew constant interval := interval '1 minute';
   v_unknown_keys text[];
   v_status text;
   v_filled numeric;
@@ -920,6 +959,8 @@ declare
   v_fill boolean;
   v_history boolean := false;
   v_proposal_status text;
+  v_refusal text;
+  v_changed text[];
   v_clock timestamptz := pg_catalog.clock_timestamp();
 begin
   if p_execution_id is null then
@@ -964,19 +1005,44 @@ begin
     return pg_catalog.jsonb_build_object('outcome', 'not_found', 'execution', null);
   end if;
 
-  if v_old.status = v_status then
+  -- The order was sent after the claim and its times are in the past: anything else is garbage
+  -- (e.g. a year-44 BC date psycopg cannot even read back), up to a little clock difference.
+  if v_submitted_at not between v_old.claimed_at - c_clock_skew and v_clock + c_clock_skew then
+    raise exception 'p_result.submitted_at % is not between the claim (%) and now', v_submitted_at,
+      v_old.claimed_at using errcode = '22023';
+  end if;
+  if v_completed_at not between v_old.claimed_at - c_clock_skew and v_clock + c_clock_skew then
+    raise exception 'p_result.completed_at % is not between the claim (%) and now', v_completed_at,
+      v_old.claimed_at using errcode = '22023';
+  end if;
+
+  if v_old.status = any (c_final) then
+    v_refusal := case when v_old.status <> v_status then 'execution_final' end;
+  elsif v_old.status <> v_status and not private.execution_transition_allowed(v_old.status, v_status) then
+    v_refusal := 'transition_not_allowed';
+  elsif v_exchange_order_id <> v_old.exchange_order_id then
+    v_refusal := 'exchange_order_id_mismatch';
+  elsif v_status in ('rejected', 'failed') and coalesce(v_old.filled_amount, 0) > 0 then
+    -- Money moved: `certainly not placed` (or rejected) contradicts a reported fill.
+    v_refusal := 'fill_recorded';
+  elsif v_filled < v_old.filled_amount then
+    v_refusal := 'fill_decreased';
+  end if;
+  if v_refusal is not null then
+    perform private.audit('execution.illegal_transition', v_old.user_id, v_old.proposal_id, v_old.id,
+      pg_catalog.jsonb_build_object('from', v_old.status, 'to', v_status, 'reason', v_refusal,
+                                    'result', p_result));
+    return pg_catalog.jsonb_build_object('outcome', 'illegal_transition', 'reason', v_refusal,
+      'execution', private.execution_json(v_old));
+  end if;
+  if v_old.status = any (c_final) then
+    -- Repeating the same final result: a no-op (final executions never change).
     perform private.audit('execution.result_unchanged', v_old.user_id, v_old.proposal_id, v_old.id,
       pg_catalog.jsonb_build_object('status', v_old.status, 'result', p_result));
     return pg_catalog.jsonb_build_object('outcome', 'unchanged', 'execution', private.execution_json(v_old));
   end if;
-  if not private.execution_transition_allowed(v_old.status, v_status) then
-    perform private.audit('execution.illegal_transition', v_old.user_id, v_old.proposal_id, v_old.id,
-      pg_catalog.jsonb_build_object('from', v_old.status, 'to', v_status, 'result', p_result));
-    return pg_catalog.jsonb_build_object('outcome', 'illegal_transition',
-      'execution', private.execution_json(v_old));
-  end if;
 
-  v_final := v_status in ('filled', 'partially_filled', 'canceled', 'rejected', 'failed');
+  v_final := v_status = any (c_final);
   -- Figures reported earlier (e.g. with `submitted`) stay unless this report has newer ones.
   v_filled := coalesce(v_filled, v_old.filled_amount);
   v_filled_quote := coalesce(v_filled_quote, v_old.filled_amount_quote);
@@ -996,22 +1062,55 @@ begin
     end if;
   end if;
 
+  v_new := v_old;
+  v_new.status := v_status;
+  v_new.exchange_order_id := coalesce(v_exchange_order_id, v_old.exchange_order_id);
+  v_new.filled_amount := v_filled;
+  v_new.filled_amount_quote := v_filled_quote;
+  v_new.price := v_price;
+  v_new.fee_paid := coalesce(v_fee, v_old.fee_paid);
+  v_new.fee_currency := coalesce(v_fee_currency, v_old.fee_currency);
+  v_new.error_code := coalesce(v_error_code, v_old.error_code);
+  v_new.error_message := coalesce(v_error_message, v_old.error_message);
+  -- `failed` is certainly not placed: no submission time unless one was known before.
+  v_new.submitted_at := coalesce(v_old.submitted_at, v_submitted_at,
+                                 case when v_status <> 'failed' then v_clock end);
+  v_new.completed_at := case when v_final then coalesce(v_completed_at, v_clock) else v_old.completed_at end;
+
+  if v_old.status = v_status then
+    -- The same open status again: it may bring facts we did not have (the exchange order id, a
+    -- growing fill, error details); nothing new is `unchanged`.
+    select coalesce(array_agg(n.key order by n.key), '{}') into v_changed
+      from pg_catalog.jsonb_each(pg_catalog.to_jsonb(v_new)) n
+      join pg_catalog.jsonb_each(pg_catalog.to_jsonb(v_old)) o using (key)
+     where n.value is distinct from o.value;
+    if pg_catalog.cardinality(v_changed) = 0 then
+      perform private.audit('execution.result_unchanged', v_old.user_id, v_old.proposal_id, v_old.id,
+        pg_catalog.jsonb_build_object('status', v_old.status, 'result', p_result));
+      return pg_catalog.jsonb_build_object('outcome', 'unchanged', 'execution', private.execution_json(v_old));
+    end if;
+  end if;
+
   update public.trade_executions e
-     set status = v_status,
-         exchange_order_id = coalesce(v_exchange_order_id, e.exchange_order_id),
-         filled_amount = v_filled,
-         filled_amount_quote = v_filled_quote,
-         price = v_price,
-         fee_paid = coalesce(v_fee, e.fee_paid),
-         fee_currency = coalesce(v_fee_currency, e.fee_currency),
-         error_code = coalesce(v_error_code, e.error_code),
-         error_message = coalesce(v_error_message, e.error_message),
-         -- `failed` is certainly not placed: no submission time unless one was known before.
-         submitted_at = coalesce(e.submitted_at, v_submitted_at,
-                                 case when v_status <> 'failed' then v_clock end),
-         completed_at = case when v_final then coalesce(v_completed_at, v_clock) else e.completed_at end
+     set status = v_new.status,
+         exchange_order_id = v_new.exchange_order_id,
+         filled_amount = v_new.filled_amount,
+         filled_amount_quote = v_new.filled_amount_quote,
+         price = v_new.price,
+         fee_paid = v_new.fee_paid,
+         fee_currency = v_new.fee_currency,
+         error_code = v_new.error_code,
+         error_message = v_new.error_message,
+         submitted_at = v_new.submitted_at,
+         completed_at = v_new.completed_at
    where e.id = v_old.id
   returning * into v_new;
+
+  if v_old.status = v_status then
+    perform private.audit('execution.facts_added', v_new.user_id, v_new.proposal_id, v_new.id,
+      pg_catalog.jsonb_build_object('status', v_new.status, 'changed', v_changed, 'result', p_result));
+    return pg_catalog.jsonb_build_object('outcome', 'updated', 'execution', private.execution_json(v_new));
+  end if;
 
   if v_fill then
     insert into public.trade_history (execution_id, proposal_id, user_id, market, side, amount,
