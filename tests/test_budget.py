@@ -459,3 +459,238 @@ def test_g7_reservation_records_its_scan_job_and_refuses_another_users_job(
     assert usage_row(db, gone["reservation_id"])["scan_job_id"] is None
     db.query("delete from public.scan_jobs where id = %s", (jobs[alice],))
     assert usage_row(db, own["reservation_id"])["scan_job_id"] is None
+
+
+# -- G7 at every isolation level (issue 6, database item 2) ------------------------------------
+def test_g7_two_interleaved_repeatable_read_reservations_cannot_both_pass(
+        budget_db: Database) -> None:
+    """Both transactions take their snapshot before either reserves; the second's snapshot cannot
+    see the first's reservation. Reading the spend under such a snapshot would let 0.20 + 0.20
+    through a 0.25 limit; the budget functions refuse to run there instead."""
+    db = budget_db
+    user = new_user(db, hourly="0.25", daily="1")
+    outcomes: list[str] = []
+    with connect(db.authenticator_url) as a, connect(db.authenticator_url) as b:
+        for conn in (a, b):  # begin, as service_role, and take the snapshot (first query)
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.execute("select set_config('role', 'service_role', true), "
+                         "set_config('request.jwt.claims', '{\"role\": \"service_role\"}', true)")
+        for conn in (a, b):  # then A reserves and commits, then B
+            try:
+                result = conn.execute("select public.reserve_gpt_budget(%s, %s, 100000, 0)",
+                                      (user, MODEL)).fetchone()  # 0.20 USD
+                assert result is not None
+                outcomes.append("allowed" if result[0]["allowed"] else "denied")
+                conn.commit()
+            except psycopg.errors.InvalidTransactionState:
+                conn.rollback()
+                outcomes.append("refused")
+    assert log_spend(db, user) <= Decimal("0.25"), outcomes
+    assert outcomes == ["refused", "refused"]
+
+
+@pytest.mark.parametrize("level", [psycopg.IsolationLevel.REPEATABLE_READ,
+                                   psycopg.IsolationLevel.SERIALIZABLE],
+                         ids=["repeatable_read", "serializable"])
+def test_g7_every_budget_function_refuses_a_snapshot_isolation_transaction(
+        budget_db: Database, level: psycopg.IsolationLevel) -> None:
+    db = budget_db
+    user = new_user(db)
+    reservation = reserve(db, user)["reservation_id"]
+    calls = {
+        "reserve_gpt_budget": "select public.reserve_gpt_budget(%(u)s, %(m)s, 10, 10)",
+        "settle_gpt_usage": "select public.settle_gpt_usage(%(r)s, 10, 0, 10)",
+        "check_gpt_budget": "select public.check_gpt_budget(%(u)s)",
+        "clear_todays_budget": "select public.clear_todays_budget(%(u)s)",
+    }
+    for fn, statement in calls.items():
+        with connect(db.authenticator_url) as conn:
+            conn.isolation_level = level
+            with pytest.raises(psycopg.errors.InvalidTransactionState), \
+                    db.as_role("service_role", conn=conn) as cur:
+                cur.execute(statement, {"u": user, "m": MODEL, "r": reservation})
+            assert fn  # (named for the failure message)
+    assert usage_row(db, reservation)["status"] == "reserved"
+
+
+# -- the true cost, even above the reservation (issue 6, database item 3) ----------------------
+def test_g7_settling_more_than_reserved_records_the_true_cost_and_audits_the_overshoot(
+        budget_db: Database) -> None:
+    db = budget_db
+    user = new_user(db, hourly="0.25", daily="1")
+    res = reserve(db, user, prompt=50, completion=50)  # 0.0005 USD reserved
+    settled = settle(db, res["reservation_id"], 100, 0, 2_000_000, request_id="req-big")
+    cost = actual(100, 0, 2_000_000)  # 16.0002 USD
+    assert (settled["status"], settled["cost_usd"]) == ("settled", cost)
+    assert settled["exceeded_reservation"] is True
+    assert settled["overshoot_usd"] == cost - res["reserved_usd"]
+    assert usage_row(db, res["reservation_id"])["cost_usd"] == cost
+    assert log_spend(db, user) == cost  # the books carry the bill, not the reservation
+    overshoots = db.query("select detail from public.execution_audit_log "
+                          "where user_id = %s and event = 'gpt_budget.overshoot'", (user,))
+    assert len(overshoots) == 1
+    detail = overshoots[0][0]
+    assert detail["reservation_id"] == str(res["reservation_id"])
+    assert Decimal(str(detail["reserved_usd"])) == res["reserved_usd"]
+    assert Decimal(str(detail["cost_usd"])) == cost
+    assert Decimal(str(detail["overshoot_usd"])) == cost - res["reserved_usd"]
+    assert detail["completion_tokens"] == 2_000_000 and detail["request_id"] == "req-big"
+    # Nothing more fits today: the next reservation sees the real spend.
+    assert reserve(db, user)["reason"] == "daily_budget_exceeded"
+    # Within the reservation there is no overshoot row.
+    other = new_user(db)
+    within = settle(db, reserve(db, other)["reservation_id"], 10, 0, 10)
+    assert within["exceeded_reservation"] is False and within["overshoot_usd"] == 0
+    assert db.scalar("select count(*) from public.execution_audit_log where user_id = %s "
+                     "and event = 'gpt_budget.overshoot'", (other,)) == 0
+
+
+# -- a late settle records the bill (issue 6, database item 4) ---------------------------------
+RESERVATION_LIFETIME = timedelta(minutes=15)  # SPEC §3
+
+
+def age_reservation(db: Database, reservation: Any, age: timedelta) -> None:
+    """What the passing of time does to a reservation (creation times never change otherwise:
+    replica mode skips the row-transition trigger for this one arranged update)."""
+    with db.connect() as conn:
+        conn.execute("set session_replication_role = replica")
+        conn.execute("update public.gpt_usage_log set created_at = now() - %s where id = %s",
+                     (age, reservation))
+
+
+def test_g7_a_reservation_lives_15_minutes_and_says_when_it_expires(budget_db: Database) -> None:
+    db = budget_db
+    user = new_user(db)
+    res = reserve(db, user)
+    row = usage_row(db, res["reservation_id"])
+    assert datetime.fromisoformat(res["expires_at"]) == row["created_at"] + RESERVATION_LIFETIME
+    young, old = reserve(db, user)["reservation_id"], reserve(db, user)["reservation_id"]
+    age_reservation(db, young, RESERVATION_LIFETIME - timedelta(minutes=1))
+    age_reservation(db, old, RESERVATION_LIFETIME + timedelta(minutes=1))
+    assert db.rpc("run_maintenance")["released_reservations"] == 1
+    assert [usage_row(db, r)["status"] for r in (res["reservation_id"], young, old)] == [
+        "reserved", "reserved", "released"]
+
+
+def test_g7_a_settle_after_the_reservation_was_released_records_the_providers_bill(
+        budget_db: Database) -> None:
+    db = budget_db
+    user = new_user(db, hourly="5", daily="5")
+    res = reserve(db, user)
+    age_reservation(db, res["reservation_id"], RESERVATION_LIFETIME + timedelta(minutes=5))
+    assert db.rpc("run_maintenance")["released_reservations"] == 1
+    assert log_spend(db, user) == 0
+
+    late = settle(db, res["reservation_id"], 1200, 200, 300, request_id="req-late")
+    cost = actual(1200, 200, 300)
+    assert (late["status"], late["cost_usd"], late["late"]) == ("settled", cost, True)
+    row = usage_row(db, res["reservation_id"])
+    assert (row["status"], row["cost_usd"], row["prompt_tokens"], row["request_id"]) == (
+        "settled", cost, 1200, "req-late")
+    assert log_spend(db, user) == cost
+    audited = db.query("select detail from public.execution_audit_log where user_id = %s "
+                       "and event = 'gpt_budget.late_settlement'", (user,))
+    assert len(audited) == 1
+    assert audited[0][0]["release_reason"] == "stale_reservation"
+    assert Decimal(str(audited[0][0]["cost_usd"])) == cost
+    # Idempotent like any settle.
+    again = settle(db, res["reservation_id"], 1200, 200, 300, request_id="req-late")
+    assert (again["status"], again["cost_usd"], again["replayed"]) == ("settled", cost, True)
+
+
+# -- deleting a scan job or retiring a market keeps final usage rows (issue 6, database item 5) -
+@pytest.fixture
+def job_with_final_usage(budget_db: Database) -> dict[str, Any]:
+    db = budget_db
+    user = new_user(db, hourly="5", daily="5")
+    db.query("insert into public.market_allowlist (market, enabled) values ('DEL-EUR', true)")
+    db.query("insert into public.trading_allowlist (user_id, market) values (%s, 'DEL-EUR')",
+             (user,))
+    job = db.scalar("insert into public.scan_jobs (user_id, market) values (%s, 'DEL-EUR') "
+                    "returning id", (user,))
+    settled = reserve(db, user, p_scan_job_id=job)["reservation_id"]
+    settle(db, settled, 100, 0, 100)
+    released = reserve(db, user, p_scan_job_id=job)["reservation_id"]
+    settle(db, released, 0, 0, 0)
+    stale = reserve(db, user, p_scan_job_id=job)["reservation_id"]
+    age_reservation(db, stale, RESERVATION_LIFETIME + timedelta(minutes=1))
+    db.rpc("run_maintenance")
+    rows = [settled, released, stale]
+    return {"db": db, "user": user, "job": job, "rows": rows,
+            "before": [usage_row(db, r) for r in rows]}
+
+
+def assert_rows_kept_without_the_job(world: dict[str, Any]) -> None:
+    db = world["db"]
+    after = [usage_row(db, r) for r in world["rows"]]
+    assert [r["scan_job_id"] for r in after] == [None, None, None]
+    assert [{**r, "scan_job_id": None} for r in world["before"]] == after
+    assert [r["status"] for r in after] == ["settled", "released", "released"]
+
+
+def test_a_user_deletes_their_own_scan_job_that_has_final_usage_rows(
+        job_with_final_usage: dict[str, Any]) -> None:
+    world = job_with_final_usage
+    db = world["db"]
+    with db.as_user(world["user"]) as cur:
+        cur.execute("delete from public.scan_jobs where id = %s", (world["job"],))
+        assert cur.rowcount == 1
+    assert_rows_kept_without_the_job(world)
+
+
+def test_the_operator_retires_a_market_whose_job_has_final_usage_rows(
+        job_with_final_usage: dict[str, Any]) -> None:
+    world = job_with_final_usage
+    db = world["db"]
+    with db.as_service() as cur:
+        cur.execute("delete from public.market_allowlist where market = 'DEL-EUR'")
+        assert cur.rowcount == 1
+    assert db.scalar("select count(*) from public.scan_jobs where id = %s", (world["job"],)) == 0
+    assert_rows_kept_without_the_job(world)
+
+
+def test_a_final_usage_row_may_lose_its_job_but_never_move_to_another(
+        job_with_final_usage: dict[str, Any]) -> None:
+    world = job_with_final_usage
+    db = world["db"]
+    db.query("insert into public.market_allowlist (market, enabled) values ('MOV-EUR', true)")
+    db.query("insert into public.trading_allowlist (user_id, market) values (%s, 'MOV-EUR')",
+             (world["user"],))
+    other_job = db.scalar("insert into public.scan_jobs (user_id, market) "
+                          "values (%s, 'MOV-EUR') returning id", (world["user"],))
+    for row in world["rows"]:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            db.query("update public.gpt_usage_log set scan_job_id = %s where id = %s",
+                     (other_job, row))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            db.query("update public.gpt_usage_log set scan_job_id = null, request_id = 'x' "
+                     "where id = %s", (row,))
+
+
+# -- audit: reservations and settlements (issue 6, database item 10) ---------------------------
+def test_g9_granted_reservations_and_settlements_are_audited(budget_db: Database) -> None:
+    db = budget_db
+    user = new_user(db)
+    granted = reserve(db, user)
+    settled = settle(db, granted["reservation_id"], 900, 100, 400, request_id="req-a")
+    freed = reserve(db, user)
+    settle(db, freed["reservation_id"], 0, 0, 0)
+    rows = db.query("select event, detail from public.execution_audit_log where user_id = %s "
+                    "and event like 'gpt_budget.%%' order by id", (user,))
+    assert [e for e, _ in rows] == ["gpt_budget.reserved", "gpt_budget.settled",
+                                    "gpt_budget.reserved", "gpt_budget.reservation_released"]
+    reserved = rows[0][1]
+    assert reserved["reservation_id"] == str(granted["reservation_id"])
+    assert Decimal(str(reserved["reserved_usd"])) == granted["reserved_usd"]
+    assert reserved["model"] == MODEL
+    assert (reserved["max_prompt_tokens"], reserved["max_completion_tokens"]) == (1000, 500)
+    settlement = rows[1][1]
+    assert settlement["reservation_id"] == str(granted["reservation_id"])
+    assert Decimal(str(settlement["cost_usd"])) == settled["cost_usd"]
+    assert (settlement["prompt_tokens"], settlement["cached_prompt_tokens"],
+            settlement["completion_tokens"], settlement["request_id"]) == (900, 100, 400, "req-a")
+    assert rows[3][1]["reason"] == "no_tokens_used"
+    # A replayed settle changes nothing and is not a second settlement.
+    settle(db, granted["reservation_id"], 900, 100, 400, request_id="req-a")
+    assert db.scalar("select count(*) from public.execution_audit_log where user_id = %s "
+                     "and event = 'gpt_budget.settled'", (user,)) == 1

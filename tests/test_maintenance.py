@@ -1,6 +1,6 @@
 """Maintenance (migrations/*_maintenance.sql): run_maintenance frees expired scan-job leases (G2),
-expires stale proposals, releases GPT reservations older than 15 minutes (G7); pg_cron runs it
-every minute.
+expires stale proposals, releases GPT reservations older than their 15-minute lifetime (G7);
+pg_cron runs it every minute.
 """
 
 from __future__ import annotations

@@ -30,6 +30,26 @@ begin
 end;
 $$;
 
+-- Refuses to run a check-then-write RPC under a transaction snapshot. The RPCs that decide on
+-- counts or sums (claims, budget reservations) serialise per user on an advisory lock and then
+-- read; under READ COMMITTED each statement sees everything committed before the lock was granted,
+-- under REPEATABLE READ / SERIALIZABLE the snapshot taken earlier would hide it (two interleaved
+-- reservations could both pass a limit only one fits). PostgREST runs every request READ COMMITTED.
+create or replace function private.require_read_committed(p_function text) returns void
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  if pg_catalog.current_setting('transaction_isolation') <> 'read committed' then
+    raise exception '% must run in a READ COMMITTED transaction, not %', p_function,
+      pg_catalog.current_setting('transaction_isolation')
+      using errcode = '25000', hint = 'a snapshot taken before the per-user lock would hide earlier decisions';
+  end if;
+end;
+$$;
+revoke all on function private.require_read_committed(text) from public, anon, authenticated;
+
 -- =============================================================================================
 -- Section - execution_audit_log (G9)
 -- =============================================================================================

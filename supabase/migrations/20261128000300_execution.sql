@@ -701,10 +701,7 @@ begin
   end if;
   -- Every statement below must see claims committed while we waited for the lock; a transaction
   -- snapshot (REPEATABLE READ / SERIALIZABLE) would hide them.
-  if current_setting('transaction_isolation') <> 'read committed' then
-    raise exception 'claim_trade_execution must run in a READ COMMITTED transaction'
-      using errcode = '25000';
-  end if;
+  perform private.require_read_committed('claim_trade_execution');
 
   -- G1/G5/G6: all claims of one user queue here, before anything is read. Each later statement
   -- takes a fresh snapshot, so it sees every claim committed before this lock was granted.

@@ -15,6 +15,19 @@
  * Windows: the hour is the last 60 minutes (created_at > now() − 1 h); the day is the current UTC
  * calendar day. A row counts in the window of its created_at (the reservation time), with its
  * cost_usd when settled, its reserved_usd while reserved, and nothing once released.
+ *
+ * Reservation lifetime: 15 minutes (SPEC §3; private.gpt_reservation_lifetime). run_maintenance
+ * releases a reservation that old — its call crashed or never settled — so it stops blocking the
+ * budget. The scanner's whole GPT call (request timeout × attempts + backoff) must stay well below
+ * that: it already has to fit the scan job's lease (300 s by default, a third of the lifetime), so
+ * a reservation normally outlives its call. (The OpenAI SDK's defaults, 600 s × 3 attempts, do not:
+ * the scanner sets its own.) A settle that still arrives later is the provider's bill and is
+ * recorded all the same (released → settled, audited as gpt_budget.late_settlement): spend is
+ * never dropped.
+ *
+ * Every budget RPC that reads the spend refuses to run outside READ COMMITTED
+ * (private.require_read_committed), and every granted reservation, settlement, release, overshoot
+ * and late settlement leaves an audit row (G9).
  */
 
 -- =============================================================================================
@@ -103,8 +116,11 @@ revoke all on public.gpt_usage_log from public, anon, authenticated, service_rol
 grant select on public.gpt_usage_log to authenticated;
 grant select, insert, update on public.gpt_usage_log to service_role;
 
--- The row's life is reserved → settled | released, and settled → released (clear_todays_budget);
--- a released row is final. A settled row's figures never change.
+-- The row's life is reserved → settled | released, settled → released (clear_todays_budget), and
+-- released → settled for a late bill (settle_gpt_usage on a row whose usage was never recorded).
+-- A settled row's figures never change. Whatever the status, the row may lose its scan job when
+-- the job is deleted (the foreign key's ON DELETE SET NULL, e.g. a user deleting their job or the
+-- operator retiring a market) — that and nothing else.
 create or replace function private.gpt_usage_log_transition() returns trigger
 language plpgsql
 set search_path = ''
@@ -115,6 +131,10 @@ begin
     raise exception 'gpt_usage_log: identity, model, reservation and creation time never change'
       using errcode = '42501';
   end if;
+  if old.scan_job_id is not null and new.scan_job_id is null
+     and pg_catalog.to_jsonb(new) - 'scan_job_id' = pg_catalog.to_jsonb(old) - 'scan_job_id' then
+    return new;
+  end if;
   if old.status = new.status then
     if old.status = 'reserved' then
       return new;
@@ -122,7 +142,8 @@ begin
     raise exception 'gpt_usage_log: a % row is final', old.status using errcode = '42501';
   end if;
   if not ((old.status = 'reserved' and new.status in ('settled', 'released'))
-          or (old.status = 'settled' and new.status = 'released')) then
+          or (old.status = 'settled' and new.status = 'released')
+          or (old.status = 'released' and new.status = 'settled' and old.prompt_tokens is null)) then
     raise exception 'gpt_usage_log: % → % is not allowed', old.status, new.status
       using errcode = '42501';
   end if;
@@ -177,12 +198,32 @@ as $$
 $$;
 revoke all on function private.lock_gpt_budget(uuid) from public, anon, authenticated;
 
+-- How long a reservation blocks budget before run_maintenance releases it as stale: 15 minutes,
+-- well above the scanner's whole GPT call (see the header), so a live call's reservation is not
+-- released under it.
+create or replace function private.gpt_reservation_lifetime() returns interval
+language sql
+immutable
+set search_path = ''
+as $$
+  select interval '15 minutes'
+$$;
+revoke all on function private.gpt_reservation_lifetime() from public, anon, authenticated;
+
 -- =============================================================================================
 -- Section - budget RPCs
 -- =============================================================================================
 
 -- G7: reserves the worst-case cost of one call only if the hourly and daily spend, this call
 -- included, stay within the user's limits; decisions of one user are serialised by an advisory lock.
+--
+-- The reservation is the caller's upper bound on the bill: p_max_prompt_tokens is the prompt the
+-- caller is about to send, counted before the call with the model's tokenizer (every message plus
+-- the per-message and reply-priming overhead), and p_max_completion_tokens is what it passes to the
+-- API as the completion cap (`max_completion_tokens`), so the provider cannot bill more output than
+-- reserved. If the bill still exceeds the reservation (a tokenizer that under-counts),
+-- settle_gpt_usage records the real cost and audits the overshoot. The answer's `expires_at` is
+-- when run_maintenance would release the reservation; the call must end well before it.
 create or replace function public.reserve_gpt_budget(
   p_user_id uuid,
   p_model text,
@@ -204,6 +245,7 @@ declare
   v_id uuid;
   v_job_owner uuid;
   v_scan_job_id uuid;
+  v_expires_at timestamptz;
 begin
   if p_user_id is null then
     raise exception 'p_user_id is required' using errcode = '22023';
@@ -222,6 +264,7 @@ begin
   if p_max_prompt_tokens + p_max_completion_tokens = 0 then
     raise exception 'a reservation needs at least one token' using errcode = '22023';
   end if;
+  perform private.require_read_committed('reserve_gpt_budget');
 
   select * into v_settings from public.trading_settings s where s.user_id = p_user_id;
   if not found then
@@ -269,28 +312,41 @@ begin
     return jsonb_build_object('allowed', false, 'reservation_id', null, 'reserved_usd', 0,
                               'worst_case_usd', v_cost, 'reason', v_reason, 'spent_hour_usd', v_hour, 'spent_day_usd', v_day,
                               'hourly_limit_usd', v_settings.gpt_hourly_budget_usd,
-                              'daily_limit_usd', v_settings.gpt_daily_budget_usd);
+                              'daily_limit_usd', v_settings.gpt_daily_budget_usd,
+                              'expires_at', null);
   end if;
 
   insert into public.gpt_usage_log (user_id, scan_job_id, model, status, reserved_usd,
                                     max_prompt_tokens, max_completion_tokens)
   values (p_user_id, v_scan_job_id, p_model, 'reserved', v_cost,
           p_max_prompt_tokens, p_max_completion_tokens)
-  returning id into v_id;
+  returning id, created_at + private.gpt_reservation_lifetime() into v_id, v_expires_at;
+
+  perform private.audit('gpt_budget.reserved', p_user_id, null, null,
+    jsonb_build_object('reservation_id', v_id, 'model', p_model, 'reserved_usd', v_cost,
+                       'max_prompt_tokens', p_max_prompt_tokens,
+                       'max_completion_tokens', p_max_completion_tokens,
+                       'spent_hour_usd', v_hour + v_cost, 'spent_day_usd', v_day + v_cost,
+                       'hourly_limit_usd', v_settings.gpt_hourly_budget_usd,
+                       'daily_limit_usd', v_settings.gpt_daily_budget_usd,
+                       'scan_job_id', v_scan_job_id, 'expires_at', v_expires_at));
 
   -- The figures after the decision: the spend includes this reservation.
   return jsonb_build_object('allowed', true, 'reservation_id', v_id, 'reserved_usd', v_cost,
                             'worst_case_usd', v_cost, 'reason', null, 'spent_hour_usd', v_hour + v_cost,
                             'spent_day_usd', v_day + v_cost,
                             'hourly_limit_usd', v_settings.gpt_hourly_budget_usd,
-                            'daily_limit_usd', v_settings.gpt_daily_budget_usd);
+                            'daily_limit_usd', v_settings.gpt_daily_budget_usd,
+                            'expires_at', v_expires_at);
 end;
 $$;
 revoke execute on function public.reserve_gpt_budget(uuid, text, integer, integer, uuid) from public, anon, authenticated;
 grant execute on function public.reserve_gpt_budget(uuid, text, integer, integer, uuid) to service_role;
 
--- G7: records the real cost of a reserved call from the reported token counts and the model's
--- prices; settling twice returns the first result; a call that used no tokens frees its reservation.
+-- G7: records the real cost of a call from the reported token counts and the model's prices — the
+-- provider's bill, also when it exceeds the reservation (audited as an overshoot) and also when the
+-- reservation was already released as stale (a late settle, audited); settling twice returns the
+-- first result; a call that used no tokens frees its reservation.
 create or replace function public.settle_gpt_usage(
   p_reservation_id uuid,
   p_prompt_tokens integer,
@@ -306,6 +362,9 @@ declare
   v_row public.gpt_usage_log;
   v_price public.gpt_model_prices;
   v_cost numeric;
+  v_late boolean;
+  v_overshoot numeric;
+  v_detail jsonb;
 begin
   if p_reservation_id is null then
     raise exception 'p_reservation_id is required' using errcode = '22023';
@@ -321,6 +380,7 @@ begin
   if p_request_id is not null and length(p_request_id) > 200 then
     raise exception 'p_request_id is longer than 200 characters' using errcode = '22023';
   end if;
+  perform private.require_read_committed('settle_gpt_usage');
 
   select * into v_row from public.gpt_usage_log l where l.id = p_reservation_id for update;
   if not found then
@@ -329,9 +389,14 @@ begin
   if v_row.status = 'settled' then
     return jsonb_build_object('cost_usd', v_row.cost_usd, 'status', 'settled', 'replayed', true);
   end if;
-  if v_row.status = 'released' then
-    return jsonb_build_object('cost_usd', 0, 'status', 'released', 'replayed', true);
+  -- A released row whose usage was recorded (no tokens used, or settled and then cleared) is
+  -- final; one released without usage (stale, or cleared while reserved) takes a late bill below.
+  if v_row.status = 'released' and (v_row.prompt_tokens is not null
+                                    or (p_prompt_tokens = 0 and p_completion_tokens = 0)) then
+    return jsonb_build_object('cost_usd', coalesce(v_row.cost_usd, 0), 'status', 'released',
+                              'replayed', v_row.prompt_tokens is not null);
   end if;
+  v_late := v_row.status = 'released';
 
   if p_prompt_tokens = 0 and p_completion_tokens = 0 then
     update public.gpt_usage_log l
@@ -339,6 +404,10 @@ begin
            prompt_tokens = 0, cached_prompt_tokens = 0, completion_tokens = 0, cost_usd = 0,
            request_id = p_request_id
      where l.id = p_reservation_id;
+    perform private.audit('gpt_budget.reservation_released', v_row.user_id, null, null,
+      jsonb_build_object('reservation_id', v_row.id, 'reserved_usd', v_row.reserved_usd,
+                         'reserved_at', v_row.created_at, 'reason', 'no_tokens_used',
+                         'request_id', p_request_id));
     return jsonb_build_object('cost_usd', 0, 'status', 'released', 'replayed', false);
   end if;
 
@@ -347,17 +416,35 @@ begin
   v_cost := ((p_prompt_tokens - p_cached_prompt_tokens) * v_price.input_usd_per_mtok
              + p_cached_prompt_tokens * v_price.cached_input_usd_per_mtok
              + p_completion_tokens * v_price.output_usd_per_mtok) * 0.000001;
+  v_overshoot := greatest(v_cost - v_row.reserved_usd, 0);
 
+  -- The recorded cost is the truth even when it exceeds the reservation or arrives after it was
+  -- released; the next reservation then sees it and is denied sooner.
   update public.gpt_usage_log l
      set status = 'settled', settled_at = now(), cost_usd = v_cost,
          prompt_tokens = p_prompt_tokens, cached_prompt_tokens = p_cached_prompt_tokens,
          completion_tokens = p_completion_tokens, request_id = p_request_id
    where l.id = p_reservation_id;
 
-  -- The recorded cost is the truth even when it exceeds the reservation (the caller under-estimated
-  -- the prompt); the next reservation then sees it and is denied sooner.
+  v_detail := jsonb_build_object('reservation_id', v_row.id, 'model', v_row.model,
+    'reserved_usd', v_row.reserved_usd, 'cost_usd', v_cost, 'overshoot_usd', v_overshoot,
+    'prompt_tokens', p_prompt_tokens, 'cached_prompt_tokens', p_cached_prompt_tokens,
+    'completion_tokens', p_completion_tokens, 'max_prompt_tokens', v_row.max_prompt_tokens,
+    'max_completion_tokens', v_row.max_completion_tokens, 'request_id', p_request_id,
+    'reserved_at', v_row.created_at, 'late', v_late);
+  perform private.audit('gpt_budget.settled', v_row.user_id, null, null, v_detail);
+  if v_overshoot > 0 then
+    perform private.audit('gpt_budget.overshoot', v_row.user_id, null, null, v_detail);
+  end if;
+  if v_late then
+    perform private.audit('gpt_budget.late_settlement', v_row.user_id, null, null,
+      v_detail || jsonb_build_object('released_at', v_row.released_at,
+                                     'release_reason', v_row.release_reason));
+  end if;
+
   return jsonb_build_object('cost_usd', v_cost, 'status', 'settled', 'replayed', false,
-                            'exceeded_reservation', v_cost > v_row.reserved_usd);
+                            'exceeded_reservation', v_overshoot > 0, 'overshoot_usd', v_overshoot,
+                            'late', v_late);
 end;
 $$;
 revoke execute on function public.settle_gpt_usage(uuid, integer, integer, integer, text) from public, anon, authenticated;
@@ -379,6 +466,7 @@ begin
   if p_user_id is null then
     raise exception 'p_user_id is required' using errcode = '22023';
   end if;
+  perform private.require_read_committed('check_gpt_budget');
   select * into v_settings from public.trading_settings s where s.user_id = p_user_id;
   if not found then
     return jsonb_build_object('allowed', false, 'reservation_id', null, 'reserved_usd', null,
@@ -546,6 +634,7 @@ begin
   if p_user_id is null then
     raise exception 'p_user_id is required' using errcode = '22023';
   end if;
+  perform private.require_read_committed('clear_todays_budget');
   perform private.lock_gpt_budget(p_user_id);
   update public.gpt_usage_log l
      set status = 'released', released_at = now(), release_reason = 'cleared_by_operator'

@@ -3,7 +3,8 @@
  * half-way, and the pg_cron jobs that run it.
  *
  *   run_maintenance          every minute: frees expired scan-job leases, expires stale trade
- *                            proposals, releases GPT reservations older than 15 minutes
+ *                            proposals, releases GPT reservations older than their lifetime
+ *                            (private.gpt_reservation_lifetime: 15 minutes)
  *   cron 'run-maintenance'   * * * * *  select public.run_maintenance()
  *   cron 'purge-cron-history' daily: pg_cron's own run log older than 7 days
  *   cron 'invoke-scan-scheduler' (hosted Supabase only, when pg_net is installed): POSTs to the
@@ -23,7 +24,8 @@ create extension if not exists pg_cron;
 -- =============================================================================================
 
 -- Frees leases of crashed workers (G2), expires proposals past expires_at that were never executed,
--- and releases GPT reservations whose call never settled within 15 minutes (G7); returns the counts.
+-- and releases GPT reservations whose call never settled within their lifetime (15 minutes, G7);
+-- returns the counts. A settle arriving after the release is still recorded (settle_gpt_usage).
 create or replace function public.run_maintenance() returns jsonb
 language plpgsql
 security definer
@@ -59,7 +61,7 @@ begin
     update public.gpt_usage_log l
        set status = 'released', released_at = now(), release_reason = 'stale_reservation'
      where l.status = 'reserved'
-       and l.created_at < now() - interval '15 minutes'
+       and l.created_at < now() - private.gpt_reservation_lifetime()
     returning l.id, l.user_id, l.reserved_usd, l.created_at
   ), audited as (
     insert into public.execution_audit_log (user_id, event, detail)
