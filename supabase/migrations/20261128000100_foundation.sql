@@ -134,7 +134,10 @@ create table public.system_controls (
   id boolean primary key default true check (id),
   trading_halted boolean not null default false,
   live_trading_allowed boolean not null default false,
-  max_order_quote numeric not null default 100 check (max_order_quote > 0),
+  -- `< 'Infinity'` also excludes NaN, which sorts above every number (and so passes `> 0`): a NaN
+  -- or infinite limit would silently switch off the check that reads it. Every numeric column in
+  -- this schema carries the same guard.
+  max_order_quote numeric not null default 100 check (max_order_quote > 0 and max_order_quote < 'Infinity'),
   updated_at timestamptz not null default now()
 );
 
@@ -155,8 +158,8 @@ insert into public.system_controls (id) values (true) on conflict do nothing;
 create table public.market_allowlist (
   market text primary key check (market ~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$'),
   enabled boolean not null default false,
-  min_order_quote numeric not null default 5 check (min_order_quote > 0),
-  max_order_quote numeric check (max_order_quote > 0),
+  min_order_quote numeric not null default 5 check (min_order_quote > 0 and min_order_quote < 'Infinity'),
+  max_order_quote numeric check (max_order_quote > 0 and max_order_quote < 'Infinity'),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   constraint market_allowlist_bounds check (max_order_quote is null or max_order_quote >= min_order_quote)
@@ -184,13 +187,15 @@ create table public.trading_settings (
   live_trading_enabled boolean not null default false,
   auto_execute boolean not null default false,
   min_confidence numeric not null default 0.70 check (min_confidence between 0 and 1),
-  max_order_quote numeric not null default 50 check (max_order_quote > 0),
-  max_daily_quote numeric not null default 200 check (max_daily_quote > 0),
+  max_order_quote numeric not null default 50 check (max_order_quote > 0 and max_order_quote < 'Infinity'),
+  max_daily_quote numeric not null default 200 check (max_daily_quote > 0 and max_daily_quote < 'Infinity'),
   max_trades_per_day integer not null default 10 check (max_trades_per_day between 0 and 1000),
   cooldown_seconds integer not null default 3600 check (cooldown_seconds between 0 and 31536000),
   anti_flip_seconds integer not null default 86400 check (anti_flip_seconds between 0 and 31536000),
-  gpt_daily_budget_usd numeric not null default 1.00 check (gpt_daily_budget_usd >= 0),
-  gpt_hourly_budget_usd numeric not null default 0.25 check (gpt_hourly_budget_usd >= 0),
+  gpt_daily_budget_usd numeric not null default 1.00
+    check (gpt_daily_budget_usd >= 0 and gpt_daily_budget_usd < 'Infinity'),
+  gpt_hourly_budget_usd numeric not null default 0.25
+    check (gpt_hourly_budget_usd >= 0 and gpt_hourly_budget_usd < 'Infinity'),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
 );
@@ -241,7 +246,7 @@ create table public.trading_allowlist (
   user_id uuid not null default auth.uid() references auth.users (id) on delete cascade,
   market text not null references public.market_allowlist (market) on delete cascade,
   enabled boolean not null default true,
-  max_order_quote numeric check (max_order_quote > 0),
+  max_order_quote numeric check (max_order_quote > 0 and max_order_quote < 'Infinity'),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   primary key (user_id, market)

@@ -35,9 +35,11 @@
 -- =============================================================================================
 create table public.gpt_model_prices (
   model text primary key check (model ~ '^[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}$'),
-  input_usd_per_mtok numeric not null check (input_usd_per_mtok >= 0),
-  cached_input_usd_per_mtok numeric not null check (cached_input_usd_per_mtok >= 0),
-  output_usd_per_mtok numeric not null check (output_usd_per_mtok >= 0),
+  -- `< 'Infinity'` also excludes NaN (a NaN price would make every cost NaN).
+  input_usd_per_mtok numeric not null check (input_usd_per_mtok >= 0 and input_usd_per_mtok < 'Infinity'),
+  cached_input_usd_per_mtok numeric not null
+    check (cached_input_usd_per_mtok >= 0 and cached_input_usd_per_mtok < 'Infinity'),
+  output_usd_per_mtok numeric not null check (output_usd_per_mtok >= 0 and output_usd_per_mtok < 'Infinity'),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
 );
@@ -76,13 +78,13 @@ create table public.gpt_usage_log (
   -- No price, no reservation; a price in use can be neither deleted nor renamed.
   model text not null references public.gpt_model_prices (model),
   status text not null default 'reserved' check (status in ('reserved', 'settled', 'released')),
-  reserved_usd numeric not null check (reserved_usd >= 0),
+  reserved_usd numeric not null check (reserved_usd >= 0 and reserved_usd < 'Infinity'),
   max_prompt_tokens integer check (max_prompt_tokens >= 0),
   max_completion_tokens integer check (max_completion_tokens >= 0),
   prompt_tokens integer check (prompt_tokens >= 0),
   cached_prompt_tokens integer check (cached_prompt_tokens >= 0),
   completion_tokens integer check (completion_tokens >= 0),
-  cost_usd numeric check (cost_usd >= 0),
+  cost_usd numeric check (cost_usd >= 0 and cost_usd < 'Infinity'),
   request_id text check (request_id is null or length(request_id) <= 200),
   created_at timestamptz not null default now(),
   settled_at timestamptz,
