@@ -169,3 +169,57 @@ def test_users_read_only_their_own_audit_rows(db: Database) -> None:
     with db.as_user(alice) as cur:
         cur.execute("select distinct user_id from public.execution_audit_log")
         assert cur.fetchall() == [(alice,)]
+
+
+# -- settings and switches (issue 6, database item 10) -----------------------------------------
+def changes_audited(db: Database, event: str, user: uuid.UUID | None) -> list[dict[str, Any]]:
+    where = "user_id = %s" if user else "user_id is null"
+    return [d for (d,) in sql(db, f"select detail from public.execution_audit_log "  # noqa: S608
+                                  f"where event = %s and {where} order by id",
+                              (event, user) if user else (event,))]
+
+
+def test_g9_a_users_risk_setting_changes_are_audited_and_readable_by_them(db: Database) -> None:
+    user = trader(db)  # (its set-up already changed trading_enabled, as the superuser)
+    before = len(changes_audited(db, "trading_settings.changed", user))
+    with db.as_user(user) as cur:
+        cur.execute("update public.trading_settings set max_daily_quote = 300, "
+                    "cooldown_seconds = 60, auto_execute = auto_execute")
+    rows = changes_audited(db, "trading_settings.changed", user)[before:]
+    assert len(rows) == 1
+    assert rows[0]["changes"] == {"max_daily_quote": {"from": 200, "to": 300},
+                                  "cooldown_seconds": {"from": 3600, "to": 60}}
+    assert (rows[0]["role"], rows[0]["actor_user_id"]) == ("authenticated", str(user))
+    # Nothing changed, nothing audited.
+    with db.as_user(user) as cur:
+        cur.execute("update public.trading_settings set max_daily_quote = 300")
+    assert len(changes_audited(db, "trading_settings.changed", user)) == before + 1
+    with db.as_user(user) as cur:
+        cur.execute("select count(*) from public.execution_audit_log "
+                    "where event = 'trading_settings.changed'")
+        assert cur.fetchone() == (before + 1,)
+
+
+def test_g9_the_operators_changes_to_a_users_settings_are_audited(db: Database) -> None:
+    user = trader(db)
+    with db.as_service() as cur:
+        cur.execute("update public.trading_settings set gpt_daily_budget_usd = 5, "
+                    "live_trading_enabled = true where user_id = %s", (user,))
+    rows = changes_audited(db, "trading_settings.changed", user)
+    assert rows[-1]["changes"] == {"gpt_daily_budget_usd": {"from": 1.00, "to": 5},
+                                   "live_trading_enabled": {"from": False, "to": True}}
+    assert (rows[-1]["role"], rows[-1]["actor_user_id"]) == ("service_role", None)
+
+
+def test_g9_system_controls_changes_are_audited(fresh_db: Database) -> None:
+    db = fresh_db
+    with db.as_service() as cur:
+        cur.execute("update public.system_controls set trading_halted = true, max_order_quote = 25")
+    sql(db, "update public.system_controls set trading_halted = false")  # the SQL editor
+    sql(db, "update public.system_controls set trading_halted = false")  # no change
+    rows = changes_audited(db, "system_controls.changed", None)
+    assert [r["changes"] for r in rows] == [
+        {"trading_halted": {"from": False, "to": True}, "max_order_quote": {"from": 100, "to": 25}},
+        {"trading_halted": {"from": True, "to": False}}]
+    assert [(r["role"], r["db_user"]) for r in rows] == [("service_role", "authenticator"),
+                                                         (None, "postgres")]

@@ -3,9 +3,10 @@
  *
  *   private                  helper functions, never exposed through PostgREST
  *   execution_audit_log      G9 — append-only for every role, postgres included
- *   system_controls          the operator's global switches (one row)
+ *   system_controls          the operator's global switches (one row); every change audited
  *   market_allowlist         G4 — the global half of the deny-by-default allowlist
- *   trading_settings         per-user risk settings, created for every new auth user
+ *   trading_settings         per-user risk settings, created for every new auth user; every
+ *                            change audited (who, which columns, from → to)
  *   trading_allowlist        G4 — the user's half of the allowlist
  *
  * Supabase grants ALL on new tables and functions in `public` to anon/authenticated by default;
@@ -127,6 +128,36 @@ $$;
 revoke all on function private.audit(text, uuid, uuid, uuid, jsonb) from public, anon, authenticated;
 grant execute on function private.audit(text, uuid, uuid, uuid, jsonb) to service_role;
 
+-- G9 for settings and switches: an AFTER UPDATE trigger that audits `<table>.changed` with every
+-- column that changed (from → to, updated_at aside), who asked (the JWT role and user when the
+-- change came through the API, the database login always), and the row's user_id if it has one.
+-- Updates that change nothing leave no row. SECURITY DEFINER because a user changing their own
+-- settings may not write the audit log themselves.
+create or replace function private.audit_row_change() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_old jsonb := pg_catalog.to_jsonb(old) - 'updated_at';
+  v_new jsonb := pg_catalog.to_jsonb(new) - 'updated_at';
+  v_changes jsonb;
+begin
+  select pg_catalog.jsonb_object_agg(n.key, pg_catalog.jsonb_build_object('from', o.value, 'to', n.value))
+    into v_changes
+    from pg_catalog.jsonb_each(v_new) n
+    join pg_catalog.jsonb_each(v_old) o using (key)
+   where n.value is distinct from o.value;
+  if v_changes is not null then
+    perform private.audit(tg_table_name || '.changed', (v_new ->> 'user_id')::uuid, null, null,
+      pg_catalog.jsonb_build_object('changes', v_changes, 'role', auth.role(),
+                                    'actor_user_id', auth.uid(), 'db_user', session_user));
+  end if;
+  return null;
+end;
+$$;
+revoke all on function private.audit_row_change() from public, anon, authenticated;
+
 -- =============================================================================================
 -- Section - system_controls (one row; operator only)
 -- =============================================================================================
@@ -148,6 +179,8 @@ grant select, update on public.system_controls to service_role;
 
 create trigger system_controls_touch before update on public.system_controls
   for each row execute function private.touch_updated_at();
+create trigger system_controls_audit after update on public.system_controls
+  for each row execute function private.audit_row_change();
 
 insert into public.system_controls (id) values (true) on conflict do nothing;
 -- No policies: anon and authenticated see nothing; service_role bypasses RLS.
@@ -213,6 +246,9 @@ grant select, insert, update, delete on public.trading_settings to service_role;
 
 create trigger trading_settings_touch before update on public.trading_settings
   for each row execute function private.touch_updated_at();
+-- G9: a user's risk changes and the operator's budget/live changes, each audited.
+create trigger trading_settings_audit after update on public.trading_settings
+  for each row execute function private.audit_row_change();
 
 create policy "users can read their own trading settings"
   on public.trading_settings for select to authenticated
