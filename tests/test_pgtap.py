@@ -49,7 +49,8 @@ def test_pgtap_files_exist() -> None:
     names = [f.name for f in pgtap_files()]
     assert names, f"no pgTAP files in {PGTAP_DIR}"
     for expected in ("00_schema_contract.sql", "10_tenant_isolation.sql",
-                     "20_column_privileges.sql", "30_rpc_privileges.sql"):
+                     "20_column_privileges.sql", "30_rpc_privileges.sql",
+                     "50_default_privileges.sql"):
         assert expected in names, f"{expected} missing from {PGTAP_DIR}: {names}"
 
 

@@ -11,7 +11,28 @@
  *
  * Supabase grants ALL on new tables and functions in `public` to anon/authenticated by default;
  * every table here revokes that first and grants back only what the policies below allow.
+ *
+ * Closed by default: functions and sequences created from here on by the migration role (postgres)
+ * are not executable / usable by PUBLIC, anon or authenticated until a migration grants them (see
+ * "default privileges" below). Tables keep Supabase's default grants: RLS, enabled on every table
+ * (tests/test_advisor.py), is what guards them.
  */
+
+-- =============================================================================================
+-- Section - default privileges: new functions and sequences are closed
+-- =============================================================================================
+-- PostgreSQL lets PUBLIC execute every new function, and Supabase's default privileges in `public`
+-- add ALL on new functions and sequences for anon and authenticated. A function whose migration
+-- forgets its `revoke` would be callable from a browser; a sequence's UPDATE is setval, and
+-- setval(<an audited table's id sequence>, <max>) would make every audited RPC fail.
+--
+-- Per-schema default privileges can only add to the global ones, never take away from them, so
+-- PUBLIC's EXECUTE is revoked globally for functions the migration role creates (any schema,
+-- extensions created by it included: their functions must then be granted explicitly), and
+-- anon/authenticated lose Supabase's per-schema grants in `public`. service_role keeps its grants.
+alter default privileges for role postgres revoke execute on functions from public;
+alter default privileges for role postgres in schema public revoke execute on functions from anon, authenticated;
+alter default privileges for role postgres in schema public revoke all on sequences from anon, authenticated;
 
 -- =============================================================================================
 -- Section - private helpers schema
@@ -78,6 +99,9 @@ alter table public.execution_audit_log enable row level security;
 revoke all on public.execution_audit_log from public, anon, authenticated, service_role;
 grant select on public.execution_audit_log to authenticated;
 grant select, insert on public.execution_audit_log to service_role;
+-- The id sequence: nobody but the table's writers moves it (setval to its maximum would stop every
+-- audited RPC). Closed by the default privileges above already; said here where a reader looks.
+revoke all on sequence public.execution_audit_log_id_seq from public, anon, authenticated;
 
 -- Rejects every UPDATE, DELETE and TRUNCATE, whoever asks (G9).
 create or replace function private.reject_audit_change() returns trigger
