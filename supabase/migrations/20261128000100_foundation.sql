@@ -207,7 +207,9 @@ create trigger system_controls_audit after update on public.system_controls
   for each row execute function private.audit_row_change();
 
 insert into public.system_controls (id) values (true) on conflict do nothing;
--- No policies: anon and authenticated see nothing; service_role bypasses RLS.
+-- No policies, on purpose: anon and authenticated see nothing; service_role bypasses RLS. The
+-- advisor's rls_enabled_no_policy note on this table is intended (allow-listed, with this reason,
+-- in tests/test_advisor.py).
 
 -- =============================================================================================
 -- Section - market_allowlist (G4, global half)

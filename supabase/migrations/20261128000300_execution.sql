@@ -175,7 +175,9 @@ create table public.trade_executions (
     status not in ('rejected', 'failed') and not (status = 'canceled' and coalesce(filled_amount, 0) = 0)
   ) stored,
   -- G1: one execution per proposal, one proposal per (user, Idempotency-Key), one order id each.
-  constraint trade_executions_proposal_key unique (proposal_id),
+  -- The proposal key carries user_id as an INCLUDE column, so the one unique index also covers the
+  -- (proposal_id, user_id) foreign key below (the check when a proposal is deleted).
+  constraint trade_executions_proposal_key unique (proposal_id) include (user_id),
   constraint trade_executions_user_idempotency_key unique (user_id, idempotency_key),
   constraint trade_executions_client_order_key unique (client_order_id),
   -- The target of trade_history's (execution_id, user_id) foreign key.
@@ -329,8 +331,9 @@ create table public.trade_history (
   mode text not null,
   executed_at timestamptz not null default now(),
   created_at timestamptz not null default now(),
-  -- Exactly one ledger row per execution, however often the fill is reported.
-  constraint trade_history_execution_key unique (execution_id),
+  -- Exactly one ledger row per execution, however often the fill is reported; user_id is included so
+  -- the same index covers the (execution_id, user_id) foreign key below.
+  constraint trade_history_execution_key unique (execution_id) include (user_id),
   constraint trade_history_execution_fkey foreign key (execution_id, user_id)
     references public.trade_executions (id, user_id) on delete restrict,
   constraint trade_history_market_format check (market ~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$'),
@@ -587,6 +590,19 @@ grant execute on function public.create_trade_proposal(uuid, text, text, numeric
 
 -- The signed-in user approves or rejects one of their own pending, unexpired proposals; anyone
 -- else's proposal is `not_found`, indistinguishable from a missing one (G8).
+--
+-- SECURITY DEFINER on purpose, the one definer function `authenticated` may execute (the advisor's
+-- authenticated_security_definer_function_executable warning, explained in tests/test_advisor.py):
+--   why definer: SPEC §3 lets users change a proposal's status only through this function, so
+--     `authenticated` has no write grant on trade_proposals at all — as INVOKER it would need
+--     UPDATE (status) plus a policy, which opens PATCH /trade_proposals as a second way to approve
+--     that bypasses the expiry check and the audit; and it writes the append-only audit log (G9),
+--     refused decisions included, which no user may write.
+--   what stops misuse: it takes no user id — it acts on auth.uid() from the verified JWT only
+--     (none → 42501), only on a row with user_id = auth.uid(), only pending → approved | rejected
+--     before expires_at (pending → expired after); trade_proposals_guard backs the transitions;
+--     arguments are validated (22023); search_path is '' and every name is qualified; EXECUTE is
+--     revoked from public and anon.
 create or replace function public.decide_trade_proposal(p_proposal_id uuid, p_decision text) returns jsonb
 language plpgsql
 security definer

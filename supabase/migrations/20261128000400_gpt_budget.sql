@@ -110,6 +110,8 @@ create index gpt_usage_log_user_created_idx on public.gpt_usage_log (user_id, cr
 create index gpt_usage_log_reserved_created_idx on public.gpt_usage_log (created_at) where status = 'reserved';
 -- The scan_jobs foreign key's `on delete set null`.
 create index gpt_usage_log_scan_job_idx on public.gpt_usage_log (scan_job_id) where scan_job_id is not null;
+-- The gpt_model_prices foreign key: deleting or renaming a price checks the usage log by model.
+create index gpt_usage_log_model_idx on public.gpt_usage_log (model);
 
 alter table public.gpt_usage_log enable row level security;
 

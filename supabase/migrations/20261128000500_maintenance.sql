@@ -17,7 +17,9 @@
  * each job is unscheduled by name first, so re-applying the file leaves exactly one of each.
  */
 
-create extension if not exists pg_cron;
+-- In pg_catalog, as Supabase installs it (its Cron docs), never in public where the advisor flags
+-- it (extension_in_public); the job tables live in schema `cron` either way.
+create extension if not exists pg_cron with schema pg_catalog;
 
 -- =============================================================================================
 -- Section - run_maintenance (service-only)

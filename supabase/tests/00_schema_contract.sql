@@ -128,7 +128,9 @@ select ok(
       and i.indisunique and i.indpred is null
       and (select array_agg(a.attname::text order by a.attname::text)
            from pg_attribute a
-           where a.attrelid = c.oid and a.attnum = any(i.indkey)) = u.cols
+           -- key columns only: INCLUDE columns (indkey's tail) do not take part in uniqueness
+           where a.attrelid = c.oid
+             and a.attnum = any((i.indkey::int2[])[0:i.indnkeyatts - 1])) = u.cols
       and i.indnkeyatts = cardinality(u.cols)
   ),
   format('%s: unique (%s) on public.%s', u.why, array_to_string(u.cols, ', '), u.tbl)
