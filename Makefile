@@ -4,7 +4,7 @@ PY := .venv/bin/python
 DB_PORT ?= 54322
 SANDBOX_PORT ?= 54330
 
-.PHONY: setup test lint db db-down db-reset sandbox
+.PHONY: setup test lint db db-down db-reset sandbox bench
 
 setup: ## install what is missing (venv, PostgreSQL 15 + pg_cron + pgTAP, Supabase CLI)
 	@scripts/setup.sh
@@ -29,3 +29,11 @@ db-reset: setup
 
 sandbox: setup ## the local Bitvavo sandbox on 127.0.0.1:$(SANDBOX_PORT)
 	$(PY) -m sandbox.bitvavo --host 127.0.0.1 --port $(SANDBOX_PORT)
+
+# Benchmarks: never part of `make test`. Each prints a table of ratios measured in the same run.
+BENCH_PY := .bench-venv/bin/python
+BENCHMARKS := bench/scheduler.py
+
+bench: setup ## benchmarks in a bench-only environment (.bench-venv, bench/node_modules); prints the tables
+	@bench/setup.sh
+	@set -e; for b in $(BENCHMARKS); do echo "==> $$b" >&2; $(BENCH_PY) $$b; done
