@@ -1,6 +1,7 @@
 /*
  * G8 for the RPCs: money-moving and operator functions are not callable from a browser.
- *   - every SPEC §3 RPC exists with its exact signature and return type;
+ *   - every SPEC §3 RPC (and the operator's set_trading_halted) exists with its exact signature
+ *     and return type;
  *   - service-only RPCs (SPEC §3: "revoke execute … from public, anon, authenticated; grant execute
  *     … to service_role"): no EXECUTE for PUBLIC, anon or authenticated; EXECUTE for service_role;
  *     and a real call as anon and as a signed-in user fails with 42501, every one of them;
@@ -73,6 +74,8 @@ insert into rpcs (fn, args, returns, callers, call) values
   ('clear_todays_budget', '{uuid}', 'integer', 'service',
    $$select public.clear_todays_budget('a0000000-0000-4000-8000-000000000001')$$),
   ('run_maintenance', '{}', 'jsonb', 'service', $$select public.run_maintenance()$$),
+  ('set_trading_halted', '{boolean,text}', 'jsonb', 'service',
+   $$select public.set_trading_halted(false, 'resumed from a browser')$$),
   ('decide_trade_proposal', '{uuid,text}', 'jsonb', 'authenticated',
    $$select public.decide_trade_proposal('7a000000-0000-4000-8000-000000000001', 'approve')$$),
   ('get_budget_analytics', '{uuid,integer}', 'jsonb', 'authenticated',
