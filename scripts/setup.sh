@@ -2,6 +2,7 @@
 # Installs what `make test` / `make run` need, and only what is missing:
 #   PostgreSQL 15 + pg_cron + pgTAP + pg_prove (apt, when root; else prints the command),
 #   .venv with requirements-dev.txt (re-installed only when a requirements file changes),
+#   this project itself, editable, for the `oracle` console (re-installed only when needed),
 #   the Supabase CLI pinned in package.json (npm ci, only when the lock file changes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,25 @@ if [ "$(cat "$req_stamp" 2>/dev/null)" != "$req_sum" ]; then
   say "pip install -r requirements-dev.txt"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
   echo "$req_sum" > "$req_stamp"
+fi
+
+# The project, editable (`.venv/bin/oracle`, SPEC §7). An editable install records this checkout's
+# absolute path, and one .venv may serve several checkouts (a copy moved elsewhere, git worktrees
+# sharing it through a symlink): re-install whenever the recorded path is not this checkout's
+# (read from the installed distribution's direct_url.json, whoever installed it) or pyproject.toml
+# changed. Only `ops` and `shared` are mapped (setuptools' editable finder, no path added to
+# sys.path), so the install never shadows another checkout's modules.
+root=$(pwd -P)
+dist_stamp=".venv/.editable.sha256"
+dist_sum=$(sha256sum < pyproject.toml | cut -d' ' -f1)
+recorded=$(.venv/bin/python -I -c 'import json, urllib.parse as u, importlib.metadata as m
+url = json.loads(m.distribution("auto-invest-oracle-execution").read_text("direct_url.json") or "{}").get("url", "")
+print(u.unquote(u.urlparse(url).path))' 2>/dev/null || true)
+if [ ! -x .venv/bin/oracle ] || [ "$recorded" != "$root" ] || [ "$(cat "$dist_stamp" 2>/dev/null)" != "$dist_sum" ]; then
+  say "pip install --no-deps -e . (oracle → $root)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+  rm -rf ./*.egg-info  # setuptools' build-time metadata; the install keeps its own dist-info
+  echo "$dist_sum" > "$dist_stamp"
 fi
 
 npm_stamp="node_modules/.package-lock.sha256"

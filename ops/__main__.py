@@ -1,0 +1,5 @@
+"""`python -m ops …` is `oracle …`."""
+
+from ops.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,274 @@
+"""`oracle verify`, the post-deployment gate (issue 9 §3): it passes on a freshly migrated database
+and, after each way of breaking an invariant the guarantees rest on, exits 1 naming that check and
+the object — RLS off, EXECUTE for an API role on a service-only RPC, an audit trigger disabled or
+no longer ALWAYS, the maintenance cron job removed, an execution stuck open, an expired lease held,
+the recorded migrations out of step with the files.
+
+Every breaking test repairs what it broke, and the module checks after each test that verify
+passes again, so the tests share one database without leaking into each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ops import verify
+from tests.oracle_console import Run, oracle
+from tests.pg import Database
+from tests.test_execution_support import (  # the module's shared database: db, module_db
+    _fresh_db_fixture,  # noqa: F401
+    _module_db_fixture,  # noqa: F401
+    _shared_db_fixture,  # noqa: F401
+    claimed,
+    market_of,
+    sql,
+    trader,
+)
+
+Capsys = pytest.CaptureFixture[str]
+
+
+def run_verify(capsys: Capsys, db: Database, *options: str) -> Run:
+    return oracle(capsys, "verify", *options, env={"DATABASE_URL": db.url})
+
+
+def lines_of(run: Run, check: str) -> list[str]:
+    """The check's own line and its problem lines."""
+    lines = run.out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line[6:].startswith(f"{check} "))
+    end = start + 1
+    while end < len(lines) and lines[end].startswith("      ") and "- " in lines[end]:
+        end += 1
+    return lines[start:end]
+
+
+def assert_fails_only(run: Run, check: str, *fragments: str) -> None:
+    """Exit 1; `check` FAILs with every fragment in its problem lines; every other check passes
+    (or is skipped); the summary names the check."""
+    assert run.code == 1, run
+    marks = {line[6:].split()[0]: line[:4] for line in run.out.splitlines()[1:-1]
+             if line[:4] in ("PASS", "FAIL", "SKIP")}
+    assert marks == {name: ("FAIL" if name == check else marks[name] if marks[name] == "SKIP"
+                            else "PASS") for name in verify.CHECK_NAMES}, run.out
+    block = "\n".join(lines_of(run, check))
+    for fragment in fragments:
+        assert fragment in block, f"{fragment!r} not in:\n{block}"
+    assert run.out.splitlines()[-1].startswith(f"verify FAILED: {check} (1 of ")
+
+
+@pytest.fixture(autouse=True)
+def intact(capsys: Capsys, db: Database) -> Iterator[None]:
+    """After each test the database passes verify again (the repair worked)."""
+    yield
+    after = run_verify(capsys, db)
+    assert after.code == 0, f"a test left the database broken:\n{after.out}"
+
+
+def test_a_freshly_migrated_database_passes(capsys: Capsys, db: Database) -> None:
+    run = run_verify(capsys, db)
+    assert run.code == 0, run.out
+    lines = run.out.splitlines()
+    assert lines[0] == f"oracle verify — postgres@127.0.0.1:{db.cluster.port}/{db.name}"
+    assert [line[:4] + " " + line[6:].split()[0] for line in lines[1:-1]] == [
+        f"{'SKIP' if name == 'migrations' else 'PASS'} {name}" for name in verify.CHECK_NAMES]
+    assert "not deployed with the Supabase CLI" in lines[-2]  # the migrations check
+    assert lines[-1] == f"verify passed: {len(verify.CHECK_NAMES) - 1} checks passed, 1 skipped"
+    data = run_verify(capsys, db, "--json").json
+    assert data["passed"] is True
+    assert [c["check"] for c in data["checks"]] == list(verify.CHECK_NAMES)
+
+
+# (what breaks, the statements that break it, the statements that repair it, the check, fragments)
+BREAKS = {
+    "rls disabled on a table": (
+        ["alter table public.market_allowlist disable row level security"],
+        ["alter table public.market_allowlist enable row level security"],
+        "rls", ["RLS is disabled on public.market_allowlist"]),
+    "a new table without rls": (
+        ["create table public.verify_probe (id int)"], ["drop table public.verify_probe"],
+        "rls", ["RLS is disabled on public.verify_probe"]),
+    "execute granted to authenticated on a service-only rpc": (
+        ["grant execute on function public.claim_trade_execution(uuid, uuid, text, text) "
+         "to authenticated"],
+        ["revoke execute on function public.claim_trade_execution(uuid, uuid, text, text) "
+         "from authenticated"],
+        "function_privileges",
+        ["authenticated can execute public.claim_trade_execution(uuid,uuid,text,text), a "
+         "service-only SECURITY DEFINER function"]),
+    "execute granted to anon on an api function": (
+        ["grant execute on function public.decide_trade_proposal(uuid, text) to anon"],
+        ["revoke execute on function public.decide_trade_proposal(uuid, text) from anon"],
+        "function_privileges", ["anon can execute public.decide_trade_proposal(uuid,text)"]),
+    "execute granted to public": (
+        ["grant execute on function public.run_maintenance() to public"],
+        ["revoke execute on function public.run_maintenance() from public"],
+        "function_privileges", ["PUBLIC can execute public.run_maintenance()"]),
+    "a new rpc that forgot its revoke": (
+        ["create function public.verify_probe() returns int language sql as 'select 1'",
+         "grant execute on function public.verify_probe() to public"],
+        ["drop function public.verify_probe()"],
+        "function_privileges", ["PUBLIC can execute public.verify_probe()",
+                                "authenticated can execute public.verify_probe()"]),
+    "the audit log's append-only trigger disabled": (
+        ["alter table public.execution_audit_log disable trigger execution_audit_log_append_only"],
+        ["alter table public.execution_audit_log "
+         "enable always trigger execution_audit_log_append_only"],
+        "audit_triggers",
+        ["trigger execution_audit_log_append_only on public.execution_audit_log is disabled"]),
+    "the audit log's truncate trigger no longer ALWAYS": (
+        ["alter table public.execution_audit_log enable trigger execution_audit_log_no_truncate"],
+        ["alter table public.execution_audit_log "
+         "enable always trigger execution_audit_log_no_truncate"],
+        "audit_triggers",
+        ["trigger execution_audit_log_no_truncate on public.execution_audit_log is enabled, "
+         "not ALWAYS"]),
+    "the system_controls audit trigger disabled": (
+        ["alter table public.system_controls disable trigger system_controls_audit"],
+        ["alter table public.system_controls enable trigger system_controls_audit"],
+        "audit_triggers", ["trigger system_controls_audit on public.system_controls is disabled"]),
+    "the trading_settings audit trigger dropped": (
+        ["drop trigger trading_settings_audit on public.trading_settings"],
+        ["create trigger trading_settings_audit after update on public.trading_settings "
+         "for each row execute function private.audit_row_change()"],
+        "audit_triggers", ["trigger trading_settings_audit on public.trading_settings is missing"]),
+    "truncate granted on the audit log": (
+        ["grant truncate on public.execution_audit_log to service_role"],
+        ["revoke truncate on public.execution_audit_log from service_role"],
+        "audit_triggers", ["service_role has TRUNCATE on public.execution_audit_log"]),
+    "the maintenance cron job removed": (
+        ["select cron.unschedule('run-maintenance')"],
+        ["select cron.schedule('run-maintenance', '* * * * *', "
+         "'select public.run_maintenance()')"],
+        "cron_jobs", ["cron job run-maintenance is missing"]),
+    "the maintenance cron job paused": (
+        ["update cron.job set active = false where jobname = 'run-maintenance'"],
+        ["update cron.job set active = true where jobname = 'run-maintenance'"],
+        "cron_jobs", ["cron job run-maintenance is inactive"]),
+    "the history purge rescheduled to run something else": (
+        ["update cron.job set command = 'select 1' where jobname = 'purge-cron-history'"],
+        ["update cron.job set command = 'delete from cron.job_run_details where end_time < "
+         "now() - interval ''7 days''' where jobname = 'purge-cron-history'"],
+        "cron_jobs", ["cron job purge-cron-history runs 'select 1'"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BREAKS))
+def test_verify_names_each_broken_invariant(capsys: Capsys, db: Database, case: str) -> None:
+    breaking, repairing, check, fragments = BREAKS[case]
+    for statement in breaking:
+        db.query(statement)
+    try:
+        assert_fails_only(run_verify(capsys, db), check, *fragments)
+    finally:
+        for statement in repairing:
+            db.query(statement)
+
+
+def test_an_execution_stuck_unknown_past_the_reconcile_window(capsys: Capsys,
+                                                              db: Database) -> None:
+    user = trader(db)
+    execution = claimed(db, user)
+    sql(db, "update public.trade_executions set status = 'unknown', "
+            "claimed_at = now() - interval '2 hours' where id = %s", (execution["id"],))
+    try:
+        assert_fails_only(run_verify(capsys, db), "stuck_executions",
+                          f"execution {execution['id']} ({execution['market']}) is still "
+                          "unknown 2 h after its claim", "is the reconciler running?")
+    finally:
+        sql(db, "update public.trade_executions set status = 'failed', completed_at = now() "
+                "where id = %s", (execution["id"],))
+
+
+def test_the_reconcile_window_is_an_option(capsys: Capsys, db: Database) -> None:
+    """A submitted execution 5 minutes after its claim is normal by default (10 minutes) and
+    stuck with a 1-minute window."""
+    user = trader(db)
+    execution = claimed(db, user)
+    sql(db, "update public.trade_executions set status = 'submitted', "
+            "claimed_at = now() - interval '5 minutes' where id = %s", (execution["id"],))
+    try:
+        assert run_verify(capsys, db).code == 0
+        assert_fails_only(run_verify(capsys, db, "--reconcile-window", "60"), "stuck_executions",
+                          f"execution {execution['id']}", "still submitted 5 min after")
+    finally:
+        sql(db, "update public.trade_executions set status = 'failed', completed_at = now() "
+                "where id = %s", (execution["id"],))
+
+
+def test_an_expired_lease_still_held(capsys: Capsys, db: Database) -> None:
+    user = trader(db)
+    job = sql(db, "insert into public.scan_jobs (user_id, market, interval_seconds, locked_by, "
+                  "locked_at, lock_expires_at) values (%s, %s, 60, 'worker-gone', "
+                  "now() - interval '1 hour', now() - interval '55 minutes') returning id",
+              (user, market_of(user)))[0][0]
+    try:
+        assert_fails_only(run_verify(capsys, db), "expired_leases",
+                          f"scan job {job}", "still leased to 'worker-gone' 55 min after the "
+                          "lease expired", "is run-maintenance running?")
+        # A lease that expired a moment ago is within the grace (maintenance runs every minute).
+        sql(db, "update public.scan_jobs set lock_expires_at = now() - interval '30 seconds' "
+                "where id = %s", (job,))
+        assert run_verify(capsys, db).code == 0
+        assert_fails_only(run_verify(capsys, db, "--lease-grace", "10"), "expired_leases",
+                          f"scan job {job}")
+    finally:
+        sql(db, "delete from public.scan_jobs where id = %s", (job,))
+
+
+def test_recorded_migrations_must_match_the_files(capsys: Capsys, db: Database) -> None:
+    """As `supabase db push` records them (supabase_migrations.schema_migrations)."""
+    files = verify.migration_files(verify.REPOSITORY_MIGRATIONS)
+    assert len(files) >= 6
+    sql(db, "create schema supabase_migrations")
+    sql(db, "create table supabase_migrations.schema_migrations "
+            "(version text primary key, statements text[], name text)")
+    try:
+        for version, name in files.items():
+            sql(db, "insert into supabase_migrations.schema_migrations values (%s, '{}', %s)",
+                (version, name))
+        run = run_verify(capsys, db)
+        assert run.code == 0, run.out
+        assert f"PASS  migrations           the {len(files)} migrations" in run.out
+
+        newest = max(files)
+        sql(db, "delete from supabase_migrations.schema_migrations where version = %s", (newest,))
+        assert_fails_only(run_verify(capsys, db), "migrations",
+                          f"migration {newest}_{files[newest]} is not applied")
+        sql(db, "insert into supabase_migrations.schema_migrations values "
+                "(%s, '{}', %s), ('29991231000000', '{}', 'from_the_future')",
+            (newest, files[newest]))
+        assert_fails_only(run_verify(capsys, db), "migrations",
+                          "migration 29991231000000 (from_the_future) is applied but has no file")
+    finally:
+        sql(db, "drop schema supabase_migrations cascade")
+
+
+def test_a_check_that_cannot_run_fails_it_does_not_pass(capsys: Capsys, db: Database) -> None:
+    """As a login without the schema's privileges (PostgREST's authenticator): the catalog checks
+    still run; the checks that read tables fail with the database's reason."""
+    run = oracle(capsys, "verify", env={"DATABASE_URL": db.authenticator_url})
+    assert run.code == 1
+    block = "\n".join(lines_of(run, "stuck_executions"))
+    assert "could not check: permission denied for table trade_executions" in block
+    assert "PASS  rls" in run.out
+
+
+def test_only_the_named_checks_run(capsys: Capsys, db: Database) -> None:
+    run = run_verify(capsys, db, "--check", "rls", "--check", "cron_jobs", "--json")
+    assert run.code == 0
+    assert [c["check"] for c in run.json["checks"]] == ["rls", "cron_jobs"]
+
+
+def test_the_scanner_job_is_expected_where_pg_net_can_make_the_call() -> None:
+    assert [j.name for j in verify.expected_cron_jobs(False)] == [
+        "run-maintenance", "purge-cron-history"]
+    assert [j.name for j in verify.expected_cron_jobs(True)] == [
+        "run-maintenance", "purge-cron-history", "invoke-scan-scheduler"]
+
+
+def test_every_api_function_has_its_reason() -> None:
+    assert sorted(verify.API_FUNCTIONS) == ["public.decide_trade_proposal(uuid,text)",
+                                            "public.get_budget_analytics(uuid,integer)"]
+    assert all(len(reason) > 60 for reason in verify.API_FUNCTIONS.values())
