@@ -21,7 +21,9 @@ database:
     rls_enabled_no_policy                INFO   only the tables allowed below, each with its reason
 
 Every check is also shown to find its violation (a probe object created in a transaction that is
-rolled back), so none of them can pass vacuously.
+rolled back), so none of them can pass vacuously. The RLS query is the one `oracle verify` runs
+after a deployment (ops/verify.py owns it; the suite reuses it), and the definer functions allowed
+to signed-in users here must be among the console's API functions.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from ops.verify import API_FUNCTIONS, RLS_DISABLED_SQL
 from tests.pg import Database
 from tests.test_execution_support import (  # the module's shared database: db, module_db
     _fresh_db_fixture,  # noqa: F401
@@ -64,9 +67,7 @@ ALLOWED = {
 }
 
 CHECKS: dict[str, str] = {
-    "rls_disabled_in_public": """
-        select c.oid::regclass::text from pg_class c join pg_namespace n on n.oid = c.relnamespace
-        where n.nspname = 'public' and c.relkind in ('r', 'p') and not c.relrowsecurity""",
+    "rls_disabled_in_public": RLS_DISABLED_SQL,
     "policy_exists_rls_disabled": """
         select distinct c.oid::regclass::text from pg_policy p join pg_class c on c.oid = p.polrelid
         join pg_namespace n on n.oid = c.relnamespace
@@ -195,6 +196,13 @@ def test_every_allowed_finding_is_still_there_and_explained(migrated: psycopg.Co
     """An allow-list entry that no longer matches anything is stale: remove it."""
     assert set(ALLOWED[check]) <= findings(migrated, check)
     assert all(len(reason) > 40 for reason in ALLOWED[check].values())
+
+
+def test_the_definer_functions_allowed_to_users_are_api_functions_of_the_console() -> None:
+    """`oracle verify` lets authenticated execute exactly ops.verify.API_FUNCTIONS; a SECURITY
+    DEFINER function allowed here that is not one of them would fail every deployment's gate."""
+    allowed = set(ALLOWED["authenticated_security_definer_function_executable"])
+    assert allowed <= set(API_FUNCTIONS)
 
 
 def test_pg_cron_lives_in_pg_catalog_as_on_supabase(migrated: psycopg.Connection) -> None:
