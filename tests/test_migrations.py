@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, ROOT, SEED, Cluster, free_port, sql_files
+from tests.oracle_console import oracle
 from tests.pg import connect
 
 SUPABASE_BIN = ROOT / "node_modules" / ".bin" / "supabase"
@@ -280,6 +281,26 @@ def test_plain_psql_records_no_migration_history(psql_cluster: Cluster) -> None:
     with connect(psql_cluster.url(), autocommit=True) as conn:
         assert conn.execute(
             "select to_regclass('supabase_migrations.schema_migrations')").fetchone() == (None,)
+
+
+# -- the deployment gate ---------------------------------------------------------------------
+def test_oracle_verify_passes_on_the_pushed_database_migrations_included(
+        first_push: Any, cli_cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """`oracle verify`, the README's last deployment step, on what `supabase db push` built (cron
+    in the database pg_cron runs in, the migration history recorded): every check passes, the
+    migrations check included."""
+    assert first_push.returncode == 0, describe(first_push)
+    run = oracle(capsys, "verify", "--db-url", db_url(cli_cluster))
+    assert run.code == 0, run.out + run.err
+    assert f"PASS  migrations           the {len(migration_files())} migrations" in run.out
+    assert "SKIP" not in run.out
+
+
+def test_oracle_verify_passes_on_the_plain_psql_database(
+        psql_cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    run = oracle(capsys, "verify", "--db-url", psql_cluster.url())
+    assert run.code == 0, run.out + run.err
+    assert "SKIP  migrations" in run.out  # no history table to compare with
 
 
 # -- seed ------------------------------------------------------------------------------------
