@@ -11,12 +11,12 @@ setup: ## install what is missing (venv, PostgreSQL 15 + pg_cron + pgTAP, Supaba
 
 test: setup ## the whole suite: ruff, mypy, pytest (database, pgTAP via pg_prove, Supabase CLI, exchange, sandbox)
 	$(PY) -m ruff check .
-	$(PY) -m mypy shared sandbox ops
+	$(PY) -m mypy shared sandbox ops functions
 	$(PY) -m pytest
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m mypy shared sandbox ops
+	$(PY) -m mypy shared sandbox ops functions
 
 db: setup ## start the project-local PostgreSQL on $(DB_PORT) (local + migrations + seed) and print its URL
 	@$(PY) -m scripts.pgcluster up --port $(DB_PORT) --seed

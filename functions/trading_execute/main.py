@@ -1,0 +1,48 @@
+"""trading_execute: the HTTP function that places approved proposals as orders (SPEC §4).
+
+    POST /            execute a proposal          (shared.execution.execute)
+    POST /reconcile   settle open executions      (shared.execution.reconcile, service role only)
+
+Deployed with `--entry-point trading_execute`. Everything is built once per process, here at
+import: a bad configuration (e.g. TRADING_MODE=live without BITVAVO_TRADE_API_KEY) stops the
+process with a message that names the variables, before it serves anything.
+"""
+
+from __future__ import annotations
+
+import flask
+import functions_framework
+
+from shared.api.problems import problem_response
+from shared.execution.execute import execute
+from shared.execution.reconcile import reconcile
+from shared.execution.replies import Reply
+from shared.execution.runtime import Runtime
+from shared.execution.submission import MAX_BODY_BYTES, HttpRequest, body_too_large
+from shared.settings import ConfigurationError
+
+try:
+    RUNTIME = Runtime.start()
+except ConfigurationError as error:
+    raise SystemExit(str(error)) from None
+
+ROUTES = {"/": execute, "/reconcile": reconcile}
+
+
+@functions_framework.http
+def trading_execute(request: flask.Request) -> Reply:
+    route = ROUTES.get(request.path.rstrip("/") or "/")
+    if route is None:
+        return problem_response(404, "no-such-route", "trading_execute serves POST / and "
+                                "POST /reconcile")
+    if request.method != "POST":
+        return problem_response(405, "method-not-allowed", f"{request.path} accepts POST only",
+                                headers={"Allow": "POST"})
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return body_too_large().response()
+    body = request.stream.read(MAX_BODY_BYTES + 1)
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return route(HttpRequest(request.method, request.path, headers, body), RUNTIME)

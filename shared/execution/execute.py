@@ -1,0 +1,179 @@
+"""POST / — a user (or the scanner, as the service) executes an approved proposal (SPEC §4).
+
+One request: parse → authenticate → claim RPC → exchange → record RPC → respond, each step one JSON
+log line. The claim is `claim_trade_execution`: the seven validators and the idempotent claim in
+one transaction (G1, G4–G6). The order goes out at most once: the claim's clientOrderId names it,
+nothing here retries (G10), and it is sent only within MAX_CLAIM_AGE of the claim's answer.
+
+What can go wrong, and what the client is told:
+- before the claim commits (bad input 400/413, no valid token 401, the database unreachable during
+  the claim 503 — nothing sent, the same Idempotency-Key may be retried);
+- the claim's own outcomes: replay (200/202 with the stored execution, 409 while still in flight),
+  409 already executed, 422 rejected with failed_checks or key reused, 404;
+- the exchange: whatever it answers or raises becomes the recorded status (shared.execution.results:
+  201 for a result, 202 when the outcome is unknown);
+- the record RPC fails (connection dropped, …): the order is NOT re-sent; 202 with what is known,
+  and /reconcile settles the execution from the exchange by clientOrderId.
+Only our own bugs (and a misconfigured database role) answer 500, without any detail.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from shared.api.problems import ProblemError
+from shared.api.steplog import Step, StepLog
+from shared.auth import AuthError
+from shared.exchange.errors import AccessWindowError
+from shared.exchange.models import Order
+from shared.execution import replies
+from shared.execution.replies import Reply
+from shared.execution.results import Result, error_result, order_result
+from shared.execution.runtime import Runtime
+from shared.execution.submission import HttpRequest, parse_submission
+from shared.rpc.errors import RpcError, RpcInvalidArgument, RpcUnavailable
+
+
+def execute(request: HttpRequest, runtime: Runtime) -> Reply:
+    log = runtime.step_log(request)
+    try:
+        with log.step("parse") as step:
+            submission = refused(step, parse_submission, request)
+        with log.step("auth") as step:
+            principal = refused(step, authenticate, runtime, request)
+            user_id = refused(step, submission.owner, principal)
+            step.set(caller=principal.role)
+        log.bind(user_id=user_id, proposal_id=submission.proposal_id)
+        with log.step("claim") as step:
+            claim = claim_execution(step, runtime, user_id, submission.proposal_id,
+                                    submission.idempotency_key)
+            claim_answered_at = time.monotonic()
+        execution = claim.get("execution") or {}
+        log.bind(execution_id=execution.get("id"), client_order_id=execution.get("client_order_id"))
+        if claim["outcome"] != "claimed":
+            return respond(log, lambda: replies.claim_reply(claim))
+        with log.step("exchange") as step:
+            result = place_order(step, runtime, execution, claim_answered_at)
+        with log.step("record") as step:
+            recorded = record_result(step, runtime, execution, result)
+        return respond(log, lambda: recorded)
+    except ProblemError as problem:
+        return respond(log, problem.response)
+    except Exception:  # noqa: BLE001 - our bug: the step that raised logged it (no traceback)
+        return respond(log, internal_error().response)
+
+
+# -- the steps ------------------------------------------------------------------------------------
+def authenticate(runtime: Runtime, request: HttpRequest) -> Any:
+    try:
+        return runtime.verifier.verify(request.header("authorization"))
+    except AuthError as error:
+        slug = "unauthorized" if error.status == 401 else "signing-keys-unavailable"
+        headers = {"WWW-Authenticate": error.www_authenticate} if error.status == 401 else \
+            {"Retry-After": "5"}
+        raise ProblemError(error.status, slug, error.reason, headers=headers) from None
+
+
+def claim_execution(step: Step, runtime: Runtime, user_id: Any, proposal_id: Any,
+                    key: str) -> Mapping[str, Any]:
+    try:
+        claim = runtime.rpc.call("claim_trade_execution", {
+            "p_user_id": user_id, "p_proposal_id": proposal_id, "p_idempotency_key": key,
+            "p_mode": runtime.mode})
+    except RpcInvalidArgument as error:
+        step.set("invalid_argument", severity="WARNING")
+        raise ProblemError(400, "invalid-argument", error.message) from None
+    except RpcUnavailable:
+        step.set("database_unavailable", severity="ERROR")
+        raise ProblemError(503, "database-unavailable",
+                           "the database did not answer; nothing was sent to the exchange. "
+                           "Retrying with the same Idempotency-Key is safe",
+                           headers={"Retry-After": "1"}) from None
+    except RpcError:
+        step.set("database_error", severity="ERROR")
+        raise internal_error() from None
+    if not isinstance(claim, Mapping) or not isinstance(claim.get("outcome"), str):
+        step.set("unexpected_answer", severity="ERROR")
+        raise internal_error()
+    execution = claim.get("execution") or {}
+    step.set(claim["outcome"], reason=claim.get("reason"), execution_id=execution.get("id"),
+             execution_status=execution.get("status"),
+             failed_checks=[c.get("check") for c in claim.get("failed_checks") or []] or None)
+    return claim
+
+
+def place_order(step: Step, runtime: Runtime, execution: Mapping[str, Any],
+                claim_answered_at: float) -> Result:
+    """Send the claimed order once and turn the answer — or whatever was raised — into the result
+    to record. Never raises (an unexpected exception is an `unknown` result: it may have been sent
+    already)."""
+    order: Order | None = None
+    try:
+        order = runtime.venue.place(
+            execution, claimed_at=claim_answered_at,
+            max_age=runtime.settings.execution.max_claim_age_seconds)
+        result = order_result(order)
+    except Exception as error:  # noqa: BLE001 - every failure is mapped to a recorded status
+        result = error_result(error)
+        step.set(error=type(error).__name__, severity="WARNING")
+        if isinstance(error, AccessWindowError):
+            step.set(**runtime.venue.remeasure())
+    step.set(result["status"], error_code=result.get("error_code"),
+             exchange_order_id=order.order_id if order else None,
+             exchange_status=order.status if order else None)
+    return result
+
+
+def record_result(step: Step, runtime: Runtime, execution: Mapping[str, Any],
+                  result: Result) -> Reply:
+    """Record the result and answer with the stored execution. If the record RPC fails, the order
+    stays as it is (never re-sent): 202 with the claim and the exchange's result; /reconcile
+    settles the execution."""
+    try:
+        answer = runtime.rpc.call("record_execution_result",
+                                  {"p_execution_id": execution["id"], "p_result": result})
+        outcome = answer["outcome"]
+        stored = answer["execution"]
+    except (RpcError, KeyError, TypeError) as error:
+        step.set("not_recorded", severity="ERROR", error=type(error).__name__,
+                 error_code=getattr(error, "code", None))
+        return replies.json_reply({"execution": {**execution, "status": "unknown"},
+                                   "exchange_result": result, "recorded": False}, 202)
+    if outcome not in ("updated", "unchanged", "illegal_transition") or not stored:
+        step.set(str(outcome), severity="ERROR")
+        return replies.json_reply({"execution": {**execution, "status": "unknown"},
+                                   "exchange_result": result, "recorded": False}, 202)
+    # illegal_transition: the reconciler recorded first; the stored execution is the truth.
+    step.set(outcome, reason=answer.get("reason"), execution_status=stored.get("status"),
+             severity="WARNING" if outcome == "illegal_transition" else None)
+    return replies.execution_reply(stored)
+
+
+def respond(log: StepLog, reply: Any) -> Reply:
+    with log.step("respond") as step:
+        try:
+            body, status, headers = reply()
+        except ProblemError as problem:
+            body, status, headers = problem.response()
+        step.set(str(status), status=status,
+                 severity="ERROR" if status >= 500 else "WARNING" if status >= 400 else None)
+    return replies.with_request_id((body, status, headers), log.request_id)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def refused(step: Step, call: Any, *args: Any) -> Any:
+    """`call(*args)`; a ProblemError it raises is a refusal of the client's request: logged as the
+    step's outcome (its status), not as an error of ours."""
+    try:
+        return call(*args)
+    except ProblemError as problem:
+        step.set(str(problem.problem.status), severity="WARNING", problem=problem.problem.type,
+                 reason=problem.problem.detail)
+        raise
+
+
+def internal_error() -> ProblemError:
+    return ProblemError(500, "internal-error", "an internal error occurred; nothing about it is "
+                        "shown here, the logs have the request id")

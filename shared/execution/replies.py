@@ -1,0 +1,87 @@
+"""The answers trading_execute gives: an execution as JSON, or a problem document (RFC 9457).
+
+    Reply = (body, status, headers)      what functions-framework / Flask return as a tuple
+
+Money travels as strings (SPEC §3): every Decimal is rendered in plain notation, never as a JSON
+number a client might read into a float. Every answer carries `X-Request-Id`, the id the step log
+lines of the request share.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from shared.api.problems import ProblemError
+from shared.execution.results import http_status
+
+Reply = tuple[bytes, int, dict[str, str]]
+REQUEST_ID_HEADER = "X-Request-Id"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
+def json_reply(document: Mapping[str, Any], status: int, *,
+               headers: Mapping[str, str] | None = None) -> Reply:
+    body = json.dumps(document, default=_plain, ensure_ascii=False, separators=(",", ":"))
+    return body.encode(), status, {**(headers or {}), "Content-Type": "application/json"}
+
+
+def execution_reply(execution: Mapping[str, Any], *, replayed: bool = False,
+                    **members: Any) -> Reply:
+    """201/200/202 with `{"execution": …}` (a replay carries `Idempotent-Replayed: true`)."""
+    status = http_status(str(execution["status"]), replayed=replayed)
+    headers = {REPLAYED_HEADER: "true"} if replayed else {}
+    return json_reply({"execution": execution, **members}, status, headers=headers)
+
+
+def claim_reply(claim: Mapping[str, Any]) -> Reply:
+    """The answer for every claim outcome but `claimed` (that one goes on to the exchange)."""
+    outcome = claim.get("outcome")
+    execution = claim.get("execution") or {}
+    if outcome == "replayed":
+        if execution.get("status") == "claimed":
+            raise in_flight(execution)
+        return execution_reply(execution, replayed=True)
+    if outcome == "conflict" and claim.get("reason") == "idempotency_key_reused":
+        raise ProblemError(422, "idempotency-key-reused",
+                           "this Idempotency-Key was already used for another proposal; use a new "
+                           "key for each proposal")
+    if outcome == "conflict":
+        raise ProblemError(409, "already-executed",
+                           "this proposal already has an execution under another Idempotency-Key",
+                           execution_id=execution.get("id"),
+                           execution_status=execution.get("status"))
+    if outcome == "rejected":
+        raise ProblemError(422, "rejected", "the proposal failed its pre-flight checks; nothing "
+                           "was sent to the exchange", failed_checks=list(
+                               claim.get("failed_checks") or []))
+    if outcome == "not_found":
+        raise ProblemError(404, "not-found", "no such proposal")
+    raise ProblemError(500, "internal-error", "the claim answered with an unexpected outcome")
+
+
+def in_flight(execution: Mapping[str, Any]) -> ProblemError:
+    return ProblemError(409, "in-flight", "this execution is still running; retry with the same "
+                        "Idempotency-Key in a moment", headers={"Retry-After": "1"},
+                        execution_id=execution.get("id"))
+
+
+def with_request_id(reply: Reply, request_id: str) -> Reply:
+    body, status, headers = reply
+    return body, status, {**headers, REQUEST_ID_HEADER: request_id}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError("a non-finite decimal cannot be rendered")
+        return format(value, "f")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} cannot be rendered as JSON")
