@@ -107,6 +107,17 @@ class Stack:
         self.answers.append(f"{response.status_code} {dict(response.headers)} {response.text}")
         return response
 
+    def logged(self, step: str, proposal_id: uuid.UUID | str, timeout: float = 10.0) -> None:
+        """Wait until the function has logged `step` for this proposal (its step line is written
+        when the step is over: for `claim`, its answer has come back through the proxy)."""
+        deadline = time.monotonic() + timeout
+        marks = (f'"step":"{step}"', f'"proposal_id":"{proposal_id}"')
+        while time.monotonic() < deadline:
+            if any(all(m in line for m in marks) for line in self.fn.logs().splitlines()):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"no {step} step logged for {proposal_id}")
+
     def reconcile(self, **body: Any) -> dict[str, int]:
         response = self.seen(self.fn.post("/reconcile", json=body,
                                           headers={"Authorization": f"Bearer {SERVICE_KEY}"}))

@@ -458,7 +458,7 @@ def test_the_database_dropping_the_records_answer_is_202_and_the_order_is_not_re
     stack.sandbox.set_fault(fault="latency", latency_ms=700)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = pool.submit(stack.execute, proposal_id, user_id=user, key="cut-record")
-        wait_for(lambda: stack.execution(proposal_id), what="the claim")
+        stack.logged("claim", proposal_id)  # the claim's answer is through; the order is out
         stack.proxy.cut_next_response()  # the next answer from the database is the record's
         response = pending.result(timeout=30)
     assert response.status_code == 202, response.text
@@ -516,7 +516,7 @@ def test_a_process_killed_between_claim_and_record_is_settled_after_restart_neve
     with served(module_db, bitvavo_sandbox, "live") as doomed:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(doomed.execute, proposal_id, user_id=user, key="crash")
-            wait_for(lambda: doomed.execution(proposal_id), what="the claim")
+            doomed.logged("claim", proposal_id)
             time.sleep(0.3)  # the order is at the exchange, which has not answered yet
             doomed.fn.kill()
             with pytest.raises(httpx.TransportError):
