@@ -41,6 +41,7 @@ from tests.test_execution_support import (
     _module_db_fixture,  # noqa: F401 - one database per module
     allow_market,
     backdate,
+    claim,
     set_controls,
 )
 
@@ -216,6 +217,18 @@ def test_an_unknown_outcome_that_never_reached_the_book_becomes_failed_only_when
     assert failed is not None and failed["status"] == "failed"
     assert failed["error_code"] == "not_found_at_exchange"
     assert stack.proposal_status(proposal_id) == "failed"
+    assert stack.sandbox.orders() == []
+
+
+def test_a_paper_execution_seen_by_a_live_process_is_failed_once_old_enough(stack: Stack) -> None:
+    # Left by a paper-mode instance before the switch to live: its order lived in that memory.
+    user = live_trader(stack)
+    proposal_id = proposal(stack.db, user)
+    orphan = claim(stack.db, user, proposal_id, mode="paper")["execution"]
+    assert stack.reconcile()["still_open"] >= 1
+    backdate(stack.db, orphan["id"], 31)
+    assert stack.reconcile()["failed"] >= 1
+    assert stack.execution(proposal_id)["status"] == "failed"  # type: ignore[index]
     assert stack.sandbox.orders() == []
 
 

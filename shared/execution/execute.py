@@ -20,12 +20,13 @@ Only our own bugs (and a misconfigured database role) answer 500, without any de
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from typing import Any
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from shared.api.problems import ProblemError
 from shared.api.steplog import Step, StepLog
-from shared.auth import AuthError
+from shared.auth import AuthError, Principal
 from shared.exchange.errors import AccessWindowError
 from shared.exchange.models import Order
 from shared.execution import replies
@@ -34,6 +35,8 @@ from shared.execution.results import Result, error_result, order_result
 from shared.execution.runtime import Runtime
 from shared.execution.submission import HttpRequest, parse_submission
 from shared.rpc.errors import RpcError, RpcInvalidArgument, RpcUnavailable
+
+T = TypeVar("T")
 
 
 def execute(request: HttpRequest, runtime: Runtime) -> Reply:
@@ -66,7 +69,7 @@ def execute(request: HttpRequest, runtime: Runtime) -> Reply:
 
 
 # -- the steps ------------------------------------------------------------------------------------
-def authenticate(runtime: Runtime, request: HttpRequest) -> Any:
+def authenticate(runtime: Runtime, request: HttpRequest) -> Principal:
     try:
         return runtime.verifier.verify(request.header("authorization"))
     except AuthError as error:
@@ -76,7 +79,7 @@ def authenticate(runtime: Runtime, request: HttpRequest) -> Any:
         raise ProblemError(error.status, slug, error.reason, headers=headers) from None
 
 
-def claim_execution(step: Step, runtime: Runtime, user_id: Any, proposal_id: Any,
+def claim_execution(step: Step, runtime: Runtime, user_id: uuid.UUID, proposal_id: uuid.UUID,
                     key: str) -> Mapping[str, Any]:
     try:
         claim = runtime.rpc.call("claim_trade_execution", {
@@ -139,19 +142,29 @@ def record_result(step: Step, runtime: Runtime, execution: Mapping[str, Any],
     except (RpcError, KeyError, TypeError) as error:
         step.set("not_recorded", severity="ERROR", error=type(error).__name__,
                  error_code=getattr(error, "code", None))
-        return replies.json_reply({"execution": {**execution, "status": "unknown"},
-                                   "exchange_result": result, "recorded": False}, 202)
+        return unrecorded(execution, result)
     if outcome not in ("updated", "unchanged", "illegal_transition") or not stored:
         step.set(str(outcome), severity="ERROR")
-        return replies.json_reply({"execution": {**execution, "status": "unknown"},
-                                   "exchange_result": result, "recorded": False}, 202)
-    # illegal_transition: the reconciler recorded first; the stored execution is the truth.
+        return unrecorded(execution, result)
+    # illegal_transition: the reconciler recorded first; the stored execution is the truth — unless
+    # the exchange reports a fill the stored result lacks, which an operator must see at once.
+    severity = None
+    if outcome == "illegal_transition":
+        missed_fill = (result.get("filled_amount") or 0) > 0 and not stored.get("filled_amount")
+        severity = "ERROR" if missed_fill else "WARNING"
     step.set(outcome, reason=answer.get("reason"), execution_status=stored.get("status"),
-             severity="WARNING" if outcome == "illegal_transition" else None)
+             severity=severity)
     return replies.execution_reply(stored)
 
 
-def respond(log: StepLog, reply: Any) -> Reply:
+def unrecorded(execution: Mapping[str, Any], result: Result) -> Reply:
+    """202: what the claim and the exchange said, the database's state unknown to us."""
+    return replies.json_reply({"execution": {**execution, "status": "unknown"},
+                               "exchange_result": result, "recorded": False}, 202)
+
+
+def respond(log: StepLog, reply: Callable[[], Reply]) -> Reply:
+    """Build the answer (a ProblemError raised while building it is the answer) and log it."""
     with log.step("respond") as step:
         try:
             body, status, headers = reply()
@@ -163,7 +176,7 @@ def respond(log: StepLog, reply: Any) -> Reply:
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def refused(step: Step, call: Any, *args: Any) -> Any:
+def refused(step: Step, call: Callable[..., T], *args: Any) -> T:
     """`call(*args)`; a ProblemError it raises is a refusal of the client's request: logged as the
     step's outcome (its status), not as an error of ours."""
     try:

@@ -153,19 +153,16 @@ def exchange_result(step: Step, runtime: Runtime, execution: Mapping[str, Any], 
                     may_fail: bool) -> Result | str:
     """What to record for this execution, or the count to add when nothing is to be recorded."""
     market, client_order_id = str(execution["market"]), str(execution["client_order_id"])
-    if execution["mode"] != runtime.mode and runtime.mode == "paper":
-        return "skipped"  # a live order: this process has no trade key to read it with
+    if execution["mode"] != runtime.mode:
+        if runtime.mode == "paper":
+            return "skipped"  # a live order: this process has no trade key to read it with
+        return not_found(step, runtime, may_fail)  # a paper order lived in another process
     try:
-        if execution["mode"] != runtime.mode:
-            raise OrderNotFound("a paper order lives only in the process that placed it")
         order = runtime.venue.read(market, client_order_id)
         if stuck(runtime, execution, order):
             order = cancel_rest(step, runtime, market, client_order_id)
     except OrderNotFound:
-        if not may_fail:
-            step.set(exchange="not_found_yet")
-            return "still_open"
-        return not_at_exchange_result(runtime.settings.execution.not_found_failed_after_seconds)
+        return not_found(step, runtime, may_fail)
     except ExchangeError as error:
         step.set(severity="WARNING" if isinstance(error, OutcomeUnknown) else "ERROR",
                  error=type(error).__name__, error_code=error.error_code)
@@ -174,6 +171,14 @@ def exchange_result(step: Step, runtime: Runtime, execution: Mapping[str, Any], 
         return "errors"
     step.set(exchange_status=order.status, exchange_order_id=order.order_id)
     return order_result(order)
+
+
+def not_found(step: Step, runtime: Runtime, may_fail: bool) -> Result | str:
+    """The exchange does not know the order: `failed` once the claim is old enough, else wait."""
+    step.set(exchange="not_found")
+    if not may_fail:
+        return "still_open"
+    return not_at_exchange_result(runtime.settings.execution.not_found_failed_after_seconds)
 
 
 def stuck(runtime: Runtime, execution: Mapping[str, Any], order: Order) -> bool:
