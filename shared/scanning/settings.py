@@ -1,0 +1,231 @@
+"""scan_scheduler's configuration (SPEC §6): four pydantic-settings models, loaded at import.
+
+    ScanSettings.load() -> ScanSettings(rpc, auth, exchange, scanner)
+
+- `rpc` (RpcSettings): DATABASE_URL, or SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY.
+- `auth` (AuthSettings): who may call the tick — the service-role key (and/or SUPABASE_JWT_SECRET,
+  which verifies a legacy service_role JWT); user tokens are refused by the tick.
+- `exchange` (ReadonlyExchangeSettings): BITVAVO_REST_URL and the optional read-only key pair.
+  It has no field for the trade key (G3): the scanner cannot be configured with one.
+- `scanner` (ScannerSettings, below): the oracle, the OpenAI connection, the tick's timing.
+
+Every model is loaded through `shared.settings.load_settings`; all their problems are reported
+together in one ConfigurationError that names variables, never values. Cross-field rules that span
+the models (the service key the auto-execute path needs) are checked last.
+
+Timing, one rule: a tick starts no job after TICK_TIME_BUDGET_SECONDS; a started job is bounded by
+its I/O timeouts (two market-data requests, at most one model call of OPENAI_TIMEOUT_SECONDS with
+no retry, at most one execute request of EXECUTE_TIMEOUT_SECONDS, a few RPCs), and it starts the
+model call or the execute request only while that call's timeout still fits before the tick's
+hard deadline (FUNCTION_TIMEOUT_SECONDS minus a reserve for the release). So a tick ends — its
+jobs released in one call — before the function's own timeout, and every lease outlives it
+(TICK_TIME_BUDGET_SECONDS < JOB_LEASE_SECONDS; the heartbeat extends leases while jobs run).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.api.steplog import register_secret
+from shared.auth import AuthSettings
+from shared.exchange.readonly import CANDLE_INTERVALS
+from shared.exchange.settings import ReadonlyExchangeSettings
+from shared.rpc.settings import RpcSettings
+from shared.settings import ConfigurationError, load_settings
+
+# gpt_model_prices.model's check: a model name we can reserve budget for.
+_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
+_PLACEHOLDERS = frozenset({"changeme", "changethis", "xxx", "your-api-key", "sk-..."})
+
+# The reservation lifetime (private.gpt_reservation_lifetime, 15 min): a model call must end well
+# before run_maintenance may release its reservation as stale.
+RESERVATION_LIFETIME_SECONDS = 900
+# What a tick keeps back at its end for release_job_locks and the response.
+RELEASE_RESERVE_SECONDS = 10.0
+# A generous allowance for a job's market-data requests and RPCs in the timing check below.
+JOB_IO_ALLOWANCE_SECONDS = 30.0
+
+
+def _http_url(value: str | None, name: str) -> str | None:
+    if value is None or not value.strip():
+        return None
+    value = value.strip().rstrip("/")
+    if not value.startswith(("https://", "http://")):
+        raise ValueError(f"{name} must be an http(s) URL")
+    return value
+
+
+class ScannerSettings(BaseSettings):
+    """scan_scheduler's own settings. Names are the environment variables, upper-cased."""
+
+    model_config = SettingsConfigDict(
+        extra="ignore", frozen=True, case_sensitive=False, hide_input_in_errors=True
+    )
+
+    # -- the oracle ------------------------------------------------------------------------------
+    oracle: Literal["rules", "openai"] = "rules"
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_model: str = "gpt-4o-mini"
+    # Per request; the SDK never retries (max_retries=0). Well below the job lease and the 15-minute
+    # reservation lifetime.
+    openai_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    # Sent as max_completion_tokens and reserved as the completion's worst case (G7).
+    openai_max_completion_tokens: int = Field(default=500, ge=16, le=32768)
+
+    # -- auto-execute ----------------------------------------------------------------------------
+    execute_function_url: str | None = None
+    execute_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
+    trading_mode: Literal["paper", "live"] = "paper"
+
+    # -- the tick --------------------------------------------------------------------------------
+    tick_time_budget_seconds: float = Field(default=30.0, gt=0, le=3000)
+    function_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+    job_lease_seconds: int = Field(default=300, ge=10, le=3600)  # claim_due_scan_jobs' bounds
+    heartbeat_seconds: float | None = Field(default=None, gt=0)  # default: a third of the lease
+    scan_concurrency: int = Field(default=4, ge=1, le=32)
+    max_jobs_limit: int = Field(default=100, ge=1, le=1000)  # the largest max_jobs a body may ask
+    proposal_ttl_seconds: int = Field(default=900, ge=60, le=86400)
+
+    # -- market data and the rules oracle ---------------------------------------------------------
+    candle_interval: str = "1h"
+    candle_limit: int = Field(default=100, ge=30, le=1440)
+    rules_fast_ema: int = Field(default=12, ge=2, le=200)
+    rules_slow_ema: int = Field(default=26, ge=3, le=400)
+    rules_rsi_period: int = Field(default=14, ge=2, le=100)
+    rules_min_trend_pct: Decimal = Field(default=Decimal("0.10"), ge=0, le=100)
+    rules_rsi_overbought: Decimal = Field(default=Decimal(70), gt=0, le=100)
+    rules_rsi_oversold: Decimal = Field(default=Decimal(30), ge=0, lt=100)
+
+    @field_validator("openai_api_key", mode="after")
+    @classmethod
+    def _real_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        text = value.get_secret_value()
+        if any(c.isspace() for c in text):
+            raise ValueError("must not contain whitespace")
+        if text.lower() in _PLACEHOLDERS:
+            raise ValueError("is a placeholder, not a key")
+        return value
+
+    @field_validator("openai_base_url", mode="after")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        url = _http_url(value, "OPENAI_BASE_URL")
+        if url is None:
+            raise ValueError("OPENAI_BASE_URL must be an http(s) URL")
+        return url
+
+    @field_validator("execute_function_url", mode="after")
+    @classmethod
+    def _execute_url(cls, value: str | None) -> str | None:
+        return _http_url(value, "EXECUTE_FUNCTION_URL")
+
+    @field_validator("openai_model", mode="after")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if not _MODEL.fullmatch(value):
+            raise ValueError("must be a model name like gpt-4o-mini (a gpt_model_prices.model)")
+        return value
+
+    @field_validator("candle_interval", mode="after")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        if value not in CANDLE_INTERVALS:
+            raise ValueError(f"must be one of {', '.join(sorted(CANDLE_INTERVALS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.oracle == "openai" and self.openai_api_key is None:
+            raise ValueError("OPENAI_API_KEY is not set: ORACLE=openai needs it")
+        if self.rules_fast_ema >= self.rules_slow_ema:
+            raise ValueError("RULES_FAST_EMA must be shorter than RULES_SLOW_EMA")
+        if self.candle_limit < self.rules_slow_ema + self.rules_rsi_period:
+            raise ValueError("CANDLE_LIMIT must cover RULES_SLOW_EMA + RULES_RSI_PERIOD candles")
+        if self.rules_rsi_oversold >= self.rules_rsi_overbought:
+            raise ValueError("RULES_RSI_OVERSOLD must be below RULES_RSI_OVERBOUGHT")
+        if self.heartbeat > self.job_lease_seconds / 2:
+            raise ValueError("HEARTBEAT_SECONDS must be at most half of JOB_LEASE_SECONDS, so a "
+                             "missed heartbeat does not lose the lease")
+        if self.tick_time_budget_seconds >= self.job_lease_seconds:
+            raise ValueError("TICK_TIME_BUDGET_SECONDS must be below JOB_LEASE_SECONDS")
+        if self.openai_timeout_seconds >= min(self.job_lease_seconds,
+                                              RESERVATION_LIFETIME_SECONDS / 3):
+            raise ValueError("OPENAI_TIMEOUT_SECONDS must be below JOB_LEASE_SECONDS and a third "
+                             "of the 15-minute GPT reservation lifetime")
+        model_call = self.openai_timeout_seconds if self.oracle == "openai" else 0.0
+        worst_tick = (self.tick_time_budget_seconds + JOB_IO_ALLOWANCE_SECONDS + model_call
+                      + self.execute_timeout_seconds + RELEASE_RESERVE_SECONDS)
+        if worst_tick > self.function_timeout_seconds:
+            raise ValueError(
+                "FUNCTION_TIMEOUT_SECONDS is too short for TICK_TIME_BUDGET_SECONDS plus one job "
+                f"(market data and RPCs {JOB_IO_ALLOWANCE_SECONDS:.0f} s, OPENAI_TIMEOUT_SECONDS "
+                f"when ORACLE=openai, EXECUTE_TIMEOUT_SECONDS) plus "
+                f"{RELEASE_RESERVE_SECONDS:.0f} s for the release: it needs at least "
+                f"{worst_tick:.0f} s")
+        return self
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between heartbeats of the running jobs' leases."""
+        return self.heartbeat_seconds or self.job_lease_seconds / 3
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """Everything scan_scheduler reads from its environment, by concern."""
+
+    rpc: RpcSettings
+    auth: AuthSettings
+    exchange: ReadonlyExchangeSettings
+    scanner: ScannerSettings
+
+    @classmethod
+    def load(cls) -> ScanSettings:
+        """Load every model from the environment; all problems in one ConfigurationError."""
+        parts: dict[str, object] = {}
+        problems: list[str] = []
+        for name, model in (("rpc", RpcSettings), ("auth", AuthSettings),
+                            ("exchange", ReadonlyExchangeSettings), ("scanner", ScannerSettings)):
+            try:
+                parts[name] = load_settings(model)
+            except ConfigurationError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigurationError("\n".join(problems))
+        settings = cls(**parts)  # type: ignore[arg-type]
+        settings._check_together()
+        return settings
+
+    def _check_together(self) -> None:
+        if self.scanner.execute_function_url and self.service_key is None:
+            raise ConfigurationError(
+                "ScanSettings: invalid configuration\n  SUPABASE_SERVICE_ROLE_KEY is not set: "
+                "EXECUTE_FUNCTION_URL needs it (the scanner authenticates to trading_execute "
+                "with the service-role key)")
+        if self.auth.supabase_service_role_key is None and self.auth.supabase_jwt_secret is None:
+            raise ConfigurationError(
+                "ScanSettings: invalid configuration\n  SUPABASE_SERVICE_ROLE_KEY is not set: the "
+                "tick accepts only the service role (set it, or SUPABASE_JWT_SECRET for a legacy "
+                "service_role JWT)")
+
+    @property
+    def service_key(self) -> SecretStr | None:
+        return self.auth.supabase_service_role_key or self.rpc.supabase_service_role_key
+
+    def register_secrets(self) -> None:
+        """Scrub every configured secret from every later log line (steplog)."""
+        for secret in (self.rpc.database_url, self.rpc.supabase_service_role_key,
+                       self.auth.supabase_jwt_secret, self.auth.supabase_service_role_key,
+                       self.exchange.bitvavo_readonly_api_key,
+                       self.exchange.bitvavo_readonly_api_secret,
+                       self.scanner.openai_api_key):
+            register_secret(secret)
