@@ -7,10 +7,10 @@
  *                            (private.gpt_reservation_lifetime: 15 minutes)
  *   cron 'run-maintenance'   * * * * *  select public.run_maintenance()
  *   cron 'purge-cron-history' daily: pg_cron's own run log older than 7 days
- *   cron 'invoke-scan-scheduler' (hosted Supabase only, when pg_net is installed): POSTs to the
- *                            scan_scheduler function every minute, URL and bearer from Vault
- *                            secrets `scan_scheduler_url` and `scan_scheduler_service_key`;
- *                            locally the dev stack calls the function itself.
+ *   cron 'invoke-scan-scheduler' (hosted Supabase only, when pg_net's net.http_post and Vault
+ *                            exist): POSTs a tick to the scan_scheduler function every minute, URL
+ *                            and bearer from Vault secrets `scan_scheduler_url` and
+ *                            `scan_scheduler_service_key`; locally the dev stack calls it itself.
  *
  * pg_cron can only be created in its cron.database_name; this migration must run there (as it
  * does on Supabase and in the test harness's template database). Scheduling is idempotent:
@@ -106,12 +106,26 @@ end
 $$;
 
 -- Hosted Supabase only: pg_net (schema `net`) and Vault exist there, not on a plain PostgreSQL.
+-- The test is on the function the command calls (pg_net's signature), so a stand-in `net.http_post`
+-- on a test cluster schedules the same command (tests/test_scan_cron.py runs it).
 -- The command reads the URL and the key from Vault at every run, so rotating a secret needs no
--- migration, and does nothing until the URL secret exists.
+-- migration, and does nothing until both secrets exist. It matches scan_scheduler's contract
+-- (SPEC §4, shared/scanning/tick.py):
+--   POST <scan_scheduler_url>             net.http_post always POSTs
+--   Authorization: Bearer <service key>   the tick accepts the service-role key only (401 otherwise)
+--   Content-Type: application/json        body {"max_jobs": 10}, the tick's default, said explicitly
+--   timeout_milliseconds 120000           the function's own timeout (FUNCTION_TIMEOUT_SECONDS, 120 s):
+--                                         a tick stops starting jobs after TICK_TIME_BUDGET_SECONDS
+--                                         (30 s) and ends before that timeout, so pg_net waits for
+--                                         its answer (net._http_response) instead of recording a
+--                                         timeout for every tick that works for more than 5 s.
+-- net.http_post only queues the request (pg_net sends it after the cron transaction commits), so a
+-- long timeout never holds up pg_cron; a tick still running when the next minute's starts is safe:
+-- the jobs it holds are leased to it (G2).
 do $$
 begin
-  if not (exists (select from pg_catalog.pg_extension where extname in ('pg_net', 'net'))
-          and to_regclass('vault.decrypted_secrets') is not null) then
+  if to_regprocedure('net.http_post(text, jsonb, jsonb, jsonb, integer)') is null
+     or to_regclass('vault.decrypted_secrets') is null then
     raise notice 'pg_net or Vault not installed: invoke-scan-scheduler not scheduled (the local stack calls scan_scheduler itself)';
     return;
   end if;
@@ -121,13 +135,14 @@ begin
   perform cron.schedule('invoke-scan-scheduler', '* * * * *', $cmd$
     select net.http_post(
       url := (select s.decrypted_secret from vault.decrypted_secrets s where s.name = 'scan_scheduler_url'),
+      body := '{"max_jobs": 10}'::jsonb,
       headers := jsonb_build_object(
         'Authorization', 'Bearer ' || (select s.decrypted_secret from vault.decrypted_secrets s
                                        where s.name = 'scan_scheduler_service_key'),
         'Content-Type', 'application/json'),
-      body := '{}'::jsonb,
-      timeout_milliseconds := 5000)
+      timeout_milliseconds := 120000)
     where exists (select from vault.decrypted_secrets s where s.name = 'scan_scheduler_url')
+      and exists (select from vault.decrypted_secrets s where s.name = 'scan_scheduler_service_key')
   $cmd$);
 end
 $$;
