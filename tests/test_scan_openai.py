@@ -289,7 +289,7 @@ def test_no_answer_after_sending_leaves_the_reservation_to_expire(
     assert [e[0] for e in events] == ["reserved"]
 
 
-# -- never without a reservation -----------------------------------------------------------------
+# -- never without a reservation ------------------------------------------------------------------
 def test_a_denied_reservation_sends_no_request(events: list[tuple[Any, ...]],
                                                httpx_mock: HTTPXMock) -> None:
     port = FakeBudgetPort(events, allowed=False)
@@ -324,7 +324,7 @@ def test_every_request_of_many_calls_carries_its_own_granted_reservation(
     assert sorted(port.settled) == sorted(reserved)
 
 
-# -- the schema and the prompt bound -------------------------------------------------------------
+# -- the schema and the prompt bound --------------------------------------------------------------
 def test_the_pydantic_model_and_the_json_schema_agree() -> None:
     assert set(SIGNAL_SCHEMA["required"]) == set(ModelSignal.model_fields)
     assert SIGNAL_SCHEMA["properties"]["action"]["enum"] == ["buy", "sell", "hold"]

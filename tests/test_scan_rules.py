@@ -40,7 +40,7 @@ def request(closes: list[Decimal]) -> OracleRequest:
 
 
 def zigzag(start: int, step: int, up: int, down: int, n: int = 80) -> list[Decimal]:
-    """A trend of `step` per candle, made of `up`-candle rises and one-candle pullbacks of `down`."""
+    """A trend of `step` per candle: `up`-candle rises, then a one-candle pullback of `down`."""
     prices, price = [], Decimal(start)
     for i in range(n):
         price += Decimal(-down) if i % (up + 1) == up else Decimal(step)
@@ -123,7 +123,7 @@ def test_the_filter_thresholds_are_settings() -> None:
     assert isinstance(strict.decide(request(UPTREND)), NoSignal)
 
 
-# -- sizing -------------------------------------------------------------------------------------
+# -- sizing ---------------------------------------------------------------------------------------
 def sizing(**overrides: object) -> dict[str, object]:
     base: dict[str, object] = {"mode": "paper", "min_order_quote": Decimal(5),
                                "max_order_quote": Decimal(50),

@@ -38,7 +38,7 @@ from shared.scanning.tick import Scanner, max_jobs_from_body
 from shared.settings import ConfigurationError
 from tests.test_scan_rules import UPTREND
 
-# -- the body --------------------------------------------------------------------------------------
+# -- the body -------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("body", "expected"), [(b"", 10), (b"  ", 10), (b"{}", 10),
@@ -58,7 +58,7 @@ def test_a_bad_body_is_a_400_problem(body: bytes) -> None:
     assert exc.value.problem.status == 400 and exc.value.problem.slug == "invalid-body"
 
 
-# -- settings ----------------------------------------------------------------------------------------
+# -- settings -------------------------------------------------------------------------------------
 BASE_ENV = {"DATABASE_URL": "postgresql://u:hunter2-password@127.0.0.1:5/db",
             "SUPABASE_SERVICE_ROLE_KEY": "sb_secret_unit-test-service-key-000"}
 
@@ -136,7 +136,7 @@ def test_every_configured_secret_is_scrubbed_from_logs(monkeypatch: pytest.Monke
     assert "scrub-me" not in line and "ro-secret" not in line and "unit-test" not in line
 
 
-# -- leases ------------------------------------------------------------------------------------------
+# -- leases ---------------------------------------------------------------------------------------
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -202,7 +202,7 @@ def test_the_heartbeat_confirms_extends_and_notices_a_lost_lease() -> None:
     assert len(port.calls) == 3  # a lost lease is not beaten again
 
 
-# -- the tick with fakes ------------------------------------------------------------------------------
+# -- the tick with fakes --------------------------------------------------------------------------
 class FakeWorld:
     """claim_due_scan_jobs / get_scan_context / create_scan_proposal / heartbeat /
     release_job_locks over an in-memory queue; the clock advances one second per claim."""
@@ -308,7 +308,7 @@ def test_a_job_whose_lease_is_gone_writes_nothing() -> None:
     assert "lease" in world.releases[0][1]["error"]
 
 
-# -- the execute request ------------------------------------------------------------------------------
+# -- the execute request --------------------------------------------------------------------------
 URL = "http://execute.test/"
 KEY = SecretStr("sb_secret_execute-test-key-0001")
 
