@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
+
 from tests.pg import Database
 from tests.sandbox_server import SandboxServer
 
@@ -159,7 +161,11 @@ class RecordingServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        class _Server(ThreadingHTTPServer):
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass  # a client that went away (a killed function) is expected here
+
+        self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
@@ -175,3 +181,101 @@ class RecordingServer:
         with self._lock:
             return list(self.requests)
 
+
+
+class HoldingProxy:
+    """A pass-through proxy to the sandbox that can hold a market's candle requests: the job
+    asking for them is then provably mid-job (after its claim and context, before its oracle)
+    until `release()`. `arrived[market]` is set when a held request comes in."""
+
+    def __init__(self, sandbox: SandboxServer, hold: Sequence[str] = ()) -> None:
+        self.sandbox = sandbox
+        self.held = set(hold)
+        self.arrived = {m: threading.Event() for m in hold}
+        self._go = threading.Event()
+        self._client = httpx.Client(base_url=sandbox.root, timeout=30.0)
+        self.server = RecordingServer(self._forward)
+
+    @property
+    def rest_url(self) -> str:
+        return self.server.url + "/v2"
+
+    def release(self) -> None:
+        self._go.set()
+
+    def _forward(self, request: Recorded) -> tuple[int, Mapping[str, str], bytes]:
+        for market in self.held:
+            if request.path.startswith(f"/v2/{market}/candles"):
+                self.arrived[market].set()
+                self._go.wait(60)
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in ("host", "content-length", "connection")}
+        answer = self._client.request(request.method, request.path, headers=headers,
+                                      content=request.body or None)
+        keep = {k: v for k, v in answer.headers.items()
+                if k.lower() not in ("content-length", "transfer-encoding", "connection",
+                                     "content-encoding")}
+        return answer.status_code, keep, answer.content
+
+    def __enter__(self) -> HoldingProxy:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._go.set()
+        self.server.__exit__(*exc)
+        self._client.close()
+
+
+class ExecuteStandIn:
+    """Answers like trading_execute's contract (SPEC §4, DESIGN.md) for the scanner's requests:
+    the first request of an (Idempotency-Key, proposal) → 201 with a filled execution; the same
+    key and proposal again → 200 + Idempotent-Replayed: true; a key seen with another proposal →
+    422 idempotency-key-reused. `fail_first` answers 503 to that many requests first; `hold`
+    makes the first request wait for `release()`. Records every request (RecordingServer)."""
+
+    def __init__(self, *, fail_first: int = 0, hold: bool = False) -> None:
+        self.fail_first = fail_first
+        self.executed: dict[str, str] = {}  # key → proposal id
+        self._hold = threading.Event() if hold else None
+        self.arrived = threading.Event()
+        self._lock = threading.Lock()
+        self.server = RecordingServer(self._answer)
+
+    @property
+    def url(self) -> str:
+        return self.server.url + "/"
+
+    @property
+    def requests(self) -> list[Recorded]:
+        return self.server.snapshot()
+
+    def release(self) -> None:
+        if self._hold is not None:
+            self._hold.set()
+
+    def _answer(self, request: Recorded) -> tuple[int, Mapping[str, str], dict[str, Any]]:
+        self.arrived.set()
+        if self._hold is not None:
+            self._hold.wait(60)
+        key = request.header("Idempotency-Key") or ""
+        proposal = (request.json() or {}).get("proposal_id")
+        with self._lock:
+            if self.fail_first > 0:
+                self.fail_first -= 1
+                return 503, {}, {"type": "/problems/unavailable", "status": 503}
+            if key in self.executed:
+                if self.executed[key] != proposal:
+                    return 422, {}, {"type": "/problems/idempotency-key-reused", "status": 422}
+                return 200, {"Idempotent-Replayed": "true"}, {
+                    "execution": {"proposal_id": proposal, "status": "filled"}}
+            self.executed[key] = proposal
+        return 201, {}, {"execution": {"proposal_id": proposal, "status": "filled"}}
+
+    def __enter__(self) -> ExecuteStandIn:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        self.server.__exit__(*exc)

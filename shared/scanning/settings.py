@@ -157,8 +157,8 @@ class ScannerSettings(BaseSettings):
                              "missed heartbeat does not lose the lease")
         if self.tick_time_budget_seconds >= self.job_lease_seconds:
             raise ValueError("TICK_TIME_BUDGET_SECONDS must be below JOB_LEASE_SECONDS")
-        if self.openai_timeout_seconds >= min(self.job_lease_seconds,
-                                              RESERVATION_LIFETIME_SECONDS / 3):
+        if self.oracle == "openai" and self.openai_timeout_seconds >= min(
+                self.job_lease_seconds, RESERVATION_LIFETIME_SECONDS / 3):
             raise ValueError("OPENAI_TIMEOUT_SECONDS must be below JOB_LEASE_SECONDS and a third "
                              "of the 15-minute GPT reservation lifetime")
         model_call = self.openai_timeout_seconds if self.oracle == "openai" else 0.0

@@ -92,6 +92,7 @@ class JobOutcome:
     error: str | None = None
     proposal_id: str | None = None
     proposal_status: str | None = None
+    proposal: str | None = None  # created | replayed: counted even when a later step fails
     executions_requested: int = 0
     execution: str | None = None
 
@@ -270,8 +271,8 @@ class Tick:
         for o in outcomes:
             report.succeeded += o.succeeded
             report.failed += not o.succeeded
-            report.proposals += o.result == "proposed"
-            report.proposals_replayed += o.result == "replayed"
+            report.proposals += o.proposal == "created"
+            report.proposals_replayed += o.proposal == "replayed"
             report.budget_denied += o.result == "budget_denied"
             report.no_signal += o.result == "no_signal"
             report.no_room += o.result == "no_room"
@@ -341,7 +342,7 @@ class Tick:
         if existing:
             # This due period already proposed (an earlier run died before its release): hand
             # the same proposal on, never propose twice.
-            outcome.result = "replayed"
+            outcome.result = outcome.proposal = "replayed"
             outcome.proposal_id = str(existing["proposal_id"])
             outcome.proposal_status = existing.get("status")
             log.event("proposal", "replayed", proposal_id=outcome.proposal_id,
@@ -406,6 +407,7 @@ class Tick:
             outcome.result = "job_deleted"
             return
         outcome.result = "proposed" if created.get("outcome") == "created" else "replayed"
+        outcome.proposal = "created" if created.get("outcome") == "created" else "replayed"
         outcome.proposal_id = str(created["proposal_id"])
         outcome.proposal_status = created.get("status")
         if created.get("status") == "approved" and created.get("decided_by") == "auto":

@@ -1,0 +1,505 @@
+"""scan_scheduler end to end: the real function (functions-framework CLI on 127.0.0.1), the real
+database (tests/pg.py) and the Bitvavo sandbox over real HTTP.
+
+- G2: 208 due jobs over 52 users and 4 markets, 4 concurrent tick callers on 2 function processes
+  → every job claimed and run exactly once for its due period, proposals written, jobs rescheduled;
+- G2: a worker SIGKILLed mid-job → its leases expire → a later tick completes each job once, and
+  the job that had already proposed and asked for execution hands on the same proposal with the
+  same Idempotency-Key (executed once);
+- G2: the heartbeat extends the leases of running jobs; a job whose lease was taken over writes
+  nothing;
+- a failing job (a market the sandbox does not know) backs off, the others are unaffected;
+- G7 with ORACLE=openai against an OpenAI-compatible fake served here over HTTP;
+- auto-execute: the request's headers and body, and a failed request retried with the same key;
+- the HTTP contract (401/400/405) and the jobs/second of one tick (printed, never asserted).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+
+from shared.auth import dev_token
+from tests.function_server import FunctionServer, start_function
+from tests.pg import Database
+from tests.sandbox_server import SandboxServer
+from tests.scan_support import (
+    ALWAYS_SIGNAL,
+    JWT_SECRET,
+    OPENAI_KEY,
+    SERVICE_KEY,
+    ExecuteStandIn,
+    HoldingProxy,
+    Recorded,
+    RecordingServer,
+    build_world,
+    scan_env,
+    service_headers,
+    step_lines,
+)
+
+AUTO = {"auto_execute": True, "min_confidence": Decimal("0.5"), "trading_enabled": True}
+
+
+def tick(fn: FunctionServer, max_jobs: int = 10) -> dict[str, Any]:
+    answer = fn.post("/", json={"max_jobs": max_jobs}, headers=service_headers())
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def total(responses: list[dict[str, Any]], key: str) -> int:
+    return sum(r[key] for r in responses)
+
+
+def ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def lines(*servers: FunctionServer, step: str | None = None) -> list[dict[str, Any]]:
+    found = [line for fn in servers for line in step_lines(fn.logs())]
+    return [line for line in found if step is None or line["step"] == step]
+
+
+def jobs_by_market(db: Database) -> dict[str, uuid.UUID]:
+    return {m: j for j, m in db.query("select id, market from public.scan_jobs")}
+
+
+def wait_for(condition: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# -- G2 under concurrency ----------------------------------------------------------------------
+def test_g2_208_jobs_and_4_concurrent_callers_run_every_job_once(
+        db: Database, bitvavo_sandbox: SandboxServer) -> None:
+    build_world(db, users=52)
+    assert db.scalar("select count(*) from public.scan_jobs where next_run_at <= now()") == 208
+    env = scan_env(db, bitvavo_sandbox, **ALWAYS_SIGNAL)
+    responses: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def caller(fn: FunctionServer) -> None:
+        try:
+            while True:
+                answer = tick(fn, 10)
+                responses.append(answer)
+                if answer["claimed"] == 0:
+                    return
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    with start_function("scan_scheduler", env=env) as a, \
+            start_function("scan_scheduler", env=env) as b:
+        threads = [threading.Thread(target=caller, args=(fn,)) for fn in (a, b, a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not errors, errors
+        claims = lines(a, b, step="claim")
+        runs = lines(a, b, step="job")
+        releases = lines(a, b, step="release")
+
+    # The ticks' own counts.
+    assert total(responses, "claimed") == 208 == total(responses, "succeeded")
+    assert total(responses, "failed") == 0 and total(responses, "released") == 208
+    assert total(responses, "proposals") == 208
+    # Claimed exactly once: every job id is in exactly one claim line, run exactly once.
+    claimed = Counter(job for line in claims for job in line.get("job_ids", []))
+    assert len(claimed) == 208 and set(claimed.values()) == {1}
+    ran = Counter(line["job_id"] for line in runs)
+    assert len(ran) == 208 and set(ran.values()) == {1}
+    assert all(line["succeeded"] and line["outcome"] == "proposed" for line in runs)
+    # Never two at the same time: per job, its lease intervals (claim → its tick's release) and
+    # its run intervals do not overlap (each job has one of each); and the work really was
+    # concurrent — several ticks' jobs ran at once.
+    released_at = {line["worker_id"]: ts(line["time"]) for line in releases}
+    leases: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for line in claims:
+        for job in line.get("job_ids", []):
+            leases[job].append((ts(line["time"]), released_at[line["worker_id"]]))
+    for intervals in leases.values():
+        intervals.sort()
+        assert all(end <= nxt for (_, end), (nxt, _) in zip(intervals, intervals[1:],
+                                                             strict=False))
+    spans = sorted((ts(r["started_at"]), ts(r["finished_at"])) for r in runs)
+    peak = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert peak > 1
+    assert len({line["worker_id"] for line in runs}) >= 4
+
+    # The database: one proposal per job, every job released and rescheduled one interval on.
+    per_job = db.query("select count(*) from public.trade_proposals group by scan_job_id")
+    assert len(per_job) == 208 and {n for (n,) in per_job} == {1}
+    state = db.query("""
+        select count(*) filter (where locked_by is null and attempts = 1
+                                  and consecutive_failures = 0 and last_success_at is not null
+                                  and next_run_at between last_run_at + interval '599 seconds'
+                                                      and last_run_at + interval '601 seconds')
+        from public.scan_jobs""")
+    assert state == [(208,)]
+
+
+def test_jobs_per_second_of_one_tick(db: Database, bitvavo_sandbox: SandboxServer) -> None:
+    """One tick of 60 due jobs, rules oracle, sandbox market data: printed, never asserted."""
+    build_world(db, users=15)
+    measured = {}
+    for concurrency in (1, 4):
+        db.query("update public.scan_jobs set next_run_at = now() - interval '1 second'")
+        env = scan_env(db, bitvavo_sandbox, SCAN_CONCURRENCY=str(concurrency), **ALWAYS_SIGNAL)
+        with start_function("scan_scheduler", env=env) as fn:
+            tick(fn, 1)  # warm the connection pools
+            db.query("update public.scan_jobs set next_run_at = now() - interval '1 second'")
+            bitvavo_sandbox.reset()
+            started = time.perf_counter()
+            answer = tick(fn, 60)
+            wall = time.perf_counter() - started
+        assert answer["claimed"] == 60 == answer["succeeded"]
+        measured[concurrency] = (60 / (answer["elapsed_ms"] / 1000), 60 / wall)
+    for concurrency, (inside, http) in measured.items():
+        print(f"\none tick, 60 jobs, SCAN_CONCURRENCY={concurrency}: {inside:.1f} jobs/s "
+              f"(inside the tick), {http:.1f} jobs/s (request to response)")
+
+
+def test_g2_a_sigkilled_worker_s_jobs_run_again_once_after_the_lease(
+        db: Database, bitvavo_sandbox: SandboxServer) -> None:
+    build_world(db, users=1, markets=("BTC-EUR", "ETH-EUR"), settings=AUTO)
+    job = jobs_by_market(db)
+    with HoldingProxy(bitvavo_sandbox, hold=["BTC-EUR"]) as proxy, ExecuteStandIn() as execute:
+        env = scan_env(db, bitvavo_sandbox, BITVAVO_REST_URL=proxy.rest_url,
+                       EXECUTE_FUNCTION_URL=execute.url, JOB_LEASE_SECONDS="10",
+                       HEARTBEAT_SECONDS="2", TICK_TIME_BUDGET_SECONDS="5", **ALWAYS_SIGNAL)
+        with start_function("scan_scheduler", env=env) as a:
+            doomed = threading.Thread(target=lambda: _ignore(lambda: tick(a, 10)))
+            doomed.start()
+            # BTC-EUR's job is held in its market data; ETH-EUR's job proposes, is auto-approved,
+            # its execution is requested and answered — and the tick has not released anything.
+            assert proxy.arrived["BTC-EUR"].wait(20)
+            wait_for(lambda: any(r["market"] == "ETH-EUR" for r in lines(a, step="job")),
+                     what="ETH-EUR's job to finish")
+            claim_line = lines(a, step="claim")[0]
+            killed_at = time.time()
+            a.kill()
+            doomed.join(timeout=30)
+        held = db.query("select market, locked_by, lock_expires_at > now() from public.scan_jobs "
+                        "order by market")
+        assert [(m, alive) for m, _, alive in held] == [("BTC-EUR", True), ("ETH-EUR", True)]
+        assert {w for _, w, _ in held} == {claim_line["worker_id"]}
+        assert db.scalar("select count(*) from public.trade_proposals where scan_job_id = %s",
+                         (job["ETH-EUR"],)) == 1
+        assert len(execute.requests) == 1
+        proxy.release()
+
+        with start_function("scan_scheduler", env=env) as b:
+            assert tick(b)["claimed"] == 0  # the dead worker's leases still hold
+            wait_for(lambda: db.scalar("select bool_and(lock_expires_at <= now()) "
+                                       "from public.scan_jobs"), timeout=20,
+                     what="the dead worker's leases to expire")
+            later = tick(b)
+            runs = lines(b, step="job")
+
+    assert (later["claimed"], later["succeeded"], later["failed"]) == (2, 2, 0)
+    assert (later["proposals"], later["proposals_replayed"]) == (1, 1)
+    assert later["executions_requested"] == 2
+    # Completed once: one proposal per job, both released and rescheduled.
+    assert db.query("select market, count(*) from public.trade_proposals group by market "
+                    "order by market") == [("BTC-EUR", 1), ("ETH-EUR", 1)]
+    assert db.query("select count(*) from public.scan_jobs where locked_by is null and "
+                    "last_success_at is not null and attempts = 2") == [(2,)]
+    # Executed once: ETH-EUR's proposal was requested twice with one key and one body; the
+    # second answer was the replay. BTC-EUR's new proposal once.
+    keys = Counter(r.header("Idempotency-Key") for r in execute.requests)
+    proposal = {m: str(p) for m, p in db.query("select market, id from public.trade_proposals")}
+    assert keys == {f"auto:{proposal['ETH-EUR']}": 2, f"auto:{proposal['BTC-EUR']}": 1}
+    eth = [r for r in execute.requests if r.header("Idempotency-Key").endswith(proposal["ETH-EUR"])]
+    assert eth[0].json() == eth[1].json()
+    assert sorted(execute.executed.values()) == sorted(proposal.values())
+    # Never at the same time: the later run started after the kill, after the lease expired.
+    assert all(ts(r["started_at"]) > killed_at for r in runs)
+    assert ts(claim_line["time"]) < killed_at
+
+
+def _ignore(call: Any) -> None:
+    try:
+        call()
+    except (httpx.HTTPError, AssertionError):
+        pass  # the server was killed under it
+
+
+def test_g2_the_heartbeat_keeps_leases_and_a_taken_over_job_writes_nothing(
+        db: Database, bitvavo_sandbox: SandboxServer) -> None:
+    build_world(db, users=1, markets=("BTC-EUR", "ETH-EUR"))
+    job = jobs_by_market(db)
+    with HoldingProxy(bitvavo_sandbox, hold=["BTC-EUR", "ETH-EUR"]) as proxy:
+        env = scan_env(db, bitvavo_sandbox, BITVAVO_REST_URL=proxy.rest_url,
+                       JOB_LEASE_SECONDS="10", HEARTBEAT_SECONDS="1",
+                       TICK_TIME_BUDGET_SECONDS="5", **ALWAYS_SIGNAL)
+        with start_function("scan_scheduler", env=env) as fn:
+            result: dict[str, Any] = {}
+            runner = threading.Thread(target=lambda: result.update(tick(fn, 10)))
+            runner.start()
+            assert proxy.arrived["BTC-EUR"].wait(20) and proxy.arrived["ETH-EUR"].wait(20)
+            before = dict(db.query("select market, lock_expires_at from public.scan_jobs"))
+            time.sleep(2.5)
+            after = dict(db.query("select market, lock_expires_at from public.scan_jobs"))
+            for market in before:
+                assert (after[market] - before[market]).total_seconds() > 1.5, market
+            # Another worker takes ETH-EUR's job over (its lease is made to have expired).
+            db.query("update public.scan_jobs set locked_at = now() - interval '30 seconds', "
+                     "lock_expires_at = now() - interval '1 second' where id = %s",
+                     (job["ETH-EUR"],))
+            taken = db.rpc_rows("claim_due_scan_jobs", p_worker_id="thief", p_limit=10)
+            assert [r["id"] for r in taken] == [job["ETH-EUR"]]
+            proxy.release()
+            runner.join(timeout=60)
+            release = lines(fn, step="release")[0]
+
+    assert (result["claimed"], result["succeeded"], result["failed"]) == (2, 1, 1)
+    assert (result["lease_lost"], result["proposals"], result["released"]) == (1, 1, 1)
+    assert release["not_released"] == [str(job["ETH-EUR"])]
+    assert db.query("select market from public.trade_proposals") == [("BTC-EUR",)]
+    assert db.scalar("select locked_by from public.scan_jobs where id = %s",
+                     (job["ETH-EUR"],)) == "thief"
+
+
+# -- failures -------------------------------------------------------------------------------------
+def test_a_failing_job_backs_off_and_the_others_are_unaffected(
+        db: Database, bitvavo_sandbox: SandboxServer) -> None:
+    # DOGE-EUR is allowlisted here but unknown to the exchange: its market data answers 205.
+    build_world(db, users=3, markets=("BTC-EUR", "ETH-EUR", "DOGE-EUR"))
+    with start_function("scan_scheduler",
+                        env=scan_env(db, bitvavo_sandbox, **ALWAYS_SIGNAL)) as fn:
+        first = tick(fn, 20)
+        after_first = db.query("""
+            select market, consecutive_failures, last_error,
+                   extract(epoch from next_run_at - last_run_at)::int, locked_by
+            from public.scan_jobs order by market""")
+        db.query("update public.scan_jobs set next_run_at = now() where market = 'DOGE-EUR'")
+        second = tick(fn, 20)
+        after_second = db.query("select market, consecutive_failures, "
+                                "extract(epoch from next_run_at - last_run_at)::int "
+                                "from public.scan_jobs order by market")
+
+    assert (first["claimed"], first["succeeded"], first["failed"]) == (9, 6, 3)
+    assert first["proposals"] == 6
+    for market, failures, error, wait, locked_by in after_first:
+        assert locked_by is None
+        if market == "DOGE-EUR":
+            assert (failures, wait) == (1, 30)  # backoff: 30 s × 2^0
+            assert "205" in error and "market parameter is invalid" in error
+        else:
+            assert (failures, error, wait) == (0, None, 600)
+    assert (second["claimed"], second["failed"], second["proposals"]) == (3, 3, 0)
+    assert {(m, f, w) for m, f, w in after_second if m == "DOGE-EUR"} == {("DOGE-EUR", 2, 60)}
+    assert {(m, f, w) for m, f, w in after_second if m != "DOGE-EUR"} == {
+        ("BTC-EUR", 0, 600), ("ETH-EUR", 0, 600)}
+    assert db.scalar("select count(*) from public.trade_proposals") == 6
+
+
+# -- G7: the GPT budget with ORACLE=openai ---------------------------------------------------------
+class FakeModel:
+    """An OpenAI-compatible /v1/chat/completions served over HTTP. For every request it checks, in
+    the database, that the request's X-Client-Request-Id names a `reserved` gpt_usage_log row and
+    that the user's spend (settled + reserved) is within both limits at that moment. Answers a
+    valid buy, or every 5th a malformed answer and every 7th a refusal, with fixed usage."""
+
+    USAGE = {"prompt_tokens": 1200, "completion_tokens": 150, "total_tokens": 1350,
+             "prompt_tokens_details": {"cached_tokens": 200}}
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.violations: list[str] = []
+        self.served: dict[str, str] = {}  # reservation id → what was answered
+        self.request_ids: dict[str, str] = {}
+        self.max_completion_tokens: set[int] = set()
+        self._count = 0
+        self._lock = threading.Lock()
+        self.server = RecordingServer(self.answer)
+
+    def answer(self, request: Recorded) -> tuple[int, dict[str, str], dict[str, Any]]:
+        rid = request.header("X-Client-Request-Id") or ""
+        body = request.json()
+        rows = self.db.query("select status, user_id, max_completion_tokens "
+                             "from public.gpt_usage_log where id::text = %s", (rid,))
+        if not rows or rows[0][0] != "reserved":
+            self.violations.append(f"request without a reservation: {rid!r} → {rows}")
+        else:
+            _, user, reserved_completion = rows[0]
+            if body.get("max_completion_tokens") != reserved_completion:
+                self.violations.append(f"completion cap {body.get('max_completion_tokens')} is "
+                                       f"not the reserved {reserved_completion}")
+            (spent, hourly, daily), = self.db.query("""
+                select coalesce(sum(case l.status when 'settled' then l.cost_usd
+                                                  else l.reserved_usd end), 0),
+                       s.gpt_hourly_budget_usd, s.gpt_daily_budget_usd
+                from public.trading_settings s
+                left join public.gpt_usage_log l on l.user_id = s.user_id
+                                                and l.status <> 'released'
+                where s.user_id = %s group by s.user_id, s.gpt_hourly_budget_usd,
+                                              s.gpt_daily_budget_usd""", (user,))
+            if spent > min(hourly, daily):
+                self.violations.append(f"spend {spent} above a limit ({hourly}, {daily})")
+        self.max_completion_tokens.add(body.get("max_completion_tokens"))
+        time.sleep(0.2)  # a model takes a while: reservations of concurrent jobs overlap
+        with self._lock:
+            self._count += 1
+            n = self._count
+        kind = "malformed" if n % 5 == 0 else "refusal" if n % 7 == 0 else "buy"
+        content = {"buy": '{"action":"buy","confidence":0.9,"rationale":"Uptrend."}',
+                   "malformed": '{"action":"buy","confidence":"very"}',
+                   "refusal": None}[kind]
+        self.served[rid] = kind
+        self.request_ids[rid] = f"req_fake_{n}"
+        return 200, {"x-request-id": f"req_fake_{n}"}, {
+            "id": f"chatcmpl-fake{n}", "object": "chat.completion", "created": 1764331200,
+            "model": body.get("model"),
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None, "message": {
+                "role": "assistant", "content": content,
+                "refusal": "I can't help with that." if kind == "refusal" else None}}],
+            "usage": self.USAGE}
+
+
+def test_g7_concurrent_ticks_never_spend_beyond_the_limits_and_settle_every_call(
+        db: Database, bitvavo_sandbox: SandboxServer) -> None:
+    # Two users, 4 jobs each: A's hourly limit binds first, B's daily limit.
+    hourly_bound = build_world(db, users=1, settings={"gpt_hourly_budget_usd": Decimal("0.0020"),
+                                                     "gpt_daily_budget_usd": Decimal("0.0100")})
+    daily_bound = build_world(db, users=1, settings={"gpt_hourly_budget_usd": Decimal("0.0100"),
+                                                    "gpt_daily_budget_usd": Decimal("0.0015")})
+    users = hourly_bound + daily_bound
+    fake = FakeModel(db)
+    responses: list[dict[str, Any]] = []
+    with fake.server:
+        env = scan_env(db, bitvavo_sandbox, ORACLE="openai", OPENAI_API_KEY=OPENAI_KEY,
+                       OPENAI_BASE_URL=fake.server.url + "/v1", OPENAI_MODEL="gpt-4o-mini",
+                       OPENAI_MAX_COMPLETION_TOKENS="200", OPENAI_TIMEOUT_SECONDS="10")
+        with start_function("scan_scheduler", env=env) as fn:
+            for _ in range(4):  # rounds: every job due again, 4 ticks at once
+                db.query("update public.scan_jobs set next_run_at = now() - interval '1 second'")
+                threads = [threading.Thread(target=lambda: responses.append(tick(fn, 2)))
+                           for _ in range(4)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(timeout=60)
+
+    assert fake.violations == []
+    assert total(responses, "claimed") == 32 == total(responses, "succeeded")
+    calls = len(fake.served)
+    denied = total(responses, "budget_denied")
+    assert calls > 0 and denied > 0 and calls + denied == 32
+    # Denied calls are counted, and each one is an audited denial, never a request.
+    assert db.scalar("select count(*) from public.execution_audit_log "
+                     "where event = 'gpt_budget.denied'") == denied
+    assert db.scalar("select count(*) from public.gpt_usage_log") == calls
+    # Every call settled — malformed and refused ones too — with the usage the fake reported and
+    # the provider's request id; nothing is left reserved.
+    rows = db.query("""
+        select l.id::text, l.status, l.prompt_tokens, l.cached_prompt_tokens, l.completion_tokens,
+               l.cost_usd, l.request_id, p.input_usd_per_mtok, p.cached_input_usd_per_mtok,
+               p.output_usd_per_mtok
+        from public.gpt_usage_log l join public.gpt_model_prices p using (model)""")
+    assert {r[0] for r in rows} == set(fake.served)
+    for rid, status, prompt, cached, completion, cost, request_id, pin, pcached, pout in rows:
+        assert status == "settled" and (prompt, cached, completion) == (1200, 200, 150)
+        assert cost == ((prompt - cached) * pin + cached * pcached + completion * pout) \
+            / Decimal(1_000_000)
+        assert request_id == fake.request_ids[rid]
+    kinds = Counter(fake.served.values())
+    assert total(responses, "oracle_unusable") == kinds["malformed"] + kinds["refusal"]
+    assert total(responses, "proposals") == kinds["buy"]
+    assert fake.max_completion_tokens == {200}
+    # Settled + reserved within both limits for each user, now as at every call.
+    for user in users:
+        spent, hourly, daily = db.query("""
+            select coalesce(sum(l.cost_usd), 0), s.gpt_hourly_budget_usd, s.gpt_daily_budget_usd
+            from public.trading_settings s left join public.gpt_usage_log l using (user_id)
+            where s.user_id = %s group by 2, 3""", (user,))[0]
+        assert 0 < spent <= min(hourly, daily)
+    reasons = {r for (r,) in db.query("select distinct detail ->> 'reason' from "
+                                      "public.execution_audit_log where event = "
+                                      "'gpt_budget.denied'")}
+    assert reasons == {"hourly_budget_exceeded", "daily_budget_exceeded"}
+
+
+# -- auto-execute --------------------------------------------------------------------------------
+def test_auto_execute_requests_each_proposal_with_its_key_and_retries_with_the_same_key(
+        db: Database, bitvavo_sandbox: SandboxServer) -> None:
+    (user,) = build_world(db, users=1, markets=("BTC-EUR", "ETH-EUR"), settings=AUTO)
+    with ExecuteStandIn(fail_first=1) as execute:
+        env = scan_env(db, bitvavo_sandbox, EXECUTE_FUNCTION_URL=execute.url, SCAN_CONCURRENCY="1",
+                       **ALWAYS_SIGNAL)
+        with start_function("scan_scheduler", env=env) as fn:
+            first = tick(fn)
+            failed_job = db.scalar("select id from public.scan_jobs where consecutive_failures = 1")
+            db.query("update public.scan_jobs set next_run_at = now() where id = %s", (failed_job,))
+            second = tick(fn)
+            third = tick(fn)
+
+    assert (first["proposals"], first["executions_requested"], first["failed"]) == (2, 2, 1)
+    assert (second["claimed"], second["proposals"], second["proposals_replayed"]) == (1, 0, 1)
+    assert (second["executions_requested"], second["succeeded"]) == (1, 1)
+    assert third["claimed"] == 0
+    proposals = {str(pid): str(uid) for pid, uid in db.query(
+        "select id, user_id from public.trade_proposals where status = 'approved' "
+        "and decided_by = 'auto'")}
+    assert len(proposals) == 2 and set(proposals.values()) == {str(user)}
+    for request in execute.requests:
+        assert (request.method, request.path) == ("POST", "/")
+        assert request.header("Authorization") == f"Bearer {SERVICE_KEY}"
+        assert request.header("Content-Type") == "application/json"
+        body = request.json()
+        assert set(body) == {"proposal_id", "user_id"} and proposals[body["proposal_id"]] == \
+            body["user_id"]
+        assert request.header("Idempotency-Key") == f"auto:{body['proposal_id']}"
+    # The failed request was repeated with the same key for the same proposal, not re-proposed.
+    keys = Counter(r.header("Idempotency-Key") for r in execute.requests)
+    assert sorted(keys.values()) == [1, 2]
+    assert sorted(execute.executed.values()) == sorted(proposals)
+    assert db.scalar("select consecutive_failures from public.scan_jobs where id = %s",
+                     (failed_job,)) == 0
+
+
+# -- the HTTP contract ------------------------------------------------------------------------------
+def test_the_tick_is_for_the_service_role_only_and_validates_its_body(
+        db: Database, bitvavo_sandbox: SandboxServer) -> None:
+    (user,) = build_world(db, users=3)[:1]
+    user_token = dev_token(JWT_SECRET, user)
+    with start_function("scan_scheduler", env=scan_env(db, bitvavo_sandbox)) as fn:
+        answers = {
+            "none": fn.post("/", json={}),
+            "user": fn.post("/", json={}, headers={"Authorization": f"Bearer {user_token}"}),
+            "wrong key": fn.post("/", json={}, headers={"Authorization": "Bearer sb_secret_x"}),
+            "get": fn.request("GET", "/", headers=service_headers()),
+            "not json": fn.post("/", content=b"{", headers=service_headers()),
+            "unknown": fn.post("/", json={"max_jobs": 1, "x": 1}, headers=service_headers()),
+            "zero": fn.post("/", json={"max_jobs": 0}, headers=service_headers()),
+            "too many": fn.post("/", json={"max_jobs": 101}, headers=service_headers()),
+        }
+        default = fn.post("/", headers=service_headers())
+        logs = fn.logs()
+    statuses = {name: a.status_code for name, a in answers.items()}
+    assert statuses == {"none": 401, "user": 401, "wrong key": 401, "get": 405, "not json": 400,
+                        "unknown": 400, "zero": 400, "too many": 400}
+    for name, answer in answers.items():
+        assert answer.headers["Content-Type"] == "application/problem+json", name
+        assert SERVICE_KEY not in answer.text and user_token not in answer.text
+    assert answers["user"].headers["WWW-Authenticate"].startswith("Bearer")
+    assert db.scalar("select count(*) from public.scan_jobs where attempts > 0") == 10
+    assert default.status_code == 200 and default.json()["claimed"] == 10  # the default max_jobs
+    assert SERVICE_KEY not in logs and user_token not in logs and JWT_SECRET not in logs
+
+
+@pytest.fixture(autouse=True)
+def _fresh_sandbox_limits(bitvavo_sandbox: SandboxServer) -> None:
+    """Each test starts with the sandbox's rate-limit budget whole (the fixture resets it)."""
