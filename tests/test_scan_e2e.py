@@ -80,7 +80,7 @@ def wait_for(condition: Any, timeout: float = 30.0, what: str = "condition") -> 
         time.sleep(0.05)
 
 
-# -- G2 under concurrency ----------------------------------------------------------------------
+# -- G2 under concurrency -------------------------------------------------------------------------
 def test_g2_208_jobs_and_4_concurrent_callers_run_every_job_once(
         db: Database, bitvavo_sandbox: SandboxServer) -> None:
     build_world(db, users=52)
@@ -306,7 +306,7 @@ def test_a_failing_job_backs_off_and_the_others_are_unaffected(
     assert db.scalar("select count(*) from public.trade_proposals") == 6
 
 
-# -- G7: the GPT budget with ORACLE=openai ---------------------------------------------------------
+# -- G7: the GPT budget with ORACLE=openai --------------------------------------------------------
 class FakeModel:
     """An OpenAI-compatible /v1/chat/completions served over HTTP. For every request it checks, in
     the database, that the request's X-Client-Request-Id names a `reserved` gpt_usage_log row and
@@ -432,7 +432,7 @@ def test_g7_concurrent_ticks_never_spend_beyond_the_limits_and_settle_every_call
     assert reasons == {"hourly_budget_exceeded", "daily_budget_exceeded"}
 
 
-# -- auto-execute --------------------------------------------------------------------------------
+# -- auto-execute ---------------------------------------------------------------------------------
 def test_auto_execute_requests_each_proposal_with_its_key_and_retries_with_the_same_key(
         db: Database, bitvavo_sandbox: SandboxServer) -> None:
     (user,) = build_world(db, users=1, markets=("BTC-EUR", "ETH-EUR"), settings=AUTO)
@@ -470,7 +470,7 @@ def test_auto_execute_requests_each_proposal_with_its_key_and_retries_with_the_s
                      (failed_job,)) == 0
 
 
-# -- the HTTP contract ------------------------------------------------------------------------------
+# -- the HTTP contract ----------------------------------------------------------------------------
 def test_the_tick_is_for_the_service_role_only_and_validates_its_body(
         db: Database, bitvavo_sandbox: SandboxServer) -> None:
     (user,) = build_world(db, users=3)[:1]
