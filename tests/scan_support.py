@@ -279,3 +279,39 @@ class ExecuteStandIn:
     def __exit__(self, *exc: object) -> None:
         self.release()
         self.server.__exit__(*exc)
+
+
+class Forwarder:
+    """Records every request (RecordingServer) and forwards it to `target` — e.g. the real
+    trading_execute — answering with the target's answer."""
+
+    _HOP = ("host", "content-length", "connection", "transfer-encoding", "content-encoding")
+
+    def __init__(self, target: str) -> None:
+        self._client = httpx.Client(base_url=target, timeout=60.0)
+        self.server = RecordingServer(self._forward)
+        self.answers: list[tuple[int, dict[str, str], Any]] = []
+
+    @property
+    def url(self) -> str:
+        return self.server.url + "/"
+
+    @property
+    def requests(self) -> list[Recorded]:
+        return self.server.snapshot()
+
+    def _forward(self, request: Recorded) -> tuple[int, Mapping[str, str], bytes]:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in self._HOP}
+        answer = self._client.request(request.method, request.path, headers=headers,
+                                      content=request.body or None)
+        keep = {k: v for k, v in answer.headers.items() if k.lower() not in self._HOP}
+        self.answers.append((answer.status_code, keep, answer.json()))
+        return answer.status_code, keep, answer.content
+
+    def __enter__(self) -> Forwarder:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__(*exc)
+        self._client.close()

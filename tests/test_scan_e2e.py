@@ -37,6 +37,7 @@ from tests.scan_support import (
     OPENAI_KEY,
     SERVICE_KEY,
     ExecuteStandIn,
+    Forwarder,
     HoldingProxy,
     Recorded,
     RecordingServer,
@@ -171,19 +172,30 @@ def test_jobs_per_second_of_one_tick(db: Database, bitvavo_sandbox: SandboxServe
               f"(inside the tick), {http:.1f} jobs/s (request to response)")
 
 
-def test_g2_a_sigkilled_worker_s_jobs_run_again_once_after_the_lease(
+def test_g2_g1_a_sigkilled_worker_s_jobs_run_again_once_and_execute_once(
         db: Database, bitvavo_sandbox: SandboxServer) -> None:
+    """The real chain, paper mode: scan_scheduler → the real trading_execute (through a recorder).
+    Worker A: BTC-EUR's job is held in its market data; ETH-EUR's job proposes, is auto-approved
+    and executed (201) — and A is SIGKILLed before its tick releases anything. After the leases
+    expire, a later tick completes both jobs once: ETH-EUR's job finds its period's proposal
+    already `executed` and neither proposes nor requests again; BTC-EUR's job proposes and is
+    executed. One execution per proposal, one paper fill each. A stalled scanner repeating the
+    ETH-EUR request (same key, same body) gets trading_execute's replay; any other key for that
+    proposal is refused (trade_executions: unique proposal_id)."""
     build_world(db, users=1, markets=("BTC-EUR", "ETH-EUR"), settings=AUTO)
     job = jobs_by_market(db)
-    with HoldingProxy(bitvavo_sandbox, hold=["BTC-EUR"]) as proxy, ExecuteStandIn() as execute:
+    executor_env = {"DATABASE_URL": db.authenticator_url, "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
+                    "SUPABASE_JWT_SECRET": JWT_SECRET, "BITVAVO_REST_URL": bitvavo_sandbox.rest_url,
+                    "TRADING_MODE": "paper"}
+    with start_function("trading_execute", env=executor_env) as trading_execute, \
+            Forwarder(trading_execute.url) as execute, \
+            HoldingProxy(bitvavo_sandbox, hold=["BTC-EUR"]) as proxy:
         env = scan_env(db, bitvavo_sandbox, BITVAVO_REST_URL=proxy.rest_url,
                        EXECUTE_FUNCTION_URL=execute.url, JOB_LEASE_SECONDS="10",
                        HEARTBEAT_SECONDS="2", TICK_TIME_BUDGET_SECONDS="5", **ALWAYS_SIGNAL)
         with start_function("scan_scheduler", env=env) as a:
             doomed = threading.Thread(target=lambda: _ignore(lambda: tick(a, 10)))
             doomed.start()
-            # BTC-EUR's job is held in its market data; ETH-EUR's job proposes, is auto-approved,
-            # its execution is requested and answered — and the tick has not released anything.
             assert proxy.arrived["BTC-EUR"].wait(20)
             wait_for(lambda: any(r["market"] == "ETH-EUR" for r in lines(a, step="job")),
                      what="ETH-EUR's job to finish")
@@ -195,9 +207,9 @@ def test_g2_a_sigkilled_worker_s_jobs_run_again_once_after_the_lease(
                         "order by market")
         assert [(m, alive) for m, _, alive in held] == [("BTC-EUR", True), ("ETH-EUR", True)]
         assert {w for _, w, _ in held} == {claim_line["worker_id"]}
-        assert db.scalar("select count(*) from public.trade_proposals where scan_job_id = %s",
-                         (job["ETH-EUR"],)) == 1
-        assert len(execute.requests) == 1
+        assert db.query("select market, status from public.trade_proposals") == [
+            ("ETH-EUR", "executed")]
+        assert [status for status, _, _ in execute.answers] == [201]
         proxy.release()
 
         with start_function("scan_scheduler", env=env) as b:
@@ -207,26 +219,45 @@ def test_g2_a_sigkilled_worker_s_jobs_run_again_once_after_the_lease(
                      what="the dead worker's leases to expire")
             later = tick(b)
             runs = lines(b, step="job")
+        requests, answers = execute.requests, execute.answers
+        # A stalled scanner repeating ETH-EUR's request (same key, same body), straight to
+        # trading_execute; and a request for that proposal under any other key.
+        first = requests[0]
+        replay = httpx.post(trading_execute.url + "/", content=first.body, timeout=30, headers={
+            k: first.header(k) or "" for k in ("Authorization", "Idempotency-Key",
+                                               "Content-Type")})
+        other_key = httpx.post(trading_execute.url + "/", content=first.body, timeout=30,
+                               headers={"Authorization": f"Bearer {SERVICE_KEY}",
+                                        "Content-Type": "application/json",
+                                        "Idempotency-Key": f"auto:{uuid.uuid4()}"})
 
     assert (later["claimed"], later["succeeded"], later["failed"]) == (2, 2, 0)
     assert (later["proposals"], later["proposals_replayed"]) == (1, 1)
-    assert later["executions_requested"] == 2
+    assert later["executions_requested"] == 1  # BTC-EUR's; ETH-EUR's proposal is executed
     # Completed once: one proposal per job, both released and rescheduled.
     assert db.query("select market, count(*) from public.trade_proposals group by market "
                     "order by market") == [("BTC-EUR", 1), ("ETH-EUR", 1)]
     assert db.query("select count(*) from public.scan_jobs where locked_by is null and "
                     "last_success_at is not null and attempts = 2") == [(2,)]
-    # Executed once: ETH-EUR's proposal was requested twice with one key and one body; the
-    # second answer was the replay. BTC-EUR's new proposal once.
-    keys = Counter(r.header("Idempotency-Key") for r in execute.requests)
     proposal = {m: str(p) for m, p in db.query("select market, id from public.trade_proposals")}
-    assert keys == {f"auto:{proposal['ETH-EUR']}": 2, f"auto:{proposal['BTC-EUR']}": 1}
-    eth = [r for r in execute.requests if r.header("Idempotency-Key").endswith(proposal["ETH-EUR"])]
-    assert eth[0].json() == eth[1].json()
-    assert sorted(execute.executed.values()) == sorted(proposal.values())
+    assert [r.header("Idempotency-Key") for r in requests] == [
+        f"auto:{proposal['ETH-EUR']}", f"auto:{proposal['BTC-EUR']}"]
+    assert [status for status, _, _ in answers] == [201, 201]
+    # Executed once even if a stalled scanner repeats its request: same key → the replay.
+    assert replay.status_code == 200 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json()["execution"]["id"] == answers[0][2]["execution"]["id"]
+    assert other_key.status_code == 409
+    executions = db.query("select p.market, e.idempotency_key, e.mode, e.status "
+                          "from public.trade_executions e join public.trade_proposals p "
+                          "on p.id = e.proposal_id order by p.market")
+    assert executions == [("BTC-EUR", f"auto:{proposal['BTC-EUR']}", "paper", "filled"),
+                          ("ETH-EUR", f"auto:{proposal['ETH-EUR']}", "paper", "filled")]
+    assert db.scalar("select count(*) from public.trade_history") == 2
+    assert bitvavo_sandbox.orders() == []  # paper mode: nothing reached the exchange
     # Never at the same time: the later run started after the kill, after the lease expired.
     assert all(ts(r["started_at"]) > killed_at for r in runs)
     assert ts(claim_line["time"]) < killed_at
+    assert job.keys() == {"BTC-EUR", "ETH-EUR"}
 
 
 def _ignore(call: Any) -> None:
