@@ -1,8 +1,9 @@
 """A throwaway or project-local PostgreSQL 15 cluster with pg_cron, started without Docker.
 
 Used by the test harness (one cluster per test session) and by `make db` / `make run`
-(the project-local cluster on port 54322). PostgreSQL refuses to run as root, so when we are
-root the cluster runs as Debian's `postgres` user in a directory that user owns.
+(the project-local cluster on port 54322; its schema is managed by ops.localdb). PostgreSQL
+refuses to run as root, so when we are root the cluster runs as Debian's `postgres` user in a
+directory that user owns.
 
     python -m scripts.pgcluster up [--port 54322] [--data DIR] [--seed]   # prints the URL
     python -m scripts.pgcluster down [--data DIR]
@@ -54,7 +55,10 @@ def _run(cmd: Sequence[str], *, as_postgres: bool, env: dict[str, str] | None = 
          check: bool = True) -> subprocess.CompletedProcess[str]:
     if as_postgres:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, check=False)
+    # A session of its own: a Ctrl+C at the terminal must not kill pg_ctl half-way through a start
+    # (the postmaster would come up unsupervised); `make run` stops the cluster itself.
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, check=False,
+                          start_new_session=True)
     if check and proc.returncode != 0:
         raise ClusterError(
             f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}".strip()
@@ -168,17 +172,20 @@ def project_data_dir(port: int) -> Path:
 
 
 def up(port: int, data_dir: Path, seed: bool) -> Cluster:
-    """Start (or reuse) the project-local cluster and apply local + migrations (+ seed) once."""
-    cluster = Cluster(data_dir=data_dir, port=port, cron_database="postgres")
-    fresh = not (cluster.pgdata / "PG_VERSION").exists()
-    cluster.init()
-    if not cluster.is_running():
-        cluster.start()
-    if fresh:
-        cluster.apply("postgres", sql_files(LOCAL_SQL, MIGRATIONS))
-        if seed and SEED.exists():
-            cluster.apply("postgres", [SEED])
-    return cluster
+    """Start (or reuse) the project-local cluster and bring its schema up to date the way
+    `make run` does (ops.localdb: supabase/local once, then `supabase db push`, which applies and
+    records the migrations not recorded yet, and the seed once)."""
+    from ops.localdb import DatabaseError, LocalDatabase  # ops imports this module
+
+    db = LocalDatabase(Cluster(data_dir=data_dir, port=port, cron_database="postgres"))
+    try:
+        db.start()
+        report = db.migrate(seed=seed, on_progress=lambda m: print(f"# {m}", file=sys.stderr))
+    except DatabaseError as exc:
+        raise ClusterError(str(exc)) from None
+    for name in report.applied:
+        print(f"# applied {name}", file=sys.stderr)
+    return db.cluster
 
 
 def main(argv: Sequence[str] | None = None) -> int:
