@@ -135,3 +135,20 @@ def snapshot(conn: psycopg.Connection[Any], *, window: timedelta, top: int) -> d
 
 def _counts(conn: psycopg.Connection[Any], query: str, window: timedelta) -> dict[str, int]:
     return {row["status"]: int(row["count"]) for row in _rows(conn, query, (window,))}
+
+
+def recent(conn: psycopg.Connection[Any], *, limit: int) -> dict[str, list[dict[str, Any]]]:
+    """The latest proposals and executions with their states (the live view of `make run`)."""
+    return {
+        "proposals": _rows(conn, """
+            select p.created_at, u.email, p.user_id, p.market, p.side, p.amount_quote,
+                   p.confidence, p.source, p.status, p.decided_by
+            from public.trade_proposals p left join auth.users u on u.id = p.user_id
+            order by p.created_at desc, p.id limit %s""", (limit,)),
+        "executions": _rows(conn, """
+            select e.claimed_at, u.email, e.user_id, e.market, e.side, e.amount_quote, e.mode,
+                   e.status, e.filled_amount, e.filled_amount_quote, e.idempotency_key,
+                   e.error_code
+            from public.trade_executions e left join auth.users u on u.id = e.user_id
+            order by e.claimed_at desc, e.id limit %s""", (limit,)),
+    }
