@@ -1,13 +1,23 @@
 # Auto Invest Oracle — execution backend. `make test` is what CI runs (.ci/run).
 SHELL := /bin/bash
 PY := .venv/bin/python
+# Ports of the local stack (`make run DB_PORT=55432 …`, or the same names in the environment).
 DB_PORT ?= 54322
 SANDBOX_PORT ?= 54330
+TRADING_EXECUTE_PORT ?= 54331
+SCAN_SCHEDULER_PORT ?= 54332
 
-.PHONY: setup test lint db db-down db-reset sandbox bench
+.PHONY: setup run demo test lint db db-down db-reset sandbox bench
 
 setup: ## install what is missing (venv, PostgreSQL 15 + pg_cron + pgTAP, Supabase CLI)
 	@scripts/setup.sh
+
+run: setup ## the whole system live, paper mode: PostgreSQL (kept), sandbox, both functions, a local cron; Ctrl+C stops all
+	@$(PY) -m ops.stack run --db-port $(DB_PORT) --sandbox-port $(SANDBOX_PORT) \
+		--trading-execute-port $(TRADING_EXECUTE_PORT) --scan-scheduler-port $(SCAN_SCHEDULER_PORT)
+
+demo: setup ## the same stack on a throwaway cluster and free ports, a bounded scenario, a summary; exit 0 when complete
+	@$(PY) -m ops.stack demo
 
 test: setup ## the whole suite: ruff, mypy, pytest (database, pgTAP via pg_prove, Supabase CLI, exchange, sandbox)
 	$(PY) -m ruff check .

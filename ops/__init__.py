@@ -12,5 +12,15 @@
     ops/users.py      a user named by uuid or email
     ops/local.py      the local stack's defaults (URL, ports, development secret and service key)
 
+The local stack (`make run`, `make demo`, `make db`), run with `python -m ops.stack`:
+
+    ops/stack.py      the supervisor: start in order, run, stop everything it started
+    ops/localdb.py    the project-local PostgreSQL: started or reused, migrated by the Supabase CLI
+    ops/services.py   the sandbox and the functions as child processes (own sessions, logs)
+    ops/ports.py      is a port free, and who holds it
+    ops/cron.py       the local stand-in for Supabase Cron (scanner ticks, /reconcile)
+    ops/live.py       the live view (status.py's snapshot, views.py's cells)
+    ops/demo.py       make demo's scenario and summary
+
 `ops` imports `shared` (the RPC port, dev_token); nothing in `shared` or `functions` imports `ops`.
 """
