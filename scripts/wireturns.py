@@ -1,10 +1,27 @@
-"""A loopback TCP proxy that counts request/response turns on the wire (tests and benchmarks).
+"""A loopback TCP proxy that counts round trips on the wire (tests and benchmarks).
 
-A *turn* is one burst of bytes from the client that starts after the server last spoke (or at the
-start of the connection): the client asks, the server answers. N round trips of any protocol are N
-turns, however many TCP segments or protocol messages each burst holds; a pipelined batch of
-statements sent together and answered together is one turn. That is what "one database round trip
-per RPC" means, and what this proxy lets a test count without trusting the client library.
+Two counts, both per proxy:
+
+- `round_trips` — the requests the client waits on. On a PostgreSQL connection they are read from
+  the frontend protocol (the client → server stream is parsed message by message), so they do not
+  depend on how the client library splits its writes or on when the server answers:
+    * the startup packet, an SSLRequest/GSSENCRequest, a password/SASL answer ('p'), a simple
+      Query ('Q'), a FunctionCall ('F') and the end of COPY data ('c', 'f') — one each;
+    * a Sync ('S') when a request message (Parse/Bind/Describe/Execute/Close) came since the last
+      Sync: everything pipelined before one Sync is one round trip;
+    * a Flush ('H') when a request message came since the last Sync or Flush: the client asks for
+      answers before its Sync, to read them (psycopg's fetch inside a pipeline).
+  A Sync or Flush that follows nothing new asks the server for nothing (psycopg sends a Flush after
+  every Sync) and is not another round trip. A connection that is not PostgreSQL, or turns to
+  TLS/GSS encryption, is counted by its turns instead (`unparsed_connections` says how many).
+- `turns` — protocol-blind: a burst of bytes from the client that starts after the server last
+  spoke. N strict request/response round trips of any protocol are N turns. A client that writes
+  one request in pieces while the server already answers part of it (PostgreSQL flushes an
+  ErrorResponse at once, before the Sync arrives) shows more turns than round trips — why
+  PostgreSQL round trips are read from the protocol.
+
+"One database round trip per RPC" is `round_trips` going up by one per call; this proxy lets a
+test count it without trusting the client library.
 
 It can also drop a connection mid-call: `cut_next_response()` lets the next request through to the
 server and then closes both sides instead of relaying the answer — the server did the work, the
@@ -14,12 +31,13 @@ Written here because no maintained package counts protocol turns; it is a plain 
 connection relay over `socket`/`selectors`, loopback only.
 
     with WireTurns("127.0.0.1", 5432) as proxy:     # proxy.port is the local port to connect to
-        before = proxy.turns
+        proxy.settle()
+        before = proxy.round_trips
         ...                                          # talk to 127.0.0.1:proxy.port
         proxy.settle()
-        print(proxy.turns - before)
+        print(proxy.round_trips - before)
 
-    python -m scripts.wireturns --target 127.0.0.1:5432 [--port N]   # prints turns on Ctrl+C
+    python -m scripts.wireturns --target 127.0.0.1:5432 [--port N]   # prints counts on Ctrl+C
 """
 
 from __future__ import annotations
@@ -27,6 +45,7 @@ from __future__ import annotations
 import argparse
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -34,9 +53,107 @@ from types import TracebackType
 
 _CHUNK = 65536
 
+# Frontend messages (PostgreSQL protocol 3.0, "Message Formats") by what they mean for a count:
+_SELF_CONTAINED = frozenset(b"QFpcf")   # a whole request each: Query, FunctionCall, password,
+                                        # CopyDone, CopyFail
+_SYNC, _FLUSH = ord("S"), ord("H")      # end the pipelined request messages since the last one
+_NOT_REQUESTS = frozenset(b"dX")        # CopyData, Terminate: no answer asked
+_PROTOCOL_3 = 196608            # StartupMessage: protocol 3.0
+_SSL_REQUEST = 80877103
+_GSSENC_REQUEST = 80877104
+_CANCEL_REQUEST = 80877102
+_MAX_STARTUP_PACKET = 10000     # PostgreSQL's own limit for the untyped startup packets
+
+
+class PgFrontend:
+    """The client → server half of one PostgreSQL connection, parsed just enough to count the
+    requests the client waits on (`waits`). `postgres` turns False for good when the stream is not
+    PostgreSQL or becomes encrypted; the connection is then counted by its turns."""
+
+    def __init__(self) -> None:
+        self.postgres = True
+        self.waits = 0
+        self._phase = "startup"    # startup → (answer → startup →) typed | done
+        self._header = bytearray()
+        self._skip = 0             # body bytes of the current message still to pass over
+        self._since_sync = False   # a request message came since the last Sync
+        self._since_wait = False   # … since the last Sync or Flush
+
+    def client(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self.postgres:
+            if self._skip:
+                step = min(self._skip, len(view))
+                self._skip -= step
+                view = view[step:]
+                continue
+            if self._phase in ("answer", "done"):   # bytes the protocol does not allow here
+                self.postgres = False
+                return
+            size = 8 if self._phase == "startup" else 5
+            need = size - len(self._header)
+            self._header += view[:need]
+            view = view[need:]
+            if len(self._header) == size:
+                self._message(bytes(self._header))
+                self._header.clear()
+
+    def server(self, data: bytes) -> None:
+        """The server's one-byte answer to an SSLRequest/GSSENCRequest: 'N' keeps it plain."""
+        if self._phase == "answer" and data:
+            if data[:1] == b"N":
+                self._phase = "startup"
+                if len(data) > 1:   # a plain server sends nothing else before the startup packet
+                    self.postgres = False
+            else:
+                self.postgres = False  # TLS or GSS: the rest cannot be read
+
+    def _message(self, header: bytes) -> None:
+        if self._phase == "startup":
+            length, code = struct.unpack("!ii", header)
+            if not 8 <= length <= _MAX_STARTUP_PACKET:
+                self.postgres = False
+            elif code == _PROTOCOL_3:
+                self.waits += 1
+                self._phase, self._skip = "typed", length - 8
+            elif code in (_SSL_REQUEST, _GSSENC_REQUEST) and length == 8:
+                self.waits += 1
+                self._phase = "answer"
+            elif code == _CANCEL_REQUEST and length == 16:
+                self._phase, self._skip = "done", length - 8
+            else:
+                self.postgres = False
+            return
+        kind, length = header[0], struct.unpack("!i", header[1:])[0]
+        if length < 4:
+            self.postgres = False
+            return
+        self._skip = length - 4
+        if kind in _SELF_CONTAINED:
+            self.waits += 1
+            self._since_sync = self._since_wait = False
+        elif kind == _SYNC:
+            self.waits += self._since_sync
+            self._since_sync = self._since_wait = False
+        elif kind == _FLUSH:
+            self.waits += self._since_wait
+            self._since_wait = False
+        elif kind not in _NOT_REQUESTS:
+            self._since_sync = self._since_wait = True
+
+
+class _Connection:
+    def __init__(self) -> None:
+        self.turns = 0
+        self.frontend = PgFrontend()
+
+    @property
+    def round_trips(self) -> int:
+        return self.frontend.waits if self.frontend.postgres else self.turns
+
 
 class WireTurns:
-    """Relay 127.0.0.1:<port> → target and count the client's request bursts (turns)."""
+    """Relay 127.0.0.1:<port> → target; count round trips (protocol-aware) and turns."""
 
     def __init__(self, target_host: str, target_port: int, *, port: int = 0) -> None:
         self.target = (target_host, target_port)
@@ -44,8 +161,7 @@ class WireTurns:
         self._listener.settimeout(0.1)  # accept() wakes up to notice close()
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
-        self._turns = 0
-        self._connections = 0
+        self._relayed: list[_Connection] = []
         self._last_activity = time.monotonic()
         self._cut_armed = False
         self._closed = threading.Event()
@@ -67,16 +183,29 @@ class WireTurns:
         self.close()
 
     @property
-    def turns(self) -> int:
-        """Client bursts so far, over every connection."""
+    def round_trips(self) -> int:
+        """Requests the client waited on, over every connection: PostgreSQL's from its messages,
+        any other protocol's (or an encrypted connection's) as its turns."""
         with self._lock:
-            return self._turns
+            return sum(c.round_trips for c in self._relayed)
+
+    @property
+    def turns(self) -> int:
+        """Client bursts after the server spoke, over every connection (protocol-blind)."""
+        with self._lock:
+            return sum(c.turns for c in self._relayed)
 
     @property
     def connections(self) -> int:
         """Connections accepted so far."""
         with self._lock:
-            return self._connections
+            return len(self._relayed)
+
+    @property
+    def unparsed_connections(self) -> int:
+        """Connections counted by turns because they were not (readable) PostgreSQL."""
+        with self._lock:
+            return sum(1 for c in self._relayed if not c.frontend.postgres)
 
     def cut_next_response(self) -> None:
         """The next burst from the server is not relayed: both sides are closed instead."""
@@ -123,18 +252,19 @@ class WireTurns:
             server.settimeout(None)
             # Relay each burst at once: with Nagle's algorithm a relayed small write waits for
             # the peer's delayed ACK (~40 ms a hop), which would distort every timing taken
-            # through the proxy. Turns are counted by who speaks, not by segments.
+            # through the proxy. Nothing is counted by segments.
             for sock in (client, server):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            relayed = _Connection()
             with self._lock:
-                self._connections += 1
+                self._relayed.append(relayed)
                 self._sockets.update((client, server))
-            thread = threading.Thread(target=self._relay, args=(client, server),
+            thread = threading.Thread(target=self._relay, args=(client, server, relayed),
                                       name="wireturns-relay", daemon=True)
             self._threads.append(thread)
             thread.start()
 
-    def _relay(self, client: socket.socket, server: socket.socket) -> None:
+    def _relay(self, client: socket.socket, server: socket.socket, relayed: _Connection) -> None:
         last_speaker: socket.socket | None = None
         with selectors.DefaultSelector() as sel:
             sel.register(client, selectors.EVENT_READ, server)
@@ -149,8 +279,12 @@ class WireTurns:
                             return
                         with self._lock:
                             self._last_activity = time.monotonic()
-                            if source is client and last_speaker is not client:
-                                self._turns += 1
+                            if source is client:
+                                if last_speaker is not client:
+                                    relayed.turns += 1
+                                relayed.frontend.client(data)
+                            else:
+                                relayed.frontend.server(data)
                             cut = source is server and self._cut_armed
                             if cut:
                                 self._cut_armed = False
@@ -190,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
-        print(f"connections={proxy.connections} turns={proxy.turns}")
+        print(f"connections={proxy.connections} round_trips={proxy.round_trips} "
+              f"turns={proxy.turns} unparsed_connections={proxy.unparsed_connections}")
     return 0
 
 

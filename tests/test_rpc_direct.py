@@ -88,14 +88,17 @@ def counted(rpc_db: Database, wire: WireTurns) -> Iterator[tuple[DirectRpc, Wire
 
 
 def turns(proxy: WireTurns, call: Any) -> tuple[int, Any]:
+    """Database round trips of `call`, read from the PostgreSQL protocol on the wire (the Syncs
+    and Queries the client waited on), however the client library split its writes."""
     proxy.settle()
-    before = proxy.turns
+    before = proxy.round_trips
     try:
         result = call()
     except RpcError as exc:
         result = exc
     proxy.settle()
-    return proxy.turns - before, result
+    assert proxy.unparsed_connections == 0  # every connection was read as PostgreSQL
+    return proxy.round_trips - before, result
 
 
 def no_floats(value: Any) -> bool:
