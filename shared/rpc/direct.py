@@ -15,8 +15,8 @@ set by `set_config` inside the same SELECT would come too late. They travel toge
 mode on an autocommit connection, which makes everything up to the Sync one implicit transaction:
 the `set_config(…, true)` settings apply to the call and vanish at its end, an error anywhere rolls
 back everything, and the connection is idle again afterwards — also on the error path, so no
-ROLLBACK round trip is ever needed. (tests/test_rpc_direct.py counts the turns through
-scripts/wireturns.py.)
+ROLLBACK round trip is ever needed. (tests/test_rpc_direct.py counts the round trips on the wire
+with scripts/wireturns.py, which reads them from the protocol: one Sync per call.)
 
 Arguments are sent as untyped text parameters (`encode_args` in port.py turned them into JSON
 values; here every one becomes text of PostgreSQL's `unknown` type), so PostgreSQL converts each
