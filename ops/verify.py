@@ -11,8 +11,9 @@ live database with read-only catalog queries (as `postgres` on hosted Supabase, 
                          UPDATE/DELETE/TRUNCATE it; the change-audit triggers of
                          trading_settings and system_controls are enabled
     cron_jobs            pg_cron runs run-maintenance and purge-cron-history     G2, G7 (expired
-                         (and invoke-scan-scheduler when pg_net is installed)    leases and stale
-                                                                                 reservations freed)
+                         (and, where pg_net's net.http_post exists,              leases and stale
+                         invoke-scan-scheduler and invoke-trading-reconcile)     reservations
+                                                                                 freed), G10
     stuck_executions     no execution is still claimed/submitted/unknown         G10 (the reconciler
                          longer than the reconcile window after its claim        is running)
     expired_leases       no scan-job lease is held past its expiry (+ grace:     G2
@@ -78,13 +79,18 @@ CRON_JOBS = (
     CronJob("purge-cron-history", "cron.job_run_details", None,
             "pg_cron's run log grows by 1,440 rows a day without bound"),
 )
-SCAN_SCHEDULER_JOB = CronJob("invoke-scan-scheduler", "net.http_post", None,
-                             "nothing calls scan_scheduler: no scans, no proposals")
+HTTP_JOBS = (
+    CronJob("invoke-scan-scheduler", "net.http_post", None,
+            "nothing calls scan_scheduler: no scans, no proposals"),
+    CronJob("invoke-trading-reconcile", "/reconcile", None,
+            "nothing calls trading_execute's /reconcile: executions whose outcome is unknown stay "
+            "unknown and their proposals stay executing"),
+)
 
 
 def expected_cron_jobs(pg_net_installed: bool) -> tuple[CronJob, ...]:
-    """The jobs the migrations schedule: the scanner's only where pg_net can make the call."""
-    return CRON_JOBS + ((SCAN_SCHEDULER_JOB,) if pg_net_installed else ())
+    """The jobs the migrations schedule: the HTTP calls only where pg_net can make them."""
+    return CRON_JOBS + (HTTP_JOBS if pg_net_installed else ())
 
 
 # pg_trigger.tgtype bits (PostgreSQL's TRIGGER_TYPE_*).
@@ -248,9 +254,12 @@ def check_audit_triggers(conn: Cursor, options: Options) -> tuple[Status, str, l
 
 
 def check_cron_jobs(conn: Cursor, options: Options) -> tuple[Status, str, list[str]]:
+    # pg_net is there when its extension is, or when its function is (what the maintenance
+    # migration tests before it schedules the HTTP calls).
     row = conn.execute("select exists (select 1 from pg_extension where extname = 'pg_cron'), "
-                       "exists (select 1 from pg_extension where extname in ('pg_net', 'net'))"
-                       ).fetchone()
+                       "exists (select 1 from pg_extension where extname in ('pg_net', 'net')) "
+                       "or to_regprocedure('net.http_post(text, jsonb, jsonb, jsonb, integer)') "
+                       "is not null").fetchone()
     has_cron, has_net = row if row else (False, False)
     if not has_cron or conn.execute("select to_regclass('cron.job')").fetchone() == (None,):
         return "fail", "", ["pg_cron is not installed in this database: nothing runs "
@@ -274,7 +283,8 @@ def check_cron_jobs(conn: Cursor, options: Options) -> tuple[Status, str, list[s
         if job.schedule is not None and schedule.strip() != job.schedule:
             problems.append(f"cron job {job.name} runs on {schedule!r}, not {job.schedule!r}")
     names = ", ".join(job.name for job in expected)
-    note = "" if has_net else " (pg_net not installed: the scanner is called by the local stack)"
+    note = "" if has_net else (" (pg_net not installed: the local stack calls the scanner and "
+                               "the reconciler)")
     return _verdict(problems, f"{names} scheduled and active{note}")
 
 

@@ -26,6 +26,7 @@ from tests.test_execution_support import (  # the module's shared database: db, 
     sql,
     trader,
 )
+from tests.test_scan_cron import MAINTENANCE_SQL, STAND_INS
 
 Capsys = pytest.CaptureFixture[str]
 
@@ -261,11 +262,36 @@ def test_only_the_named_checks_run(capsys: Capsys, db: Database) -> None:
     assert [c["check"] for c in run.json["checks"]] == ["rls", "cron_jobs"]
 
 
-def test_the_scanner_job_is_expected_where_pg_net_can_make_the_call() -> None:
+def test_the_http_jobs_are_expected_where_pg_net_can_make_the_call() -> None:
     assert [j.name for j in verify.expected_cron_jobs(False)] == [
         "run-maintenance", "purge-cron-history"]
     assert [j.name for j in verify.expected_cron_jobs(True)] == [
-        "run-maintenance", "purge-cron-history", "invoke-scan-scheduler"]
+        "run-maintenance", "purge-cron-history", "invoke-scan-scheduler",
+        "invoke-trading-reconcile"]
+
+
+def test_where_pg_net_exists_the_scanner_and_reconciler_jobs_are_checked(
+        capsys: Capsys, fresh_db: Database) -> None:
+    """With pg_net's net.http_post and Vault (stand-ins, tests/test_scan_cron.py): enabled after
+    the migrations ran, both HTTP jobs are named missing; once the maintenance migration ran
+    again they pass; the reconciler's job removed, it alone is named."""
+    fresh_db.query(STAND_INS)
+    run = run_verify(capsys, fresh_db, "--check", "cron_jobs")
+    assert run.code == 1
+    assert "cron job invoke-scan-scheduler is missing" in run.out
+    assert "cron job invoke-trading-reconcile is missing: nothing calls trading_execute's " \
+           "/reconcile" in run.out
+
+    fresh_db.cluster.psql(fresh_db.name, file=MAINTENANCE_SQL)
+    run = run_verify(capsys, fresh_db, "--check", "cron_jobs")
+    assert run.code == 0, run.out
+    assert "invoke-scan-scheduler, invoke-trading-reconcile scheduled and active" in run.out
+
+    fresh_db.query("select cron.unschedule('invoke-trading-reconcile')")
+    run = run_verify(capsys, fresh_db, "--check", "cron_jobs")
+    assert run.code == 1
+    assert "cron job invoke-trading-reconcile is missing" in run.out
+    assert "invoke-scan-scheduler is" not in run.out
 
 
 def test_every_api_function_has_its_reason() -> None:

@@ -11,6 +11,9 @@
  *                            exist): POSTs a tick to the scan_scheduler function every minute, URL
  *                            and bearer from Vault secrets `scan_scheduler_url` and
  *                            `scan_scheduler_service_key`; locally the dev stack calls it itself.
+ *   cron 'invoke-trading-reconcile' (the same condition): POSTs to trading_execute's /reconcile
+ *                            every minute (G10: unknown outcomes settled by clientOrderId), URL
+ *                            from Vault secret `trading_execute_url`, the same service key.
  *
  * pg_cron can only be created in its cron.database_name; this migration must run there (as it
  * does on Supabase and in the test harness's template database). Scheduling is idempotent:
@@ -106,11 +109,15 @@ end
 $$;
 
 -- Hosted Supabase only: pg_net (schema `net`) and Vault exist there, not on a plain PostgreSQL.
--- The test is on the function the command calls (pg_net's signature), so a stand-in `net.http_post`
--- on a test cluster schedules the same command (tests/test_scan_cron.py runs it).
--- The command reads the URL and the key from Vault at every run, so rotating a secret needs no
--- migration, and does nothing until both secrets exist. It matches scan_scheduler's contract
--- (SPEC §4, shared/scanning/tick.py):
+-- The test is on the function the commands call (pg_net's signature), so a stand-in `net.http_post`
+-- on a test cluster schedules the same commands (tests/test_scan_cron.py and
+-- tests/test_reconcile_cron.py run them). Each command reads its URL and the key from Vault at
+-- every run, so rotating a secret needs no migration, and does nothing until both of its secrets
+-- exist. net.http_post only queues the request (pg_net sends it after the cron transaction
+-- commits), so a long timeout never holds up pg_cron. If pg_net is enabled after this migration
+-- ran, run this block again in the SQL editor (`oracle verify` names the missing jobs).
+--
+-- invoke-scan-scheduler matches scan_scheduler's contract (SPEC §4, shared/scanning/tick.py):
 --   POST <scan_scheduler_url>             net.http_post always POSTs
 --   Authorization: Bearer <service key>   the tick accepts the service-role key only (401 otherwise)
 --   Content-Type: application/json        body {"max_jobs": 10}, the tick's default, said explicitly
@@ -119,14 +126,25 @@ $$;
 --                                         (30 s) and ends before that timeout, so pg_net waits for
 --                                         its answer (net._http_response) instead of recording a
 --                                         timeout for every tick that works for more than 5 s.
--- net.http_post only queues the request (pg_net sends it after the cron transaction commits), so a
--- long timeout never holds up pg_cron; a tick still running when the next minute's starts is safe:
--- the jobs it holds are leased to it (G2).
+--   A tick still running when the next minute's starts is safe: the jobs it holds are leased (G2).
+--
+-- invoke-trading-reconcile matches trading_execute's POST /reconcile (shared/execution/reconcile.py):
+--   POST <trading_execute_url>/reconcile  the URL secret is the function's base URL (a trailing /
+--                                         is ignored)
+--   Authorization: Bearer <service key>   /reconcile is service-role only (401/403 otherwise); the
+--                                         key is the same secret as the scanner's
+--   Content-Type: application/json        body {}: the function's RECONCILE_BATCH_SIZE (50)
+--   timeout_milliseconds 60000            trading_execute's deployed timeout (60 s, the README's
+--                                         deploy command): a normal run takes milliseconds; one cut
+--                                         short by the function's timeout leaves the rest to the
+--                                         next minute, never an order re-sent (G10).
+--   Two runs at once are safe: record_execution_result takes the execution's row lock and
+--   enforces the state machine, and /reconcile never places an order.
 do $$
 begin
   if to_regprocedure('net.http_post(text, jsonb, jsonb, jsonb, integer)') is null
      or to_regclass('vault.decrypted_secrets') is null then
-    raise notice 'pg_net or Vault not installed: invoke-scan-scheduler not scheduled (the local stack calls scan_scheduler itself)';
+    raise notice 'pg_net or Vault not installed: invoke-scan-scheduler and invoke-trading-reconcile not scheduled (the local stack calls the functions itself)';
     return;
   end if;
   if exists (select from cron.job where jobname = 'invoke-scan-scheduler') then
@@ -142,6 +160,23 @@ begin
         'Content-Type', 'application/json'),
       timeout_milliseconds := 120000)
     where exists (select from vault.decrypted_secrets s where s.name = 'scan_scheduler_url')
+      and exists (select from vault.decrypted_secrets s where s.name = 'scan_scheduler_service_key')
+  $cmd$);
+
+  if exists (select from cron.job where jobname = 'invoke-trading-reconcile') then
+    perform cron.unschedule('invoke-trading-reconcile');
+  end if;
+  perform cron.schedule('invoke-trading-reconcile', '* * * * *', $cmd$
+    select net.http_post(
+      url := (select rtrim(s.decrypted_secret, '/') || '/reconcile' from vault.decrypted_secrets s
+              where s.name = 'trading_execute_url'),
+      body := '{}'::jsonb,
+      headers := jsonb_build_object(
+        'Authorization', 'Bearer ' || (select s.decrypted_secret from vault.decrypted_secrets s
+                                       where s.name = 'scan_scheduler_service_key'),
+        'Content-Type', 'application/json'),
+      timeout_milliseconds := 60000)
+    where exists (select from vault.decrypted_secrets s where s.name = 'trading_execute_url')
       and exists (select from vault.decrypted_secrets s where s.name = 'scan_scheduler_service_key')
   $cmd$);
 end
