@@ -1,6 +1,6 @@
 """An HTTP function served by the real functions-framework CLI on 127.0.0.1, for end-to-end tests.
 
-    with start_function("trading_execute", env={...}) as fn:
+    with start_function("trading_execute", env={...}) as fn:     # or command=/cwd= for a bundle
         response = fn.post("/", json={...}, headers={...})
         fn.kill()            # SIGKILL the whole server (gunicorn master and worker)
 
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +76,8 @@ class FunctionServer:
             pass
 
 
-def _launch(name: str, env: Mapping[str, str], source: Path) -> FunctionServer:
+def _launch(name: str, env: Mapping[str, str], source: Path,
+            command: Sequence[str] | None = None, cwd: Path | None = None) -> FunctionServer:
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
     log_path = Path(log.name)
@@ -84,11 +85,13 @@ def _launch(name: str, env: Mapping[str, str], source: Path) -> FunctionServer:
                 if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
     full_env.update(env)
     full_env["PYTHONUNBUFFERED"] = "1"
-    full_env.setdefault("PYTHONPATH", str(REPO_ROOT))
+    if command is None:  # this checkout's functions-framework, with the repository importable
+        command = [sys.executable, "-m", "functions_framework"]
+        full_env.setdefault("PYTHONPATH", str(REPO_ROOT))
     process = subprocess.Popen(
-        [sys.executable, "-m", "functions_framework", "--target", name, "--source", str(source),
+        [*command, "--target", name, "--source", str(source),
          "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=cwd or REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     log.close()
@@ -113,11 +116,17 @@ def _launch(name: str, env: Mapping[str, str], source: Path) -> FunctionServer:
 
 
 @contextmanager
-def start_function(name: str, env: Mapping[str, str], *,
-                   source: Path | None = None) -> Iterator[FunctionServer]:
+def start_function(name: str, env: Mapping[str, str], *, source: Path | None = None,
+                   command: Sequence[str] | None = None,
+                   cwd: Path | None = None) -> Iterator[FunctionServer]:
     """Serve `functions/<name>/main.py` (or `source`) with exactly `env` plus PATH/HOME/locale.
-    The parent's environment is not inherited, so a setting the function needs must be passed."""
-    server = _launch(name, env, source or REPO_ROOT / "functions" / name / "main.py")
+    The parent's environment is not inherited, so a setting the function needs must be passed.
+
+    By default this checkout's functions-framework serves it with the repository on PYTHONPATH;
+    with `command` (e.g. a bundle venv's `functions-framework` executable) that command runs in
+    `cwd` and nothing is added to the path: a bundle must stand alone."""
+    server = _launch(name, env, source or REPO_ROOT / "functions" / name / "main.py",
+                     command, cwd)
     try:
         yield server
     finally:
