@@ -21,12 +21,12 @@ demo: setup ## the same stack on a throwaway cluster and free ports, a bounded s
 
 test: setup ## the whole suite: ruff, mypy, pytest (database, pgTAP via pg_prove, Supabase CLI, exchange, sandbox)
 	$(PY) -m ruff check .
-	$(PY) -m mypy shared sandbox ops functions
+	$(PY) -m mypy shared sandbox ops functions scripts
 	$(PY) -m pytest
 
 lint: setup
 	$(PY) -m ruff check .
-	$(PY) -m mypy shared sandbox ops functions
+	$(PY) -m mypy shared sandbox ops functions scripts
 
 db: setup ## start the project-local PostgreSQL on $(DB_PORT) (local + migrations + seed) and print its URL
 	@$(PY) -m scripts.pgcluster up --port $(DB_PORT) --seed
@@ -47,3 +47,9 @@ BENCHMARKS := bench/scheduler.py
 bench: setup ## benchmarks in a bench-only environment (.bench-venv, bench/node_modules); prints the tables
 	@bench/setup.sh
 	@set -e; for b in $(BENCHMARKS); do echo "==> $$b" >&2; $(BENCH_PY) $$b; done
+
+# Deployable Cloud Functions directories: build/trading_execute/, build/scan_scheduler/ (main.py,
+# requirements.txt, the vendored modules of shared each needs; the scanner's has no trade client).
+.PHONY: bundle
+bundle: setup ## one deployable directory per function under build/ (scripts/bundle.py)
+	$(PY) -m scripts.bundle --out build
