@@ -21,11 +21,12 @@ import flask
 import functions_framework
 
 from shared.api import steplog
+from shared.api.body import UnreadableBody, read_body
 from shared.api.problems import ProblemError, problem_response
 from shared.api.steplog import StepLog
 from shared.auth import AuthError, Verifier
 from shared.scanning.settings import ScanSettings
-from shared.scanning.tick import Scanner, TickReport, max_jobs_from_body
+from shared.scanning.tick import MAX_BODY_BYTES, Scanner, TickReport, max_jobs_from_body
 
 SETTINGS = ScanSettings.load()
 SETTINGS.register_secrets()
@@ -51,8 +52,11 @@ def scan_scheduler(request: flask.Request) -> Response:
             if not principal.is_service:
                 raise AuthError("a tick needs the service-role key; user tokens are not accepted")
             step.set(role=principal.role)
-        max_jobs = max_jobs_from_body(request.get_data(cache=False),
-                                      SETTINGS.scanner.max_jobs_limit)
+        try:
+            body = read_body(request.stream, MAX_BODY_BYTES)
+        except UnreadableBody as error:
+            raise ProblemError(400, "unreadable-body", str(error)) from None
+        max_jobs = max_jobs_from_body(body, SETTINGS.scanner.max_jobs_limit)
     except AuthError as exc:
         return problem_response(exc.status, "unauthorized", str(exc),
                                 headers={"WWW-Authenticate": exc.www_authenticate})

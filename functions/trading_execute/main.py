@@ -13,6 +13,7 @@ from __future__ import annotations
 import flask
 import functions_framework
 
+from shared.api.body import UnreadableBody, read_body
 from shared.api.problems import problem_response
 from shared.execution.execute import execute
 from shared.execution.reconcile import reconcile
@@ -40,7 +41,10 @@ def trading_execute(request: flask.Request) -> Reply:
                                 headers={"Allow": "POST"})
     if (request.content_length or 0) > MAX_BODY_BYTES:
         return body_too_large().response()
-    body = request.stream.read(MAX_BODY_BYTES + 1)
+    try:
+        body = read_body(request.stream, MAX_BODY_BYTES)
+    except UnreadableBody as error:
+        return problem_response(400, "unreadable-body", str(error))
     headers: dict[str, str] = {}
     for name, value in request.headers.items():
         key = name.lower()

@@ -13,13 +13,13 @@ so `Submission.owner(principal)` decides it after authentication: a user token m
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared.api import body as body_json
 from shared.api.problems import ProblemError
 from shared.auth import Principal
 
@@ -87,18 +87,13 @@ def idempotency_key(value: str | None) -> str:
 
 
 def json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object (an empty body is an empty object)."""
+    """The body as a JSON object (an empty body is an empty object); strict: shared.api.body."""
     if len(body) > MAX_BODY_BYTES:
         raise body_too_large()
-    if not body.strip():
-        return {}
     try:
-        document = json.loads(body, parse_constant=_refuse_constant)
-    except (ValueError, RecursionError):
-        raise invalid_body(["the body is not valid JSON"]) from None
-    if not isinstance(document, dict):
-        raise invalid_body(["the body must be a JSON object"])
-    return document
+        return body_json.json_object(body)
+    except body_json.InvalidJson as error:
+        raise invalid_body([str(error)]) from None
 
 
 def invalid_body(problems: list[str]) -> ProblemError:
@@ -137,7 +132,3 @@ def _json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")

@@ -32,7 +32,6 @@ retrying sooner would only spend more).
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.api.body import InvalidJson, json_object
 from shared.api.problems import ProblemError
 from shared.api.steplog import StepLog, redact
 from shared.exchange.readonly import BitvavoReadonly
@@ -445,15 +445,11 @@ def max_jobs_from_body(body: bytes, limit: int) -> int:
     a 400 problem naming what is wrong."""
     if len(body) > MAX_BODY_BYTES:
         raise ProblemError(400, "invalid-body", f"the body is larger than {MAX_BODY_BYTES} bytes")
-    if not body.strip():
-        return min(DEFAULT_MAX_JOBS, limit)
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ProblemError(400, "invalid-body", "the body is not JSON") from None
-    if not isinstance(document, dict):
+        document = json_object(body)
+    except InvalidJson as error:
         raise ProblemError(400, "invalid-body",
-                           'the body must be a JSON object like {"max_jobs": 10}')
+                           f'{error} (expected an object like {{"max_jobs": 10}})') from None
     unknown = sorted(set(document) - {"max_jobs"})
     if unknown:
         raise ProblemError(400, "invalid-body",
