@@ -53,6 +53,16 @@ def test_unicode_is_kept_and_the_body_is_utf8() -> None:
     assert "ünïcode détail".encode() in body
 
 
+def test_a_lone_surrogate_from_the_request_is_replaced_not_a_500() -> None:
+    # Found by fuzzing: the body b'{"\xed\xa0\x80": null}' decodes (json.loads reads bytes with
+    # surrogatepass) to a member name "\ud800", echoed as "\ud800: unknown field"; encoding the
+    # document raised UnicodeEncodeError, which trading_execute answered with a 500.
+    body, status, _ = problem_response(400, "invalid-body", "\ud800: unknown field",
+                                       errors=["\udfff: unknown field"])
+    assert status == 400
+    assert json.loads(body.decode("utf-8"))["detail"] == "\ufffd: unknown field"
+
+
 @pytest.mark.parametrize(("build", "error"), [
     (lambda: problem_response(500, "boom", "x", error=RuntimeError("trace")), TypeError),
     (lambda: problem_response(500, "boom", "x", when=object()), TypeError),

@@ -135,3 +135,25 @@ def test_configure_writes_bare_json_lines() -> None:
         logger.propagate = True
     (line,) = stream.getvalue().splitlines()
     assert json.loads(line)["claimed"] == 3
+
+
+def test_a_line_with_a_lone_surrogate_is_written_not_a_logging_error() -> None:
+    # What a request body's "\ud800" member name becomes in the parse step's `reason`: a UTF-8
+    # stream cannot take it, and logging printed a "Logging error" traceback instead of the line.
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+    handler = steplog.configure(stream)
+
+    def fail(record: logging.LogRecord) -> None:
+        raise AssertionError("logging error: the line was not written")
+
+    handler.handleError = fail  # type: ignore[method-assign]
+    try:
+        StepLog(request_id="req-5").event("parse", "400", reason="\ud800: unknown field",
+                                          **{"\udfff": 1})
+    finally:
+        logger = logging.getLogger(steplog.LOGGER_NAME)
+        logger.removeHandler(handler)
+        logger.propagate = True
+    (line,) = raw.getvalue().decode("utf-8").splitlines()
+    assert json.loads(line)["reason"] == "\ufffd: unknown field"

@@ -53,6 +53,7 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{64,}(?![0-9A-Za-z])"), "[redacted-hex]"),
     (re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/?#@]*:)[^\s@]+@"), r"\1[redacted]@"),
 ]
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 
@@ -67,7 +68,11 @@ def register_secret(value: str | SecretStr | None) -> None:
 
 
 def redact(text: str) -> str:
-    """`text` with everything that looks like a credential replaced."""
+    """`text` with everything that looks like a credential replaced, and safe to encode: a lone
+    surrogate (what `json.loads` makes of a "\\ud800" escape or of an invalid UTF-8 byte in a
+    request body, echoed in a problem's detail) becomes U+FFFD. Unreplaced, no UTF-8 writer can
+    encode the text: the problem document was a 500 and the log line a "Logging error" traceback."""
+    text = _LONE_SURROGATE.sub("\ufffd", text)
     with _secrets_lock:
         secrets = sorted(_secrets, key=len, reverse=True)
     for secret in secrets:
