@@ -399,6 +399,13 @@ def test_values_that_are_not_money_are_refused_before_sending(
         rpc.call("t_echo", {"p_at": datetime(2026, 1, 1)})  # noqa: DTZ001 - the naive one
     with pytest.raises(RpcInvalidArgument):
         rpc.call("t_echo", {"p_text": "nul\x00byte"})
+    # found by fuzzing (tests/test_fuzz_rpc.py): a lone surrogate has no UTF-8 encoding, and the
+    # driver raised a bare UnicodeEncodeError (not an RpcError) while sending
+    for args in ({"p_text": "lone \ud800"}, {"p_doc": {"k": ["\udfff"]}},
+                 {"p_doc": {"\ud83d": 1}}):
+        with pytest.raises(RpcInvalidArgument) as refused:
+            rpc.call("t_echo", args)
+        assert refused.value.code == "22021"
     proxy.settle()
     assert proxy.turns == before
 

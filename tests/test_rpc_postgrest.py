@@ -18,7 +18,7 @@ import httpx
 import pytest
 from pytest_httpx import HTTPXMock
 
-from shared.rpc.errors import RpcError, RpcUnavailable
+from shared.rpc.errors import RpcError, RpcInvalidArgument, RpcUnavailable
 from shared.rpc.port import RpcPort
 from shared.rpc.postgrest import PostgrestRpc
 from tests.rpc_cases import POSTGREST_ONLY_CASES, SQLSTATE_CASES, SqlstateCase
@@ -203,6 +203,22 @@ def test_bad_names_never_reach_the_url(rpc: PostgrestRpc, fn: str, args: dict[st
 def test_floats_are_refused(rpc: PostgrestRpc) -> None:
     with pytest.raises(TypeError, match="Decimal"):
         rpc.call("create_trade_proposal", {"p_amount_quote": 10.5})
+
+
+@pytest.mark.parametrize(("args", "code"), [
+    ({"p_rationale": "nul\x00byte"}, "22P05"),
+    ({"p_result": {"error_message": "nul\x00byte"}}, "22P05"),
+    ({"p_result": {"key\x00": "x"}}, "22P05"),
+    # found by fuzzing (tests/test_fuzz_rpc.py): a lone surrogate raised a bare UnicodeEncodeError
+    ({"p_rationale": "lone \ud800 surrogate"}, "22021"),
+    ({"p_result": {"error_message": ["\udfff"]}}, "22021"),
+    ({"p_result": {"key\ud83d": "x"}}, "22021"),
+])
+def test_text_postgresql_cannot_hold_is_refused_like_direct(
+        rpc: PostgrestRpc, args: dict[str, Any], code: str) -> None:
+    with pytest.raises(RpcInvalidArgument) as refused:
+        rpc.call("record_execution_result", args)  # pytest-httpx fails the test if anything is sent
+    assert refused.value.code == code
 
 
 # -- the key stays secret ------------------------------------------------------------------------

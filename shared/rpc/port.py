@@ -38,6 +38,7 @@ from shared.rpc.errors import RpcInvalidArgument
 # this shape is refused before anything is sent, so no caller-supplied text can reach the SQL
 # (DirectRpc) or the URL path (PostgrestRpc).
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 SERVICE_ROLE = "service_role"
 SERVICE_CLAIMS = {"role": SERVICE_ROLE}
@@ -78,10 +79,7 @@ def _jsonable(value: Any, fn: str, where: str) -> Any:
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, str):
-        if "\x00" in value:
-            # PostgreSQL text cannot hold NUL; both roads refuse it the same way, before sending.
-            raise RpcInvalidArgument(f"{where} must not contain NUL (0x00) characters",
-                                     code="22P05", fn=fn)
+        _check_text(value, fn, where)
         return value
     if isinstance(value, Decimal):
         if not value.is_finite():
@@ -102,11 +100,25 @@ def _jsonable(value: Any, fn: str, where: str) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(f"{where}: JSON object keys must be str, got {type(key).__name__}")
+            _check_text(key, fn, f"{where} (a key)")
             out[key] = _jsonable(item, fn, f"{where}.{key}")
         return out
     if isinstance(value, list | tuple):
         return [_jsonable(item, fn, f"{where}[{i}]") for i, item in enumerate(value)]
     raise TypeError(f"{where}: {type(value).__name__} is not accepted for RPC arguments")
+
+
+def _check_text(value: str, fn: str, where: str) -> None:
+    """Text PostgreSQL can store, refused the same way on both roads before anything is sent:
+    no NUL (text cannot hold it: 22P05), and no lone surrogate (U+D800-U+DFFF, what `json.loads`
+    makes of a "\\ud800" escape; it has no UTF-8 encoding, so the driver raised a bare
+    UnicodeEncodeError instead of an RpcError: 22021, PostgreSQL's code for invalid text)."""
+    if "\x00" in value:
+        raise RpcInvalidArgument(f"{where} must not contain NUL (0x00) characters",
+                                 code="22P05", fn=fn)
+    if _LONE_SURROGATE.search(value):
+        raise RpcInvalidArgument(f"{where} must not contain lone surrogates (U+D800-U+DFFF)",
+                                 code="22021", fn=fn)
 
 
 def dumps(value: Any) -> str:
