@@ -7,7 +7,7 @@ SANDBOX_PORT ?= 54330
 TRADING_EXECUTE_PORT ?= 54331
 SCAN_SCHEDULER_PORT ?= 54332
 
-.PHONY: setup run demo test lint db db-down db-reset sandbox bench
+.PHONY: setup run demo test lint db db-down db-reset sandbox bench fuzz
 
 setup: ## install what is missing (venv, PostgreSQL 15 + pg_cron + pgTAP, Supabase CLI)
 	@scripts/setup.sh
@@ -23,6 +23,14 @@ test: setup ## the whole suite: ruff, mypy, pytest (database, pgTAP via pg_prove
 	$(PY) -m ruff check .
 	$(PY) -m mypy shared sandbox ops functions scripts
 	$(PY) -m pytest
+
+# The fuzzers with a long budget and a fresh random seed per run (CI runs each with a small fixed,
+# derandomized budget as part of `make test`). A failure prints the seed to replay it with
+# `$(PY) -m pytest --hypothesis-seed=<seed> tests/test_fuzz_….py`.
+FUZZ_EXAMPLES ?= 2000
+fuzz: setup ## the HTTP and RPC fuzzers, FUZZ_EXAMPLES (default 2000) random examples per test
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider --timeout=0 \
+		--hypothesis-show-statistics tests/test_fuzz_http.py tests/test_fuzz_rpc.py
 
 lint: setup
 	$(PY) -m ruff check .
