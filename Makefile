@@ -7,7 +7,7 @@ SANDBOX_PORT ?= 54330
 TRADING_EXECUTE_PORT ?= 54331
 SCAN_SCHEDULER_PORT ?= 54332
 
-.PHONY: setup run demo test lint db db-down db-reset sandbox bench fuzz
+.PHONY: setup run demo test lint db db-down db-reset sandbox bench fuzz rls-matrix
 
 setup: ## install what is missing (venv, PostgreSQL 15 + pg_cron + pgTAP, Supabase CLI)
 	@scripts/setup.sh
@@ -31,6 +31,9 @@ FUZZ_EXAMPLES ?= 2000
 fuzz: setup ## the HTTP and RPC fuzzers, FUZZ_EXAMPLES (default 2000) random examples per test
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider --timeout=0 \
 		--hypothesis-show-statistics tests/test_fuzz_http.py tests/test_fuzz_rpc.py
+
+rls-matrix: setup ## observe the RLS matrix on a throwaway cluster and write it into README.md
+	$(PY) -m scripts.rls_matrix --readme README.md
 
 lint: setup
 	$(PY) -m ruff check .
