@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
@@ -83,6 +85,7 @@ class World:
     execute: Stack
     scan: FunctionServer
     keys: Keys
+    jwks: RecordingServer
     user: uuid.UUID
     other: uuid.UUID
     approved: list[str]          # the user's approved proposals (a valid request executes one)
@@ -130,7 +133,7 @@ def world(pg_session: SessionCluster, bitvavo_sandbox_session: SandboxServer) ->
                 fingerprint = Fingerprint(db)
                 try:
                     yield World(db, fingerprint, bitvavo_sandbox_session, execute, scan, keys,
-                                user, other, approved, others_proposal)
+                                jwks, user, other, approved, others_proposal)
                 finally:
                     fingerprint.close()
     finally:
@@ -226,10 +229,15 @@ def execute_bodies(world: World) -> st.SearchStrategy[bytes]:
         (f'{{"proposal_id": "{world.approved[0]}",}}').encode(),
         (f"{{'proposal_id': '{world.approved[0]}'}}").encode(),
     ])
-    exact = st.builds(lambda i: {"proposal_id": i}, st.one_of(
-        st.sampled_from(world.approved), st.just(world.others_proposal), st.uuids().map(str)))
+    some_id = st.one_of(st.sampled_from(world.approved), st.just(world.others_proposal),
+                        st.uuids().map(str))
+    exact = st.builds(lambda i: {"proposal_id": i}, some_id)
+    # a user naming another user (the service's field): must never choose whose proposal runs
+    forged = st.builds(lambda i, u: {"proposal_id": i, "user_id": u}, some_id, st.sampled_from(
+        [str(world.other), str(world.user), str(uuid.uuid4())]))
     return st.one_of(
-        encoded(exact), encoded(objects), encoded(st.dictionaries(member, ids, max_size=3)),
+        encoded(exact), encoded(forged), encoded(objects),
+        encoded(st.dictionaries(member, ids, max_size=3)),
         encoded(json_values(floats=True)), duplicate, literal,
         odd_text().map(lambda s: s.encode("utf-8", errors="surrogatepass")),
         st.binary(max_size=6000), deep_json_text().map(str.encode),
@@ -490,6 +498,28 @@ def test_tokens(world: World, data: st.DataObject) -> None:
         assert refused or answer.status in (user_answer, service_answer), why
     if answer.status != 404:  # only the claim (of a valid user token) may write: its audit row
         world.assert_unchanged(before, why)
+
+
+def test_unknown_kids_do_not_make_us_hammer_the_jwks(world: World) -> None:
+    """60 ES256 tokens naming kids nobody published: each is a 401, and the verifiers fetch the
+    key set at most once more per function (PyJWKClient's refresh cooldown), not once a token."""
+    fetched = len(world.jwks.snapshot())
+    for n in range(60):
+        token = data_token(world, kid=f"rotated-{n}")
+        body = json.dumps({"proposal_id": str(uuid.uuid4())}).encode()
+        for fn in (world.execute.fn, world.scan):
+            answer = from_httpx(fn.post("/", content=body if fn is world.execute.fn else b"{}",
+                                        headers={
+                "Authorization": f"Bearer {token}",
+                "Idempotency-Key": f"fuzz-{uuid.uuid4()}"}))
+            assert answer.status == 401, answer.text
+    assert len(world.jwks.snapshot()) - fetched <= 2
+
+
+def data_token(world: World, *, kid: str) -> str:
+    return jwt.encode({"sub": str(world.user), "role": "authenticated", "aud": "authenticated",
+                       "exp": int(time.time()) + 600}, world.keys.ec_private, algorithm="ES256",
+                      headers={"kid": kid})
 
 
 # -- scan_scheduler's body -------------------------------------------------------------------------
