@@ -14,6 +14,7 @@ import pytest
 from scripts.rls_intended import ACTORS, INTENDED, OPERATIONS, WHY
 from scripts.rls_matrix import (
     END_MARKER,
+    README,
     START_MARKER,
     TABLES,
     Observed,
@@ -80,3 +81,10 @@ def test_the_markdown_shows_every_cell_and_replaces_the_readme_block(observed: O
     assert once.endswith(f"{END_MARKER}\n\nmore\n")
     with pytest.raises(ValueError, match="not found"):
         replace_in_readme("# no markers\n", markdown)
+
+
+def test_the_readme_shows_the_observed_matrix(observed: Observed) -> None:
+    """README.md's block between the markers is this matrix: regenerate it (`make rls-matrix`)
+    whenever a grant or a policy changes."""
+    text = README.read_text()
+    assert replace_in_readme(text, render(observed)) == text, "README.md is stale: make rls-matrix"
