@@ -8,7 +8,12 @@ parameter gets a strategy for its type — uuids that are known rows, random, or
 numbers spelled as text (NaN, ±Infinity, 1e131072, 20,000 decimals, 140,000 digits, Arabic-Indic
 digits…); integers far outside int4; text with NUL, lone surrogates, RTL marks, emoji, SQL and
 format strings, 70,000 characters; booleans spelled every way; wrong JSON shapes for p_result /
-p_results — and the domain values the RPC expects, so its business paths run as well.
+p_results — and the domain values the RPC expects, so its business paths run as well. Two runs:
+- random (hypothesis): up to three parameters fuzzed per call, the others valid;
+- a deterministic sweep: each parameter through its type's edge values (every length limit the
+  RPCs state and one more, NaN/±Infinity/131,073 digits/16,384 decimals, int4's edges, uuid
+  look-alikes, odd p_result/p_results shapes), the others valid — a missing or late check is hit
+  for sure, not by chance.
 
 The property, per call:
 - it returns (a business outcome, in jsonb / rows / a scalar), or
@@ -31,12 +36,15 @@ import psycopg
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from hypothesis.strategies import SearchStrategy
 
 from shared.rpc.direct import DirectRpc, _call_sql, _param, _translate
 from shared.rpc.errors import RpcError, RpcInvalidArgument
 from shared.rpc.port import decode_json, encode_args
 from tests.fuzz_support import (
+    NUMBER_WORDS,
+    UUID_SHAPES,
     Fingerprint,
     bool_values,
     changed_tables,
@@ -84,6 +92,7 @@ class World:
     users: list[str]
     ids: dict[str, list[str]] = field(default_factory=dict)   # kind → known row ids
     optional: dict[str, set[str]] = field(default_factory=dict)  # fn → parameters with a default
+    last: dict[str, tuple[int, str]] | None = None  # the fingerprint after the last call
     params: dict[str, dict[str, Param]] = field(default_factory=dict)  # built once: strategies()
 
     def __repr__(self) -> str:
@@ -166,10 +175,28 @@ def world(pg_session: SessionCluster) -> Iterator[World]:
 # -- strategies per parameter ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Param:
-    """What a parameter gets: `valid` values (the RPC's business paths) and `fuzz` ones."""
+    """What a parameter gets: `valid` values (the RPC's business paths) and `fuzz` ones for the
+    random examples; a valid `default` and the `edges` for the deterministic sweep."""
 
     valid: SearchStrategy[Any]
     fuzz: SearchStrategy[Any]
+    default: Any
+    edges: tuple[Any, ...]
+
+
+# The sweep's values per type: every limit the RPCs state (lengths 100, 200, 255, 500, 2000, 10000
+# and one more), every spelling of a number PostgreSQL or Python might read, int4's edges.
+LENGTHS = (1, 100, 101, 200, 201, 255, 256, 500, 501, 2000, 2001, 10000, 10001, 70000)
+TEXT_EDGES = ("", " ", "\t", " padded ", "nul\x00", "\ud800", "\u202e\u200f", "\U0001f4a9",
+              "' or '1'='1", "%s", "\\x00", None, 7, True,
+              *("x" * n for n in LENGTHS), *(" " * n for n in (200, 10001)))
+NUMERIC_EDGES = (*NUMBER_WORDS, "0." + "0" * 16382 + "1", "0." + "0" * 16383 + "1",
+                 "9" * 131072, "9" * 131073, 10**30, -1, 0, True, None)
+INT_EDGES = (None, 0, -1, 1, 9, 10, 59, 60, 299, 300, 366, 367, 500, 501, 1000, 1001, 3600, 3601,
+             86400, 86401, 10_000_000, 10_000_001, 2**31 - 1, 2**31, -(2**31), -(2**31) - 1,
+             "1.5", "", " 7 ", "x", "NaN", True)
+UUID_EDGES = (*UUID_SHAPES, None, 0, True, str(uuid.UUID(int=0)), str(uuid.UUID(int=2**128 - 1)))
+BOOL_EDGES = (None, "t", "maybe", "", 1, "yes", " true ")
 
 
 PLAIN_TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
@@ -181,25 +208,29 @@ def text_param(*valid: str, plain: bool = False) -> Param:
     good = st.sampled_from(valid) if valid else PLAIN_TEXT
     if plain and valid:
         good = st.one_of(good, PLAIN_TEXT)
-    return Param(good, st.one_of(odd_text(), st.none(), st.integers(-10, 10), st.booleans()))
+    return Param(good, st.one_of(odd_text(), st.none(), st.integers(-10, 10), st.booleans()),
+                 valid[0] if valid else "fuzz", TEXT_EDGES)
 
 
 def numeric_param(*valid: str) -> Param:
     return Param(st.sampled_from(valid), st.one_of(numeric_text(), st.none(),
-                                                   st.integers(-10**20, 10**20), st.booleans()))
+                                                   st.integers(-10**20, 10**20), st.booleans()),
+                 valid[0], NUMERIC_EDGES)
 
 
 def int_param(*valid: int) -> Param:
-    return Param(st.sampled_from(valid), st.one_of(int_values(), st.booleans()))
+    return Param(st.sampled_from(valid), st.one_of(int_values(), st.booleans()), valid[0],
+                 INT_EDGES)
 
 
 def uuid_param(world: World, kind: str) -> Param:
     return Param(st.sampled_from(world.ids[kind]),
-                 st.one_of(uuid_text(world.ids[kind]), st.integers(0, 10), st.booleans()))
+                 st.one_of(uuid_text(world.ids[kind]), st.integers(0, 10), st.booleans()),
+                 world.ids[kind][0], UUID_EDGES)
 
 
 def bool_param() -> Param:
-    return Param(st.booleans(), bool_values())
+    return Param(st.booleans(), bool_values(), True, BOOL_EDGES)
 
 
 def timestamps() -> SearchStrategy[Any]:
@@ -235,10 +266,24 @@ def execution_result_param() -> Param:
     })
     extra = st.dictionaries(odd_text(2, long=False), json_values(floats=False, max_leaves=3),
                             min_size=1, max_size=2)
+    edges = (None, {}, [], "x", 1, True, "{", {"status": None}, {"status": "x" * 100_000},
+             {"status": "filled"}, {"status": "filled", "filled_amount": "0.0002"},
+             {"status": "filled", "filled_amount": "1", "price": "0"},
+             {"status": "filled", "filled_amount": 10**39, "filled_amount_quote": "1"},
+             {"status": "filled", "filled_amount": "1",
+              "filled_amount_quote": "0." + "0" * 29 + "1"},
+             {"status": "partially_filled", "filled_amount": "-1"},
+             {"status": "rejected", "filled_amount": "1"}, {"status": "canceled", "price": "1"},
+             {"status": "submitted", "exchange_order_id": "x" * 129},
+             {"status": "submitted", "submitted_at": "0044-03-15 BC"},
+             {"status": "failed", "completed_at": "infinity"},
+             {"status": "failed", "error_message": "x" * 100_000, "error_code": 10**70},
+             {"status": "unknown", "fee_currency": ["EUR"]}, {"status": "unknown", "": 1})
     return Param(valid, st.one_of(
         shaped, shaped, st.builds(lambda a, b: {**a, **b}, valid, extra),
         json_values(floats=False), odd_text(),
-        st.sampled_from(['{"status": "filled"', "[]", "null", '"filled"', "{}", "1e400"])))
+        st.sampled_from(['{"status": "filled"', "[]", "null", '"filled"', "{}", "1e400"])),
+        {"status": "submitted"}, edges)
 
 
 def release_results_param(world: World) -> Param:
@@ -256,12 +301,22 @@ def release_results_param(world: World) -> Param:
                             max_size=2)
     entries = st.lists(st.one_of(entry, entry, st.builds(lambda a, b: {**a, **b}, entry, extra),
                                  json_values(floats=False, max_leaves=3)), max_size=5)
+    many = [{"job_id": str(uuid.uuid4()), "succeeded": False} for _ in range(1001)]
+    edges = (None, [], {}, "[]", "[", [None], [{}], [[]], many[:1000], many,
+             [{"job_id": jobs[2], "succeeded": True}] * 2,
+             [{"job_id": jobs[2], "succeeded": "true"}], [{"job_id": jobs[2], "succeeded": None}],
+             [{"job_id": jobs[2].upper(), "succeeded": True}],
+             [{"job_id": jobs[2], "succeeded": False, "error": "x" * 100_000}],
+             [{"job_id": jobs[2], "succeeded": False, "error": 5}],
+             [{"job_id": jobs[2], "succeeded": True, "extra": 1}],
+             [{"job_id": "g" * 36, "succeeded": True}])
     return Param(valid, st.one_of(
         entries, entries, json_values(floats=False), odd_text(),
         st.just([{"job_id": jobs[0], "succeeded": True}] * 2),
         st.integers(999, 1001).map(
             lambda n: [{"job_id": str(uuid.uuid4()), "succeeded": False} for _ in range(n)]),
-        st.sampled_from(["[", "[{}]", '[{"job_id": null, "succeeded": true}]'])))
+        st.sampled_from(["[", "[{}]", '[{"job_id": null, "succeeded": true}]'])),
+        [{"job_id": jobs[2], "succeeded": True}], edges)
 
 
 def strategies(world: World) -> dict[str, dict[str, Param]]:
@@ -274,10 +329,11 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
     model = text_param("gpt-4o-mini", "gpt-4o", "unknown-model")
     amount, confidence = numeric_param("10", "5", "7.5"), numeric_param("0.9", "0.5", "1")
     rationale = text_param(plain=True)
+    key_edges = ("", "a" * 255, "a" * 256, " a", "a ", "caf\u00e9", "tab\t", "new\nline", "\x7f",
+                 "~" * 255, "!", *TEXT_EDGES)
     key = Param(st.builds(lambda: f"fuzz-{uuid.uuid4()}"), st.one_of(
-        printable_ascii(1, 40), st.sampled_from(["", "a" * 255, "a" * 256, " a", "a ",
-                                                 "caf\u00e9", "tab\t", "new\nline"]),
-        text_param().fuzz))
+        printable_ascii(1, 40), st.sampled_from(key_edges), text_param().fuzz),
+        "fuzz-key-default", key_edges)
     return {
         "check_gpt_budget": {"p_user_id": user},
         "claim_due_scan_jobs": {"p_worker_id": worker, "p_limit": int_param(1, 10, 1000),
@@ -355,9 +411,18 @@ USER_RPCS = ("decide_trade_proposal", "get_budget_analytics")
 SETOF = {"claim_due_scan_jobs", "debug_check_locks", "list_unsettled_executions"}
 
 
+def note(text: str) -> None:
+    """A hypothesis event (the statistics of `make fuzz`), when inside a hypothesis example."""
+    if currently_in_test_context():
+        event(text)
+
+
 def call_and_check(world: World, fn: str, args: dict[str, Any], *,
                    user: UserRpc | None = None) -> None:
-    before = world.fingerprint.take()
+    # Nothing else writes this module's database, so the fingerprint after the previous call is
+    # the one before this call: one fingerprint per call.
+    before = world.last or world.fingerprint.take()
+    world.last = None
     where = f"{fn}({', '.join(f'{k}={v!r:.80}' for k, v in args.items())})"
     try:
         if user is not None:
@@ -367,17 +432,31 @@ def call_and_check(world: World, fn: str, args: dict[str, Any], *,
         else:
             result = world.rpc.call(fn, args)
     except RpcInvalidArgument as error:
-        event(f"{fn}: refused {error.code}")
+        note(f"{fn}: refused {error.code}")
         assert error.code in ALLOWED_DATA_ERRORS, f"{where}: {error.code} {error.message}"
-        after = world.fingerprint.take()
-        assert changed_tables(before, after) == [], f"{where} was refused but changed rows"
+        world.last = world.fingerprint.take()
+        assert changed_tables(before, world.last) == [], f"{where} was refused but changed rows"
         return
     except RpcError as error:
         raise AssertionError(f"{where}: {type(error).__name__} [{error.code}] {error.message}"
                              ) from error
+    world.last = world.fingerprint.take()
     outcome = (result.get("outcome") or result.get("status") or result.get("reason")
                if isinstance(result, dict) else type(result).__name__)
-    event(f"{fn}: {outcome}")
+    note(f"{fn}: {outcome}")
+
+
+def sweep(world: World, fn: str, *, user: UserRpc | None = None) -> int:
+    """Each parameter through each of its edge values, the other parameters valid."""
+    params = world.params[fn]
+    calls = 0
+    for name, param in params.items():
+        for edge in param.edges:
+            args = {other: p.default for other, p in params.items()}
+            args[name] = edge
+            call_and_check(world, fn, args, user=user)
+            calls += 1
+    return calls
 
 
 @pytest.mark.parametrize("fn", SERVICE_RPCS)
@@ -404,6 +483,24 @@ def test_user_rpc_arguments(world: World, fn: str) -> None:
             call_and_check(world, fn, draw_args(data, world, fn), user=user)
 
         run()
+    finally:
+        user.close()
+
+
+@pytest.mark.parametrize("fn", SERVICE_RPCS)
+def test_rpc_edges(world: World, fn: str) -> None:
+    """The deterministic sweep: every parameter of every RPC through its type's edge values (the
+    lengths the RPCs limit and one more, NaN/±Infinity/131,073 digits/16,384 decimals, int4's
+    edges, uuid look-alikes, odd JSON shapes) with the other parameters valid — so a check that is
+    missing or too late is hit for sure, not by chance."""
+    assert sweep(world, fn) == sum(len(p.edges) for p in world.params[fn].values())
+
+
+@pytest.mark.parametrize("fn", USER_RPCS)
+def test_user_rpc_edges(world: World, fn: str) -> None:
+    user = UserRpc(world.db, world.users[0])
+    try:
+        sweep(world, fn, user=user)
     finally:
         user.close()
 
