@@ -26,8 +26,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 from hypothesis.strategies import SearchStrategy
 
 from tests.pg import Database
@@ -53,6 +54,13 @@ def fuzz_settings(ci_examples: int) -> settings:
                                HealthCheck.data_too_large, HealthCheck.large_base_example,
                                HealthCheck.filter_too_much],
     )
+
+
+def note(text: str) -> None:
+    """A hypothesis event (the statistics `make fuzz` prints), when inside a hypothesis example;
+    nothing in the deterministic sweeps."""
+    if currently_in_test_context():
+        event(text)
 
 
 # -- text --------------------------------------------------------------------------------------

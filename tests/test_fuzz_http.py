@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from hypothesis import event, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from sandbox.auth import DEFAULT_VIEW_SECRET
@@ -56,6 +56,7 @@ from tests.fuzz_support import (
     from_httpx,
     fuzz_settings,
     json_values,
+    note,
     odd_text,
     printable_ascii,
     raw_request,
@@ -264,7 +265,7 @@ def settle(world: World, before: tuple[dict[str, tuple[int, str]], int], answer:
     2xx, 404, 409, 422 — which may write audit rows, and with 201/202 place one order). Anything
     else is a 4xx that changed nothing. `valid` None: the oracle cannot tell (either is right)."""
     verdict = {True: "valid", False: "invalid", None: "either"}[valid]
-    event(f"{verdict} → {answer.status}")
+    note(f"{verdict} → {answer.status}")
     if answer.status < 300 or answer.status in (404, 409, 422):
         assert valid is not False, f"an invalid request reached the claim: {why}"
         assert answer.status in EXECUTE_ANSWERS, why
@@ -310,7 +311,7 @@ def test_reconcile_bodies_and_callers(world: World, body: bytes, as_service: boo
     answer = from_httpx(world.execute.fn.post("/reconcile", content=body,
                                               headers={"Authorization": f"Bearer {token}"}))
     document = check_answer(answer, ALL_SECRETS)
-    event(f"{'service' if as_service else 'user'} → {answer.status}")
+    note(f"{'service' if as_service else 'user'} → {answer.status}")
     world.assert_unchanged(before, f"/reconcile {body[:100]!r} → {answer.status}")
     if answer.status == 200:
         assert as_service and set(document) >= {"examined", "settled", "failed"}, document
@@ -397,6 +398,29 @@ def test_execute_headers(world: World, data: st.DataObject) -> None:
                f"{answer.status} {answer.text[:300]}")
 
 
+@pytest.mark.parametrize(("key", "valid"), [
+    (b"", False), (b"a", True), (b"a" * 255, True), (b"a" * 256, False), (b"!" * 255, True),
+    (b"~", True), (b"in side", True), (b" padded", True), (b"padded\t", True),  # OWS stripped
+    (b"tab\there", False), (b"nul\x00", False), (b"bell\x07", False), (b"del\x7f", False),
+    (b"esc\x1b[0m", False), ("caf\u00e9".encode(), False), ("caf\u00e9".encode("latin-1"), False),
+    ("\U0001f4a9".encode(), False), (b"\xff", False), (b"k" * 9000, False),
+], ids=lambda v: repr(v)[:24] if isinstance(v, bytes) else str(v))
+def test_idempotency_key_edges(world: World, key: bytes, valid: bool) -> None:
+    """The Idempotency-Key edges one by one (raw bytes, a valid bearer, an unknown proposal): a
+    valid key reaches the claim (404), anything else is a 4xx that changed nothing. Spaces and tabs
+    at the ends are not part of a field value in HTTP, so they never reach the function."""
+    body = json.dumps({"proposal_id": str(uuid.uuid4())}).encode()
+    head = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            + header_line(b"Content-Length", str(len(body)).encode())
+            + header_line(b"Authorization", f"Bearer {world.token()}".encode())
+            + header_line(b"Idempotency-Key", key))
+    before = world.snapshot()
+    answer = raw_request(world.execute.fn.url, head, body)
+    check_answer(answer, ALL_SECRETS, raw=True)
+    settle(world, before, answer, valid=valid, why=f"key={key[:40]!r} → {answer.status}")
+    assert answer.status == 404 if valid else 400 <= answer.status < 500
+
+
 @pytest.mark.parametrize(("head", "body"), [
     (b"Content-Length: 5", b"{}"),                   # promises more than it sends (EOF)
     (b"Content-Length: 1", b"{}"),                   # sends more than it promises
@@ -460,7 +484,7 @@ def test_methods_and_paths(world: World, method: str, path: str, target: str) ->
                               "Connection: close\r\nContent-Length: 0\r\n"
                               f"Authorization: Bearer {SERVICE_KEY}\r\n".encode())
     check_answer(answer, ALL_SECRETS, raw=True)
-    event(f"{target} {method} → {answer.status}")
+    note(f"{target} {method} → {answer.status}")
     assert answer.status in (404, 405) or server_refusal(answer), answer.text
     world.assert_unchanged(before, f"{method} {path}")
 
@@ -485,7 +509,7 @@ def test_tokens(world: World, data: st.DataObject) -> None:
     answer = from_httpx(response)
     check_answer(answer, ALL_SECRETS, raw=True)
     why = f"{target} {token.expected}: {token.why} → {answer.status} {answer.text[:300]}"
-    event(f"{target}: {token.expected} → {answer.status}")
+    note(f"{target}: {token.expected} → {answer.status}")
     refused = answer.status == 401 or server_refusal(answer)
     if refused:
         assert answer.status != 401 or answer.header("www-authenticate"), why
@@ -546,7 +570,7 @@ def test_scan_bodies(world: World, body: bytes) -> None:
                                         headers={"Authorization": f"Bearer {SERVICE_KEY}"}))
     document = check_answer(answer, ALL_SECRETS)
     why = f"body={body[:200]!r} → {answer.status} {answer.text[:300]}"
-    event(f"{'valid' if valid_scan_body(body) else 'invalid'} → {answer.status}")
+    note(f"{'valid' if valid_scan_body(body) else 'invalid'} → {answer.status}")
     world.assert_unchanged(before, why)
     if valid_scan_body(body):
         assert answer.status == 200 and document["claimed"] == 0, why

@@ -34,9 +34,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import event, given
+from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.control import currently_in_test_context
 from hypothesis.strategies import SearchStrategy
 
 from shared.rpc.direct import DirectRpc, _call_sql, _param, _translate
@@ -51,6 +50,7 @@ from tests.fuzz_support import (
     fuzz_settings,
     int_values,
     json_values,
+    note,
     numeric_text,
     odd_text,
     printable_ascii,
@@ -409,12 +409,6 @@ SERVICE_RPCS = ("check_gpt_budget", "claim_due_scan_jobs", "claim_trade_executio
                 "reserve_gpt_budget", "run_maintenance", "set_trading_halted", "settle_gpt_usage")
 USER_RPCS = ("decide_trade_proposal", "get_budget_analytics")
 SETOF = {"claim_due_scan_jobs", "debug_check_locks", "list_unsettled_executions"}
-
-
-def note(text: str) -> None:
-    """A hypothesis event (the statistics of `make fuzz`), when inside a hypothesis example."""
-    if currently_in_test_context():
-        event(text)
 
 
 def call_and_check(world: World, fn: str, args: dict[str, Any], *,
