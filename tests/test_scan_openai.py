@@ -214,6 +214,20 @@ def test_a_valid_answer_is_a_signal_and_its_usage_is_settled(
     assert max_prompt == prompt_token_bound(sent["messages"])
 
 
+def test_control_characters_in_the_rationale_are_dropped_not_fatal(
+        oracle: OpenAIOracle, port: FakeBudgetPort, events: list[tuple[Any, ...]],
+        httpx_mock: HTTPXMock) -> None:
+    # NUL cannot be stored in PostgreSQL text: kept, it would fail the job at create_scan_proposal
+    # and its retry would spend the budget again.
+    content = json.dumps({"action": "sell", "confidence": 0.9,
+                          "rationale": "Down\u0000trend\u0007 below EMA26.\nSell."})
+    httpx_mock.add_callback(guarded(events, 200, variant(content)), url=COMPLETIONS)
+    answer = ask(oracle)
+    assert isinstance(answer, Signal) and answer.side == "sell"
+    assert answer.rationale == "gpt-4o-mini: Downtrend below EMA26.\nSell."
+    assert settled_only(port)[:3] == (1234, 1024, 41)
+
+
 def test_hold_is_no_signal_and_still_settled(oracle: OpenAIOracle, port: FakeBudgetPort,
                                              events: list[tuple[Any, ...]],
                                              httpx_mock: HTTPXMock) -> None:

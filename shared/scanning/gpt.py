@@ -40,7 +40,7 @@ import openai
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.scanning.budget import NO_TOKENS, Denial, GptBudget, Reservation, Usage
 from shared.scanning.oracle import (
@@ -97,6 +97,21 @@ class ModelSignal(BaseModel):
     action: Literal["buy", "sell", "hold"]
     confidence: Decimal = Field(ge=0, le=1)
     rationale: str = Field(min_length=1, max_length=2000)
+
+    @field_validator("rationale")
+    @classmethod
+    def _printable(cls, text: str) -> str:
+        """Model text is untrusted: control characters (NUL above all, which PostgreSQL text
+        cannot hold) and unpaired surrogates are dropped here, so a strange answer still becomes
+        a proposal instead of failing the job and spending the budget again on its retry."""
+        kept = "".join(c for c in text if _printable(c))
+        if not kept.strip():
+            raise ValueError("the rationale has no printable text")
+        return kept
+
+
+def _printable(char: str) -> bool:
+    return char in "\n\t" or (char >= " " and char != "\x7f" and not "\ud800" <= char <= "\udfff")
 
 
 def build_messages(request: OracleRequest, settings: ScannerSettings) -> list[dict[str, str]]:
