@@ -8,7 +8,8 @@ the ratios printed next to the numbers mean anything.
   ours            claim_due_scan_jobs(p_limit = batch) + release_job_locks (one call per batch),
                   each RPC one PostgREST-style transaction as service_role (role and
                   request.jwt.claims set with set_config(…, true) in that transaction) over one
-                  round trip (bench/rpc.py; shared.rpc.direct.DirectRpc once it lands).
+                  round trip, through shared.rpc.direct.DirectRpc (bench/rpc.py), the adapter
+                  the functions use.
                   With the 5,000-job run also "ours, release per job": the same claim, then
                   release_job_lock once per job, as before the batch form existed.
   procrastinate   Procrastinate's own schema and SQL functions (from the installed package):
@@ -32,7 +33,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -49,11 +49,11 @@ if str(ROOT) not in sys.path:  # run as a script: make `scripts` and `bench` imp
 
 import psycopg  # noqa: E402
 
-from bench.rpc import open_port  # noqa: E402
+from bench.measure import TEST_CLUSTER_SETTINGS, machine  # noqa: E402
+from bench.rpc import FLOOR_SQL, open_port  # noqa: E402
 from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, Cluster, free_port, sql_files  # noqa: E402
 
 GRAPHILE_SCRIPT = ROOT / "bench" / "graphile_worker.mjs"
-TEST_CLUSTER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 MARKETS = 100
 OURS, OURS_SINGLE, PROCRASTINATE = "ours", "ours, release per job", "procrastinate"
 GRAPHILE, GRAPHILE_BATCHED = "graphile", "graphile batched"
@@ -79,12 +79,15 @@ class Result:
 # -- workers (one process each; they connect, wait for the start, drain, report) -------------
 def _ours_worker(url: str, name: str, batch: int, per_job: bool, start: Any, out: Any) -> None:
     port = open_port(url)
+    port.call("bench_floor", {"p_user_id": None})  # connected before the start, like the peers
     ids: list[str] = []
+    calls = 0  # DirectRpc: one round trip per call
     start.wait()
     t0 = time.monotonic()
     while True:
         rows = port.rows("claim_due_scan_jobs",
                          {"p_worker_id": name, "p_limit": batch, "p_lock_seconds": 300})
+        calls += 1
         if not rows:
             break
         claimed = [str(r["id"]) for r in rows]
@@ -94,13 +97,15 @@ def _ours_worker(url: str, name: str, batch: int, per_job: bool, start: Any, out
                 answer = port.call("release_job_lock", {"p_job_id": job_id, "p_worker_id": name,
                                                         "p_succeeded": True})
                 assert answer["released"], answer
+            calls += len(claimed)
         else:
             answer = port.call("release_job_locks", {
                 "p_worker_id": name,
                 "p_results": [{"job_id": j, "succeeded": True} for j in claimed]})
             assert answer["released_count"] == len(claimed), answer
+            calls += 1
     t1 = time.monotonic()
-    out.put((t0, t1, ids, port.round_trips))
+    out.put((t0, t1, ids, calls))
     port.close()
 
 
@@ -177,6 +182,7 @@ class Bench:
         c = self.cluster
         c.create_database("ours")
         c.apply("ours", sql_files(LOCAL_SQL, MIGRATIONS))
+        c.psql("ours", sql=FLOOR_SQL)
         users = -(-self.max_jobs // MARKETS)
         self.sql("ours", "insert into public.market_allowlist (market, enabled) "
                          "select 'M' || g || '-EUR', true from generate_series(1, %s) g",
@@ -275,25 +281,6 @@ class Bench:
 
 
 # -- the report -------------------------------------------------------------------------------
-def machine(cluster: Cluster) -> str:
-    with psycopg.connect(cluster.url(), autocommit=True) as conn:
-        version = conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
-        names = ("shared_buffers", "fsync", "synchronous_commit", "full_page_writes",
-                 "wal_level", "max_wal_size", "autovacuum")
-        shown = {n: conn.execute(f"show {n}").fetchone()[0] for n in names}  # type: ignore[index]
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    settings = ", ".join(f"{k}={v}" for k, v in shown.items())
-    return (f"nproc {os.cpu_count()} ({cpu}); PostgreSQL {version}; {settings}; "
-            f"load average before the run {os.getloadavg()[0]:.2f}")
-
-
 def median_result(runs: Sequence[Result]) -> Result:
     """The run with the median rate; duplicates and problems summed over every repeat."""
     ordered = sorted(runs, key=lambda r: r.rate)
@@ -339,7 +326,8 @@ def print_report(results: dict[tuple[int, int, str], Result], jobs_list: Sequenc
     print()
     trips = {r.system: r.round_trips / r.handled for r in results.values()
              if r.round_trips and r.handled}
-    print("database round trips per job (counted by the client): "
+    print("database round trips per job (counted by the client; DirectRpc and autocommit "
+          "queries are one round trip each): "
           + ", ".join(f"{name} {value:.2f}" for name, value in trips.items()))
     dups = sum(r.duplicates for r in results.values())
     problems = [f"{k}: {p}" for k, r in results.items() for p in r.problems]
