@@ -172,33 +172,41 @@ create policy "users can read their own gpt usage"
 -- =============================================================================================
 -- Section - budget helpers (private)
 -- =============================================================================================
+-- PL/pgSQL, also the one-statement helpers: they pin search_path (the advisor's rule), so a SQL
+-- function would not be inlined and would be parsed and planned again in every transaction —
+-- every reservation is one (the same reasoning as the execution helpers').
 
 -- The user's spend (settled cost + outstanding reservations) in the last hour and this UTC day.
 create or replace function private.gpt_spend(p_user_id uuid, out spent_hour_usd numeric, out spent_day_usd numeric)
-language sql
+language plpgsql
 stable
 set search_path = ''
 as $$
+begin
   select
     coalesce(sum(case l.status when 'settled' then l.cost_usd when 'reserved' then l.reserved_usd else 0 end)
                filter (where l.created_at > now() - interval '1 hour'), 0),
     coalesce(sum(case l.status when 'settled' then l.cost_usd when 'reserved' then l.reserved_usd else 0 end)
                filter (where l.created_at >= (date_trunc('day', now() at time zone 'utc') at time zone 'utc')), 0)
+    into spent_hour_usd, spent_day_usd
   from public.gpt_usage_log l
   where l.user_id = p_user_id
     and l.status <> 'released'
     and l.created_at >= least(now() - interval '1 hour',
-                              date_trunc('day', now() at time zone 'utc') at time zone 'utc')
+                              date_trunc('day', now() at time zone 'utc') at time zone 'utc');
+end;
 $$;
 revoke all on function private.gpt_spend(uuid) from public, anon, authenticated;
 
 -- The per-user lock every budget decision of one user queues on (G7); namespaced so it cannot
 -- collide with another feature's advisory locks.
 create or replace function private.lock_gpt_budget(p_user_id uuid) returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
-  select pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('gpt_budget:' || p_user_id::text, 0))
+begin
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('gpt_budget:' || p_user_id::text, 0));
+end;
 $$;
 revoke all on function private.lock_gpt_budget(uuid) from public, anon, authenticated;
 
@@ -206,11 +214,13 @@ revoke all on function private.lock_gpt_budget(uuid) from public, anon, authenti
 -- well above the scanner's whole GPT call (see the header), so a live call's reservation is not
 -- released under it.
 create or replace function private.gpt_reservation_lifetime() returns interval
-language sql
+language plpgsql
 immutable
 set search_path = ''
 as $$
-  select interval '15 minutes'
+begin
+  return interval '15 minutes';
+end;
 $$;
 revoke all on function private.gpt_reservation_lifetime() from public, anon, authenticated;
 
