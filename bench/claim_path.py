@@ -87,20 +87,37 @@ from public.bench_users b cross join generate_series(0, {last_k}) k;
 
 # Earlier executions, oldest first (the heap in time order, as in production): execution g is user
 # 1 + g % USERS's, on one of that user's markets, claimed between 180 days and 25 hours ago, filled,
-# with its proposal, its ledger row and the three audit rows a real one leaves.
+# with its proposal, its ledger row and the three audit rows a real one leaves. Ids are made by
+# the tables' own column defaults, as the RPCs' inserts make them.
 HISTORY_SQL = """
-create temporary table bench_seed as
-select g,
-       extensions.gen_random_uuid() as proposal_id,
-       extensions.gen_random_uuid() as execution_id,
-       b.user_id,
-       'C' || (1 + (b.n + ((g / {users}) % {markets_per_user}) * 20) % {markets}) || '-EUR'
-         as market,
-       case when g % 2 = 0 then 'buy' else 'sell' end as side,
-       now() - interval '25 hours' - ({rows} - g) * (interval '180 days' / {rows})
-         as claimed_at
-from generate_series(1, {rows}) g
-join public.bench_users b on b.n = 1 + g % {users};
+do $load$
+declare
+  v_proposal_id text;
+  v_execution_id text;
+begin
+  select pg_get_expr(d.adbin, d.adrelid) into v_proposal_id
+    from pg_attrdef d join pg_attribute a on a.attrelid = d.adrelid and a.attnum = d.adnum
+   where d.adrelid = 'public.trade_proposals'::regclass and a.attname = 'id';
+  select pg_get_expr(d.adbin, d.adrelid) into v_execution_id
+    from pg_attrdef d join pg_attribute a on a.attrelid = d.adrelid and a.attnum = d.adnum
+   where d.adrelid = 'public.trade_executions'::regclass and a.attname = 'id';
+  execute format($seed$
+    create temporary table bench_seed as
+    select g,
+           %s as proposal_id,
+           %s as execution_id,
+           b.user_id,
+           'C' || (1 + (b.n + ((g / {users}) %% {markets_per_user}) * 20) %% {markets}) || '-EUR'
+             as market,
+           case when g %% 2 = 0 then 'buy' else 'sell' end as side,
+           now() - interval '25 hours' - ({rows} - g) * (interval '180 days' / {rows})
+             as claimed_at
+    from generate_series(1, {rows}) g
+    join public.bench_users b on b.n = 1 + g %% {users}
+    order by g
+  $seed$, v_proposal_id, v_execution_id);
+end
+$load$;
 
 insert into public.trade_proposals (id, user_id, market, side, amount_quote, confidence, rationale,
                                     source, status, expires_at, decided_at, decided_by, created_at,
