@@ -39,6 +39,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `scripts`, `shared` and `
     sys.path.insert(0, str(ROOT))
 
 from bench.measure import (  # noqa: E402
+    ServerTime,
     WaitSampler,
     durability,
     machine,
@@ -123,6 +124,9 @@ class Cell:
     floor_rate: float           # floor rounds (two calls) per second
     floor_p50: float            # ms per call
     floor_p99: float
+    reserve_server: float       # ms the server spent executing one reserve (mean)
+    settle_server: float        # … one settle
+    floor_server: float         # … one floor call
     overshoot_hour: Decimal     # USD above the hourly limits, summed over the users
     overshoot_day: Decimal
     denied_with_budget_left: int
@@ -145,6 +149,7 @@ class BudgetBench:
         c.create_database(DATABASE)
         c.apply(DATABASE, sql_files(LOCAL_SQL, MIGRATIONS))
         c.psql(DATABASE, sql=FLOOR_SQL)
+        c.psql(DATABASE, sql="create extension pg_stat_statements with schema extensions")
         # pg_cron runs the maintenance job only in its cron database: not during the runs.
         c.restart(cron_database="postgres")
 
@@ -172,8 +177,10 @@ class BudgetBench:
             users = self.new_users(self.reservers, hourly, daily)
         url = self.cluster.url(DATABASE, user="authenticator")
         waits = WaitSampler(self.cluster.url(DATABASE), DATABASE)
+        floor_server = ServerTime(self.cluster.url(DATABASE), DATABASE)
+        server = ServerTime(self.cluster.url(DATABASE), DATABASE)
         floors, reports = run_clients(_reserver, [(url, u, self.attempts) for u in users],
-                                      phases=2, samplers=[None, waits])
+                                      phases=2, samplers=[[floor_server], [waits, server]])
         floor_calls = [ns for r in floors for ns in r["calls"]]
         floor_seconds = max(r["t1"] for r in floors) - min(r["t0"] for r in floors)
         seconds = max(r["t1"] for r in reports) - min(r["t0"] for r in reports)
@@ -204,21 +211,29 @@ class BudgetBench:
         return Cell(case, self.reservers, len(distinct), len(reserve) / seconds, allowed,
                     sum(r["denied"] for r in reports), _ms(reserve, 50), _ms(reserve, 99),
                     _ms(settle, 50), _ms(settle, 99), len(floor_calls) / 2 / floor_seconds,
-                    _ms(floor_calls, 50), _ms(floor_calls, 99), over_hour, over_day,
+                    _ms(floor_calls, 50), _ms(floor_calls, 99),
+                    server.ms.get("reserve_gpt_budget", 0.0),
+                    server.ms.get("settle_gpt_usage", 0.0),
+                    floor_server.ms.get(FLOOR, 0.0), over_hour, over_day,
                     max(expected - allowed, 0), waits.share("Lock"), problems)
 
 
 # -- the report -------------------------------------------------------------------------------
+def _usd(amount: Decimal) -> str:
+    return "0" if amount == 0 else f"{amount:f}"
+
+
 def report(runs: Sequence[list[Cell]], header: str) -> bool:
     print()
     print(header)
     print()
-    print(f"{'':>9} {'':>9} {'reserve decisions':^31} | {'latency ms (p50 / p99)':^35} | "
-          f"{'ratio to the floor':^19} | {'overshoot USD':^17} {'denied':>7} {'Lock':>6}")
-    print(f"{'case':>9} {'reservers':>9} {'per s':>7} {'allowed':>8} {'denied':>7} "
-          f"{'×floor':>6} | {'reserve':>11} {'settle':>11} {'floor':>11} | "
-          f"{'p50':>6} {'p99':>6}  {'rate':>5} | {'hour':>8} {'day':>8} {'w/ budget':>9} "
-          f"{'waits':>6}")
+    print(f"{'':>9} {'reserve decisions':^30} | {'latency ms p50 / p99':^35} | "
+          f"{'server ms (mean)':^20} | {'ratio to floor':^13} | {'overshoot USD':^11} "
+          f"{'denied':>7} {'Lock':>6}")
+    print(f"{'case':>9} {'per s':>7} {'allowed':>7} {'denied':>6} {'×floor':>6} | "
+          f"{'reserve':>11} {'settle':>11} {'floor':>11} | "
+          f"{'reserve':>7} {'settle':>6} {'floor':>5} | {'p50':>6} {'p99':>6} | "
+          f"{'hour':>5} {'day':>5} {'w/budget':>8} {'waits':>6}")
     ok = True
     for case in (ONE_USER, MANY_USERS):
         cells = [c for run in runs for c in run if c.case == case]
@@ -231,20 +246,22 @@ def report(runs: Sequence[list[Cell]], header: str) -> bool:
         over_day = sum((c.overshoot_day for c in cells), Decimal(0))
         left = sum(c.denied_with_budget_left for c in cells)
         ok = ok and over_hour == 0 and over_day == 0 and left == 0
-        print(f"{case:>9} {cells[0].reservers:>9} {med(lambda c: c.rate):>7,.0f} "
-              f"{med(lambda c: c.allowed):>8,.0f} {med(lambda c: c.denied):>7,.0f} "
-              f"{med(lambda c: c.rate / c.floor_rate):>5.2f}x | "
+        print(f"{case:>9} {med(lambda c: c.rate):>7,.0f} {med(lambda c: c.allowed):>7,.0f} "
+              f"{med(lambda c: c.denied):>6,.0f} {med(lambda c: c.rate / c.floor_rate):>5.2f}x | "
               f"{med(lambda c: c.reserve_p50):>5.2f}/{med(lambda c: c.reserve_p99):<5.2f} "
               f"{med(lambda c: c.settle_p50):>5.2f}/{med(lambda c: c.settle_p99):<5.2f} "
               f"{med(lambda c: c.floor_p50):>5.2f}/{med(lambda c: c.floor_p99):<5.2f} | "
+              f"{med(lambda c: c.reserve_server):>7.3f} {med(lambda c: c.settle_server):>6.3f} "
+              f"{med(lambda c: c.floor_server):>5.3f} | "
               f"{med(lambda c: c.reserve_p50 / c.floor_p50):>5.2f}x "
-              f"{med(lambda c: c.reserve_p99 / c.floor_p99):>5.2f}x "
-              f"{med(lambda c: c.rate / c.floor_rate):>5.2f}x | "
-              f"{over_hour:>8} {over_day:>8} {left:>9} {med(lambda c: c.lock_waits):>6.1%}")
+              f"{med(lambda c: c.reserve_p99 / c.floor_p99):>5.2f}x | "
+              f"{_usd(over_hour):>5} {_usd(over_day):>5} {left:>8} "
+              f"{med(lambda c: c.lock_waits):>6.1%}")
     print()
     print("per s: reserve_gpt_budget calls per second (each allowed one followed by its "
-          "settle_gpt_usage); ×floor: against the same clients' rounds of two bench_floor "
-          "calls per second; overshoot and denials with budget left: summed over every run")
+          "settle_gpt_usage); ×floor: against the same clients' rounds of two bench_floor calls "
+          "per second; server ms: mean execution time inside PostgreSQL (pg_stat_statements), "
+          "lock waits included; overshoot and denials with budget left: summed over every run")
     problems = [f"{c.case}: {p}" for run in runs for c in run for p in c.problems]
     for p in problems:
         print(f"PROBLEM {p}")
@@ -264,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "instead of the test cluster's fsync=off settings")
     args = parser.parse_args(argv)
 
-    with throwaway_cluster(durable=args.durable, cron_database=DATABASE) as cluster:
+    with throwaway_cluster(durable=args.durable, cron_database=DATABASE,
+                           statements=True) as cluster:
         bench = BudgetBench(cluster, args.reservers, args.attempts)
         bench.install()
         header = (f"Budget: reserve_gpt_budget (+ settle_gpt_usage when allowed) by "
@@ -284,8 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"({cell.allowed} allowed, {cell.denied} denied) reserve p50 "
                       f"{cell.reserve_p50:.2f} p99 {cell.reserve_p99:.2f} ms | floor "
                       f"{cell.floor_rate:>6,.0f} rounds/s p50 {cell.floor_p50:.2f} "
-                      f"p99 {cell.floor_p99:.2f} ms | overshoot {cell.overshoot_hour} / "
-                      f"{cell.overshoot_day}"
+                      f"p99 {cell.floor_p99:.2f} ms | overshoot {_usd(cell.overshoot_hour)} / "
+                      f"{_usd(cell.overshoot_day)}"
                       + (f" | PROBLEM {cell.problems[0]}" if cell.problems else ""), flush=True)
             runs.append(run)
         return 0 if report(runs, header) else 1

@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `scripts`, `shared` and `
 from psycopg.sql import SQL, Composed, Literal  # noqa: E402
 
 from bench.measure import (  # noqa: E402
+    ServerTime,
     WaitSampler,
     durability,
     machine,
@@ -252,6 +253,8 @@ class Cell:
     floor_rate: float             # floor calls per second
     floor_p50: float
     floor_p99: float
+    server: float                 # ms the server spent executing claim + record (mean)
+    floor_server: float           # … executing one floor call (mean)
     lock_waits: float             # share of active-backend samples waiting on a heavyweight lock
     lwlock_waits: float           # … on a lightweight lock (buffer content, WAL insertion, …)
     waits: dict[str, float] = field(default_factory=dict)  # "<type>:<event>" → share
@@ -269,8 +272,10 @@ def measure_cell(cluster: Cluster, database: str, rows: int, tasks: list[tuple[s
     url = cluster.url(database, user="authenticator")
     split = [tasks[i::connections] for i in range(connections)]
     waits = WaitSampler(cluster.url(database), database)
+    floor_server, server = ServerTime(cluster.url(database), database), \
+        ServerTime(cluster.url(database), database)
     floors, reports = run_clients(_client, [(url, part) for part in split], phases=2,
-                                  samplers=[None, waits])
+                                  samplers=[[floor_server], [waits, server]])
     floor_calls = [ns for r in floors for ns in r["calls"]]
     floor_seconds = max(r["t1"] for r in floors) - min(r["t0"] for r in floors)
     seconds = max(r["t1"] for r in reports) - min(r["t0"] for r in reports)
@@ -285,7 +290,9 @@ def measure_cell(cluster: Cluster, database: str, rows: int, tasks: list[tuple[s
                 _ms(total, 99), _ms([ns for r in reports for ns in r["claim"]], 99),
                 _ms([ns for r in reports for ns in r["record"]], 99),
                 len(floor_calls) / floor_seconds, _ms(floor_calls, 50), _ms(floor_calls, 99),
-                waits.share("Lock"), waits.share("LWLock"),
+                server.ms.get("claim_trade_execution", 0.0)
+                + server.ms.get("record_execution_result", 0.0),
+                floor_server.ms.get(FLOOR, 0.0), waits.share("Lock"), waits.share("LWLock"),
                 {k: n / waits.samples for k, n in waits.waits.most_common(4)}, problems)
 
 
@@ -339,6 +346,7 @@ class ClaimBench:
         c.create_database(BASE)
         c.apply(BASE, sql_files(LOCAL_SQL, MIGRATIONS))
         c.psql(BASE, sql=FLOOR_SQL)
+        c.psql(BASE, sql="create extension pg_stat_statements with schema extensions")
         sql(c, BASE, compose(BASE_SQL))
         # pg_cron runs the maintenance job only in its cron database, and its launcher's
         # connection would keep the base from being copied: point it elsewhere.
@@ -413,28 +421,35 @@ def report(runs: Sequence[Run], levels: Sequence[int], connections: Sequence[int
     print()
     cores = os.cpu_count() or 1
     one, most = min(connections), max(connections)
-    print(f"{'':>15} {'executions (claim + record)':^31} | {'floor calls':^20} | "
-          f"{'ratio to the floor':^27} | {'waits (share of':^15}")
-    print(f"{'rows':>9} {'conn':>5} {'per s':>7} {'×1conn':>7} {'p50 ms':>7} {'p99 ms':>7} | "
-          f"{'per s':>6} {'×1conn':>6} {'p50':>5} {'p99':>5} | "
-          f"{'p50':>6} {'p99':>6} {'claim':>6} {'record':>6} | {'Lock':>6} {'LWLock':>7}")
-    print(f"{'':>9} {'':>5} {'':>7} {'':>7} {'':>7} {'':>7} | {'':>6} {'':>6} {'':>5} {'':>5} | "
-          f"{'':>6} {'':>6} {'p99':>6} {'p99':>6} | {'active backends)':>14}")
+    print(f"{'':>15} {'executions (claim + record)':^38} | {'floor calls':^27} | "
+          f"{'ratio to the floor':^27} | {'Lock':>5}")
+    print(f"{'rows':>9} {'conn':>5} {'per s':>6} {'×1conn':>6} {'p50 ms':>6} {'p99 ms':>6} "
+          f"{'server':>6} | {'per s':>6} {'×1conn':>6} {'p50':>4} {'p99':>4} {'server':>6} | "
+          f"{'p50':>6} {'p99':>6} {'claim':>6} {'record':>6} | {'waits':>5}")
+    print(f"{'':>9} {'':>5} {'':>6} {'':>6} {'':>6} {'':>6} {'ms':>6} | {'':>6} {'':>6} {'':>4} "
+          f"{'':>4} {'ms':>6} | {'':>6} {'':>6} {'p99':>6} {'p99':>6} |")
     for rows in levels:
         for n in connections:
             def med(value: Callable[[Cell], float], rows: int = rows, n: int = n) -> float:
                 return _med(runs, rows, n, value)
-            print(f"{rows:>9,} {n:>5} {med(lambda c: c.rate):>7,.0f} "
-                  f"{_ratio(runs, rows, n, rows, one, lambda c: c.rate):>6.2f}x "
-                  f"{med(lambda c: c.p50):>7.2f} {med(lambda c: c.p99):>7.2f} | "
+            print(f"{rows:>9,} {n:>5} {med(lambda c: c.rate):>6,.0f} "
+                  f"{_ratio(runs, rows, n, rows, one, lambda c: c.rate):>5.2f}x "
+                  f"{med(lambda c: c.p50):>6.2f} {med(lambda c: c.p99):>6.2f} "
+                  f"{med(lambda c: c.server):>6.3f} | "
                   f"{med(lambda c: c.floor_rate):>6,.0f} "
                   f"{_ratio(runs, rows, n, rows, one, lambda c: c.floor_rate):>5.2f}x "
-                  f"{med(lambda c: c.floor_p50):>5.2f} {med(lambda c: c.floor_p99):>5.2f} | "
+                  f"{med(lambda c: c.floor_p50):>4.2f} {med(lambda c: c.floor_p99):>4.2f} "
+                  f"{med(lambda c: c.floor_server):>6.3f} | "
                   f"{med(lambda c: c.p50 / c.floor_p50):>5.2f}x "
                   f"{med(lambda c: c.p99 / c.floor_p99):>5.2f}x "
                   f"{med(lambda c: c.claim_p99 / c.floor_p99):>5.2f}x "
                   f"{med(lambda c: c.record_p99 / c.floor_p99):>5.2f}x | "
-                  f"{med(lambda c: c.lock_waits):>6.1%} {med(lambda c: c.lwlock_waits):>7.1%}")
+                  f"{med(lambda c: c.lock_waits):>5.1%}")
+    print()
+    print("ms: per execution (claim, then record) or per floor call, measured by the client; "
+          "server: mean time PostgreSQL spent executing the statements (pg_stat_statements), the "
+          "rest is the client, the adapter and the wire; Lock waits: share of the active "
+          "backends' samples waiting on a heavyweight lock")
     print()
     trips = median([t[0] for r in runs for t in r.round_trips.values()])
     floor_trips = median([t[1] for r in runs for t in r.round_trips.values()])
@@ -507,7 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.executions * len(connections) + WIRE_SAMPLE > USERS:
         parser.error(f"at most {USERS:,} executions per level and run (one per user)")
 
-    with throwaway_cluster(durable=args.durable, cron_database=BASE) as cluster:
+    with throwaway_cluster(durable=args.durable, cron_database=BASE,
+                           statements=True) as cluster:
         bench = ClaimBench(cluster, levels, connections, args.executions)
         bench.install()
         header = (f"Claim path: claim_trade_execution + record_execution_result (a fill) per "

@@ -33,15 +33,20 @@ from scripts.pgcluster import Cluster, free_port
 
 TEST_CLUSTER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 SHOWN_SETTINGS = ("shared_buffers", "fsync", "synchronous_commit", "full_page_writes", "wal_level",
-                  "max_wal_size", "autovacuum")
+                  "max_wal_size", "autovacuum", "shared_preload_libraries")
 
 
 @contextmanager
-def throwaway_cluster(*, durable: bool, cron_database: str) -> Iterator[Cluster]:
-    """A started cluster in a temporary folder, destroyed (folder and all) on the way out."""
+def throwaway_cluster(*, durable: bool, cron_database: str,
+                      statements: bool = False) -> Iterator[Cluster]:
+    """A started cluster in a temporary folder, destroyed (folder and all) on the way out;
+    `statements` preloads pg_stat_statements (top-level statements only) for ServerTime."""
     tmp = Path(tempfile.mkdtemp(prefix="aio-bench-"))
     tmp.chmod(0o755)
     settings = {} if durable else dict(TEST_CLUSTER_SETTINGS)
+    if statements:
+        settings |= {"shared_preload_libraries": "pg_cron,pg_stat_statements",
+                     "pg_stat_statements.track": "top"}
     cluster = Cluster(data_dir=tmp / "cluster", port=free_port(), cron_database=cron_database,
                       settings=settings)
     try:
@@ -107,12 +112,12 @@ class Sampler(Protocol):
 
 
 def run_clients(target: Callable[..., None], per_client: Sequence[tuple[Any, ...]], *,
-                phases: int = 1, samplers: Sequence[Sampler | None] = (),
+                phases: int = 1, samplers: Sequence[Sequence[Sampler]] = (),
                 timeout: float = 900) -> list[list[Any]]:
     """One process per argument tuple runs `target(*args, start, out)`: it connects, then for each
     phase waits on `start` (a barrier the parent joins, so every client begins the phase at the
     same moment), works, and puts one report on `out`. Returns each phase's reports; a phase's
-    sampler, if any, runs in the parent while that phase runs."""
+    samplers run in the parent while that phase runs."""
     ctx = mp.get_context("spawn")
     start = ctx.Barrier(len(per_client) + 1)
     out = ctx.Queue()
@@ -122,14 +127,14 @@ def run_clients(target: Callable[..., None], per_client: Sequence[tuple[Any, ...
     results: list[list[Any]] = []
     try:
         for phase in range(phases):
-            sampler = samplers[phase] if phase < len(samplers) else None
+            watching = samplers[phase] if phase < len(samplers) else ()
             start.wait(timeout=180)
-            if sampler:
+            for sampler in watching:
                 sampler.start()
             try:
                 results.append([out.get(timeout=timeout) for _ in procs])
             finally:
-                if sampler:
+                for sampler in watching:
                     sampler.stop()
     finally:
         for p in procs:
@@ -181,3 +186,30 @@ class WaitSampler:
                 for wait_type, event in rows:
                     if wait_type is not None:
                         self.waits[f"{wait_type}:{event}"] += 1
+
+
+class ServerTime:
+    """The mean time the server spent executing each top-level RPC statement while a phase ran,
+    from pg_stat_statements (the cluster preloads it; the database has the extension in schema
+    `extensions`, where Supabase puts it): what the database itself costs, next to what the
+    client measured end to end."""
+
+    def __init__(self, url: str, database: str) -> None:
+        self.url = url
+        self.database = database
+        self.ms: dict[str, float] = {}   # function name → mean execution time, ms
+
+    def start(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute("select extensions.pg_stat_statements_reset(0, d.oid, 0) "
+                         "from pg_database d where d.datname = %s", (self.database,))
+
+    def stop(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            rows = conn.execute(
+                "select substring(s.query from '\"public\"\\.\"([a-z_0-9]+)\"'), "
+                "sum(s.total_exec_time) / sum(s.calls) "
+                "from extensions.pg_stat_statements s join pg_database d on d.oid = s.dbid "
+                "where d.datname = %s and s.toplevel and s.query like '%%\"public\".%%' "
+                "group by 1", (self.database,)).fetchall()
+        self.ms = {name: float(ms) for name, ms in rows if name}
