@@ -299,19 +299,20 @@ def measure_cell(cluster: Cluster, database: str, rows: int, tasks: list[tuple[s
 def count_round_trips(cluster: Cluster, database: str,
                       tasks: list[tuple[str, str]]) -> tuple[float, float]:
     """Round trips per execution and per floor call, counted on the wire by a proxy between one
-    client and the server (after the connection is made and warmed up)."""
+    client and the server (after the connection is made and warmed up), read from the PostgreSQL
+    protocol (WireTurns.round_trips), so a split write is never counted twice."""
     with WireTurns("127.0.0.1", cluster.port) as proxy:
         url = f"postgresql://authenticator@127.0.0.1:{proxy.port}/{database}"
         port = open_port(url)
         try:
             _warm_up(port)
             proxy.settle()
-            before = proxy.turns
+            before = proxy.round_trips
             for user_id, _ in tasks:
                 port.call(FLOOR, {"p_user_id": user_id})
             proxy.settle()
-            floor_turns = proxy.turns - before
-            before = proxy.turns
+            floor_turns = proxy.round_trips - before
+            before = proxy.round_trips
             for i, (user_id, proposal_id) in enumerate(tasks):
                 claim = port.call("claim_trade_execution", {
                     "p_user_id": user_id, "p_proposal_id": proposal_id,
@@ -320,7 +321,7 @@ def count_round_trips(cluster: Cluster, database: str,
                     "p_execution_id": claim["execution"]["id"],
                     "p_result": {**FILL, "exchange_order_id": f"wire-{i}"}})
             proxy.settle()
-            execution_turns = proxy.turns - before
+            execution_turns = proxy.round_trips - before
         finally:
             port.close()
     return execution_turns / len(tasks), floor_turns / len(tasks)
