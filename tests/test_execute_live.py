@@ -405,8 +405,8 @@ def test_bad_input_is_refused_and_changes_nothing(stack: Stack) -> None:
 
 
 def test_the_service_role_executes_for_a_user_with_the_scanners_key(stack: Stack) -> None:
-    user = live_trader(stack)
-    proposal_id = proposal(stack.db, user)
+    user = live_trader(stack, auto_execute=True)
+    proposal_id = proposal(stack.db, user)  # confidence 0.9 ≥ min_confidence: approved by 'auto'
     service = {"proposal_id": str(proposal_id), "user_id": str(user)}
     missing_user = stack.execute(proposal_id, token=SERVICE_KEY, key=f"auto:{proposal_id}",
                                  body={"proposal_id": str(proposal_id)})
@@ -423,6 +423,29 @@ def test_the_service_role_executes_for_a_user_with_the_scanners_key(stack: Stack
                            body={**service, "proposal_id": str(proposal(stack.db, user))})
     assert reused.status_code == 422
     assert problem_type(reused) == "/problems/idempotency-key-reused"
+    assert len(stack.sandbox.orders()) == 1
+
+
+def test_the_service_role_may_not_execute_a_proposal_its_user_approved(stack: Stack) -> None:
+    """SPEC §4: the service executes auto-approved proposals only; one the user approved by hand
+    (or one still pending) is 422 proposal_state, nothing claimed, nothing sent — and stays the
+    user's to execute."""
+    user = live_trader(stack)  # auto_execute off: proposals wait for the user's decision
+    approved = proposal(stack.db, user)
+    pending = proposal(stack.db, user, approve=False)
+    for proposal_id in (approved, pending):
+        response = stack.execute(proposal_id, token=SERVICE_KEY, key=f"auto:{proposal_id}",
+                                 body={"proposal_id": str(proposal_id), "user_id": str(user)})
+        assert response.status_code == 422, response.text
+        assert problem_type(response) == "/problems/rejected"
+        [failed] = response.json()["failed_checks"]
+        assert failed["check"] == "proposal_state"
+        assert "not auto-approved" in failed["reason"]
+        assert stack.execution(proposal_id) is None
+    assert stack.sandbox.orders() == []
+    assert stack.proposal_status(approved) == "approved"
+    by_user = stack.execute(approved, user_id=user)
+    assert by_user.status_code == 201, by_user.text
     assert len(stack.sandbox.orders()) == 1
 
 

@@ -35,6 +35,7 @@ from tests.exchange_doubles import (
 )
 
 JWT_SECRET = "path-test-jwt-secret-" + "q" * 20
+SERVICE_KEY = "sb_secret_path-test-" + "s" * 20
 USER = uuid.uuid4()
 
 
@@ -102,7 +103,7 @@ class ScriptedRpc:
 def runtime(rpc: ScriptedRpc, exchange: FakeExchange, **knobs: Any) -> Runtime:
     settings = ExecuteSettings(
         rpc=RpcSettings(database_url="postgresql://authenticator@db.invalid/x"),
-        auth=AuthSettings(supabase_jwt_secret=JWT_SECRET),
+        auth=AuthSettings(supabase_jwt_secret=JWT_SECRET, supabase_service_role_key=SERVICE_KEY),
         exchange=TradeExchangeSettings(bitvavo_rest_url=BASE_URL, bitvavo_trade_api_key=TRADE_KEY,
                                        bitvavo_trade_api_secret=TRADE_SECRET,
                                        bitvavo_operator_id=OPERATOR_ID),
@@ -143,6 +144,23 @@ def test_within_max_claim_age_the_order_goes_out_quantized_with_operator_and_cli
     assert sent["amountQuote"] == "10.12" and sent["operatorId"] == OPERATOR_ID
     assert sent["clientOrderId"] == rpc.execution["client_order_id"]
     assert [fn for fn, _ in rpc.calls] == ["claim_trade_execution", "record_execution_result"]
+
+
+def test_the_claim_requires_auto_approval_for_the_service_and_not_for_a_user() -> None:
+    """SPEC §4: the service executes auto-approved proposals only; the claim is told who asks."""
+    service = HttpRequest("POST", "/", {"authorization": f"Bearer {SERVICE_KEY}",
+                                        "idempotency-key": "auto:x"},
+                          json.dumps({"proposal_id": str(uuid.uuid4()),
+                                      "user_id": str(USER)}).encode())
+    flags = []
+    for sent in (request(), service):
+        rpc = ScriptedRpc()
+        status, _ = answer(execute(sent, runtime(rpc, FakeExchange())))
+        assert status == 201
+        [(fn, args)] = [c for c in rpc.calls if c[0] == "claim_trade_execution"]
+        assert args["p_user_id"] == USER
+        flags.append(args["p_require_auto_approval"])
+    assert flags == [False, True]
 
 
 def test_a_bug_while_placing_is_an_unknown_outcome_never_a_resend() -> None:

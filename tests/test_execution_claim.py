@@ -253,6 +253,15 @@ def test_claim_rejects_invalid_key_or_mode(db: Database, key: str | None, mode: 
     assert execution_count(db, user_id=user) == 0
 
 
+def test_claim_rejects_a_null_auto_approval_flag(db: Database) -> None:
+    user = trader(db)
+    proposal = propose(db, user)
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.rpc("claim_trade_execution", p_user_id=user, p_proposal_id=proposal,
+               p_idempotency_key="k", p_mode="paper", p_require_auto_approval=None)
+    assert execution_count(db, user_id=user) == 0
+
+
 def test_claim_accepts_a_255_character_printable_key(db: Database) -> None:
     user = trader(db)
     key = ("A-z0-9 ~!@#$%^&*()_+{}|:\"<>?`-=[]\\;',./" * 7)[:254] + "Z"

@@ -175,10 +175,15 @@ def propose(db: Database, user_id: uuid.UUID, *, market: str | None = None, side
 
 
 def claim(db: Database, user_id: uuid.UUID, proposal_id: uuid.UUID, key: str | None = None,
-          mode: str = "paper", conn: psycopg.Connection[Any] | None = None) -> dict[str, Any]:
+          mode: str = "paper", conn: psycopg.Connection[Any] | None = None, *,
+          require_auto_approval: bool | None = None) -> dict[str, Any]:
+    """claim_trade_execution as trading_execute calls it; `require_auto_approval` left out (None)
+    uses the RPC's default (false, a user's own claim)."""
+    flag = {} if require_auto_approval is None else \
+        {"p_require_auto_approval": require_auto_approval}
     return db.rpc("claim_trade_execution", conn=conn or api(db), p_user_id=user_id,
                   p_proposal_id=proposal_id, p_idempotency_key=key or f"key-{uuid.uuid4()}",
-                  p_mode=mode)
+                  p_mode=mode, **flag)
 
 
 def record(db: Database, execution_id: uuid.UUID | str, conn: psycopg.Connection[Any] | None = None,

@@ -110,6 +110,57 @@ def test_proposal_state_rejects_unapproved_or_expired_proposal(db: Database, cas
     assert expected in reason(result, "proposal_state")
 
 
+# SPEC §4: a service-role bearer may execute any user's auto-approved proposal — only those. The
+# claim enforces it when the caller says it is the service (p_require_auto_approval).
+def test_proposal_state_for_the_service_rejects_a_proposal_its_user_approved(db: Database
+                                                                              ) -> None:
+    user = trader(db)
+    proposal = propose(db, user)  # auto_execute off: pending, then approved by the user
+    assert sql(db, "select status, decided_by from public.trade_proposals where id = %s",
+               (proposal,)) == [("approved", "user")]
+    result = claim(db, user, proposal, require_auto_approval=True)
+    assert_only_failure(result, "proposal_state")
+    assert reason(result, "proposal_state") == (
+        "proposal was decided by its user, not auto-approved; the service executes "
+        "auto-approved proposals only")
+    assert scalar(db, "select count(*) from public.trade_executions where proposal_id = %s",
+                  (proposal,)) == 0
+    assert scalar(db, "select status from public.trade_proposals where id = %s", (proposal,)) == \
+        "approved"
+    # Its user still may.
+    assert_claimed(claim(db, user, proposal, require_auto_approval=False))
+
+
+def test_proposal_state_for_the_service_rejects_a_pending_proposal_on_both_counts(db: Database
+                                                                                   ) -> None:
+    user = trader(db)
+    result = claim(db, user, propose(db, user, approve=False), require_auto_approval=True)
+    assert_only_failure(result, "proposal_state")
+    assert reason(result, "proposal_state") == (
+        "proposal is pending, not approved; proposal was not decided, not auto-approved; the "
+        "service executes auto-approved proposals only")
+
+
+def test_proposal_state_for_the_service_claims_an_auto_approved_proposal(db: Database) -> None:
+    user = trader(db, auto_execute=True)
+    proposal = propose(db, user, confidence="0.9")  # min_confidence 0.70: approved by 'auto'
+    assert sql(db, "select status, decided_by from public.trade_proposals where id = %s",
+               (proposal,)) == [("approved", "auto")]
+    assert_claimed(claim(db, user, proposal, require_auto_approval=True))
+
+
+@pytest.mark.parametrize("auto", [False, True])
+def test_proposal_state_without_the_service_flag_accepts_either_approval(db: Database,
+                                                                         auto: bool) -> None:
+    """p_require_auto_approval false (explicit or the default): the user's own claim, as before."""
+    for flag in (False, None):
+        user = trader(db, auto_execute=auto)
+        proposal = propose(db, user)
+        assert scalar(db, "select decided_by from public.trade_proposals where id = %s",
+                      (proposal,)) == ("auto" if auto else "user")
+        assert_claimed(claim(db, user, proposal, require_auto_approval=flag))
+
+
 # -- 3. order_limits ---------------------------------------------------------------------------
 def test_order_limits_pass_at_the_market_minimum(db: Database) -> None:
     user = trader(db)

@@ -339,7 +339,11 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
         "claim_due_scan_jobs": {"p_worker_id": worker, "p_limit": int_param(1, 10, 1000),
                                 "p_lock_seconds": int_param(10, 300, 3600)},
         "claim_trade_execution": {"p_user_id": user, "p_proposal_id": proposal,
-                                  "p_idempotency_key": key, "p_mode": mode},
+                                  "p_idempotency_key": key, "p_mode": mode,
+                                  # default false: the sweep's claims of these user-approved
+                                  # proposals may succeed
+                                  "p_require_auto_approval": Param(st.booleans(), bool_values(),
+                                                                   False, BOOL_EDGES)},
         "cleanup_expired_locks": {},
         "clear_todays_budget": {"p_user_id": user},
         "create_scan_proposal": {

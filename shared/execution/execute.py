@@ -1,4 +1,5 @@
-"""POST / — a user (or the scanner, as the service) executes an approved proposal (SPEC §4).
+"""POST / — a user executes an own approved proposal, or the scanner (the service) a user's
+auto-approved one (SPEC §4).
 
 One request: parse → authenticate → claim RPC → exchange → record RPC → respond, each step one JSON
 log line. The claim is `claim_trade_execution`: the seven validators and the idempotent claim in
@@ -51,7 +52,8 @@ def execute(request: HttpRequest, runtime: Runtime) -> Reply:
         log.bind(user_id=user_id, proposal_id=submission.proposal_id)
         with log.step("claim") as step:
             claim = claim_execution(step, runtime, user_id, submission.proposal_id,
-                                    submission.idempotency_key)
+                                    submission.idempotency_key,
+                                    require_auto_approval=principal.is_service)
             claim_answered_at = time.monotonic()
         execution = claim.get("execution") or {}
         log.bind(execution_id=execution.get("id"), client_order_id=execution.get("client_order_id"))
@@ -80,11 +82,13 @@ def authenticate(runtime: Runtime, request: HttpRequest) -> Principal:
 
 
 def claim_execution(step: Step, runtime: Runtime, user_id: uuid.UUID, proposal_id: uuid.UUID,
-                    key: str) -> Mapping[str, Any]:
+                    key: str, *, require_auto_approval: bool) -> Mapping[str, Any]:
+    """The claim RPC. `require_auto_approval` for the service caller: it may execute a user's
+    auto-approved proposal only (SPEC §4), which the claim's proposal_state validator enforces."""
     try:
         claim = runtime.rpc.call("claim_trade_execution", {
             "p_user_id": user_id, "p_proposal_id": proposal_id, "p_idempotency_key": key,
-            "p_mode": runtime.mode})
+            "p_mode": runtime.mode, "p_require_auto_approval": require_auto_approval})
     except RpcInvalidArgument as error:
         step.set("invalid_argument", severity="WARNING")
         raise ProblemError(400, "invalid-argument", error.message) from None

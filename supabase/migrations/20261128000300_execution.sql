@@ -7,7 +7,8 @@
  *   create_trade_proposal      service-only; auto-approves per the user's settings
  *   decide_trade_proposal      authenticated; approve or reject an own pending proposal
  *   claim_trade_execution      service-only; the seven validators and the claim in one transaction
- *                              (G1 idempotency, G4 allowlist, G5 cooldown, G6 anti-flip)
+ *                              (G1 idempotency, G4 allowlist, G5 cooldown, G6 anti-flip); for the
+ *                              service caller, auto-approved proposals only (SPEC §4)
  *   record_execution_result    service-only; the state machine, the ledger write, the proposal outcome
  *   list_unsettled_executions  service-only; the reconciler's work list (G10)
  *   private.uuid_v7            the time-ordered ids of the three tables, so they grow cheaply
@@ -720,11 +721,19 @@ grant execute on function public.decide_trade_proposal(uuid, text) to authentica
 -- G1, G4, G5, G6: in one transaction serialised per user, replays a known Idempotency-Key, refuses a
 -- second execution of a proposal, runs all seven validators and reports every failure, and claims
 -- the execution (status `claimed`, fresh client_order_id) only when all of them pass.
+--
+-- p_require_auto_approval: the caller is the service, not the proposal's user (SPEC §4: "a
+-- service-role bearer may execute any user's auto-approved proposal" — the scanner's
+-- auto-execute). The proposal_state validator then also requires decided_by = 'auto': a proposal
+-- its user approved by hand is executed only by that user, and the check is made here, under the
+-- proposal's row lock, so a decision racing the claim cannot slip between check and claim.
+-- trading_execute passes true for a service-role bearer and false for a user's token.
 create or replace function public.claim_trade_execution(
   p_user_id uuid,
   p_proposal_id uuid,
   p_idempotency_key text,
-  p_mode text
+  p_mode text,
+  p_require_auto_approval boolean default false
 ) returns jsonb
 language plpgsql
 security definer
@@ -764,6 +773,9 @@ begin
   if p_mode is null or p_mode not in ('paper', 'live') then
     raise exception 'p_mode must be paper or live, got %', coalesce(p_mode, 'null') using errcode = '22023';
   end if;
+  if p_require_auto_approval is null then
+    raise exception 'p_require_auto_approval must be true or false, got null' using errcode = '22023';
+  end if;
   -- Every statement below must see claims committed while we waited for the lock; a transaction
   -- snapshot (REPEATABLE READ / SERIALIZABLE) would hide them.
   perform private.require_read_committed('claim_trade_execution');
@@ -772,7 +784,8 @@ begin
   -- takes a fresh snapshot, so it sees every claim committed before this lock was granted.
   perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('claim:' || p_user_id::text, 0));
   v_now := pg_catalog.clock_timestamp();
-  v_detail := pg_catalog.jsonb_build_object('idempotency_key', p_idempotency_key, 'mode', p_mode);
+  v_detail := pg_catalog.jsonb_build_object('idempotency_key', p_idempotency_key, 'mode', p_mode,
+                                            'require_auto_approval', p_require_auto_approval);
 
   -- G1: this (user, Idempotency-Key) has been used before.
   select * into v_existing
@@ -836,13 +849,17 @@ begin
   end if;
   v_failed := v_failed || private.failed_check('allowlist', v_reasons);
 
-  -- 2. proposal_state: approved and not expired.
+  -- 2. proposal_state: approved and not expired; for the service, approved by 'auto' (SPEC §4).
   v_reasons := '{}';
   if v_proposal.status <> 'approved' then
     v_reasons := v_reasons || format('proposal is %s, not approved', v_proposal.status);
   end if;
   if v_now >= v_proposal.expires_at then
     v_reasons := v_reasons || format('proposal expired at %s', private.utc_text(v_proposal.expires_at));
+  end if;
+  if p_require_auto_approval and v_proposal.decided_by is distinct from 'auto' then
+    v_reasons := v_reasons || format('proposal was %s, not auto-approved; the service executes auto-approved proposals only',
+      case when v_proposal.decided_by = 'user' then 'decided by its user' else 'not decided' end);
   end if;
   v_failed := v_failed || private.failed_check('proposal_state', v_reasons);
 
@@ -972,8 +989,8 @@ begin
     'failed_checks', '[]'::jsonb, 'reason', null);
 end;
 $$;
-revoke execute on function public.claim_trade_execution(uuid, uuid, text, text) from public, anon, authenticated;
-grant execute on function public.claim_trade_execution(uuid, uuid, text, text) to service_role;
+revoke execute on function public.claim_trade_execution(uuid, uuid, text, text, boolean) from public, anon, authenticated;
+grant execute on function public.claim_trade_execution(uuid, uuid, text, text, boolean) to service_role;
 
 -- Moves an execution along the state machine only; a fill, once reported, is never erased or
 -- reduced; a repeated open status adds the facts it brings; contradictions are the outcome

@@ -50,7 +50,7 @@ values ('6a000000-0000-4000-8000-000000000001', 'a0000000-0000-4000-8000-0000000
 -- =============================================================================================
 create temp table rpcs (ord serial, fn text, args text[], returns text, callers text, call text);
 insert into rpcs (fn, args, returns, callers, call) values
-  ('claim_trade_execution', '{uuid,uuid,text,text}', 'jsonb', 'service', null),
+  ('claim_trade_execution', '{uuid,uuid,text,text,boolean}', 'jsonb', 'service', null),
   ('record_execution_result', '{uuid,jsonb}', 'jsonb', 'service',
    $$select public.record_execution_result('ea000000-0000-4000-8000-000000000002', '{"status": "failed", "error_code": "x"}')$$),
   ('list_unsettled_executions', '{integer,integer}', 'setof trade_executions', 'service',
