@@ -62,11 +62,13 @@ select proposal_id, user_id, 'bulk-' || g, mode, market, side, 10, status,
 from bulk;
 """
 
-# Each validator's statement in claim_trade_execution, found by a fragment of its text.
+# Each validator's statement, found by a fragment of its text: in claim_trade_execution, or for
+# daily_limits in private.daily_executions, the helper it calls (auto_explain logs the helper's
+# statement as nested in the claim, once per claim).
 LOOKUPS = {
     "cooldown": "v_settings.cooldown_seconds)",
     "anti_flip": "e.side = v_opposite",
-    "daily_limits": "coalesce(sum(e.amount_quote), 0)",
+    "daily_limits": "e.claimed_at < v_day_start + interval '1 day'",
 }
 # The partial indexes built for them; with a handful of rows per user in any window the planner
 # may pick either for cooldown (both bound user, mode and claimed_at), which is fine.

@@ -12,6 +12,9 @@
  *   record_execution_result    service-only; the state machine, the ledger write, the proposal outcome
  *   list_unsettled_executions  service-only; the reconciler's work list (G10)
  *   private.uuid_v7            the time-ordered ids of the three tables, so they grow cheaply
+ *   private.order_cap,         the order room: the smallest order cap and its source, today's
+ *   private.daily_executions   (UTC) counting executions — read by the claim's order_limits and
+ *                              daily_limits validators and by get_scan_context (the scanner's sizing)
  *
  * G1 in one sentence: every claim of one user queues on one advisory lock taken before anything is
  * read, so the idempotency lookups and the validators see every earlier claim of that user, and the
@@ -539,6 +542,71 @@ $$;
 revoke all on function private.result_timestamp(jsonb, text) from public, anon, authenticated;
 
 -- =============================================================================================
+-- Section - the order room (private): one definition for the claim and the scanner
+-- =============================================================================================
+-- What the order_limits and daily_limits validators of claim_trade_execution read, and what
+-- get_scan_context (the scanner's sizing) reports from the same figures: defined once here, so
+-- the scanner never sizes an order by other rules than the claim applies. PL/pgSQL like every
+-- helper above (a SQL function with a pinned search_path is not inlined and would be planned again
+-- in every transaction).
+
+-- The largest order allowed: the smallest of the caps that are set (the user's max_order_quote,
+-- their allowlist row's, the market's, the system-wide one) and, worded for a reason, which one it
+-- is; both null when no cap is set.
+create or replace function private.order_cap(
+  p_market text,
+  p_user_max numeric,
+  p_user_market_max numeric,
+  p_market_max numeric,
+  p_system_max numeric,
+  out max_order_quote numeric,
+  out max_order_source text
+)
+language plpgsql
+stable  -- format() is stable, not immutable
+set search_path = ''
+as $$
+begin
+  max_order_quote := least(p_user_max, p_user_market_max, p_market_max, p_system_max);
+  max_order_source := case max_order_quote
+    when p_user_max then 'your max_order_quote'
+    when p_user_market_max then format('your allowlist limit for %s', p_market)
+    when p_market_max then format('the market limit for %s', p_market)
+    else 'the system-wide limit' end;
+  if max_order_quote is null then
+    max_order_source := null;
+  end if;
+end;
+$$;
+revoke all on function private.order_cap(text, numeric, numeric, numeric, numeric) from public, anon, authenticated;
+
+-- The user's counting executions of one mode on the UTC day of p_at: how many and their
+-- amount_quote sum (what daily_limits compares with max_trades_per_day and max_daily_quote).
+-- Index: trade_executions_daily_idx (index-only).
+create or replace function private.daily_executions(
+  p_user_id uuid,
+  p_mode text,
+  p_at timestamptz,
+  out trades bigint,
+  out quote_sum numeric
+)
+language plpgsql
+stable
+set search_path = ''
+as $$
+declare
+  v_day_start timestamptz := pg_catalog.date_trunc('day', p_at, 'UTC');
+begin
+  select count(*), coalesce(sum(e.amount_quote), 0) into trades, quote_sum
+    from public.trade_executions e
+   where e.user_id = p_user_id and e.mode = p_mode
+     and e.counts_toward_limits
+     and e.claimed_at >= v_day_start and e.claimed_at < v_day_start + interval '1 day';
+end;
+$$;
+revoke all on function private.daily_executions(uuid, text, timestamptz) from public, anon, authenticated;
+
+-- =============================================================================================
 -- Section - proposal RPCs
 -- =============================================================================================
 
@@ -753,7 +821,6 @@ declare
   v_max numeric;
   v_max_source text;
   v_last timestamptz;
-  v_day_start timestamptz;
   v_count bigint;
   v_sum numeric;
   v_opposite text;
@@ -865,13 +932,10 @@ begin
 
   -- 3. order_limits: at least the market minimum, at most the smallest cap that is set.
   v_reasons := '{}';
-  v_max := least(v_settings.max_order_quote, v_user_market.max_order_quote, v_market.max_order_quote,
-                 v_controls.max_order_quote);
-  v_max_source := case v_max
-    when v_settings.max_order_quote then 'your max_order_quote'
-    when v_user_market.max_order_quote then format('your allowlist limit for %s', v_proposal.market)
-    when v_market.max_order_quote then format('the market limit for %s', v_proposal.market)
-    else 'the system-wide limit' end;
+  select c.max_order_quote, c.max_order_source into v_max, v_max_source
+    from private.order_cap(v_proposal.market, v_settings.max_order_quote,
+                           v_user_market.max_order_quote, v_market.max_order_quote,
+                           v_controls.max_order_quote) c;
   if v_market.market is null then
     v_reasons := v_reasons || format('market %s has no order limits (not in the global allowlist)', v_proposal.market);
   elsif v_proposal.amount_quote < v_market.min_order_quote then
@@ -923,14 +987,9 @@ begin
   v_failed := v_failed || private.failed_check('anti_flip', v_reasons);
 
   -- 6. daily_limits: today's (UTC) counting executions of this mode, by number and by amount.
-  --    Index: trade_executions_daily_idx (index-only).
   v_reasons := '{}';
-  v_day_start := pg_catalog.date_trunc('day', v_now, 'UTC');
-  select count(*), coalesce(sum(e.amount_quote), 0) into v_count, v_sum
-    from public.trade_executions e
-   where e.user_id = p_user_id and e.mode = p_mode
-     and e.counts_toward_limits
-     and e.claimed_at >= v_day_start and e.claimed_at < v_day_start + interval '1 day';
+  select d.trades, d.quote_sum into v_count, v_sum
+    from private.daily_executions(p_user_id, p_mode, v_now) d;
   if v_settings.user_id is null then
     v_reasons := v_reasons || 'no trading settings for this user'::text;
   else

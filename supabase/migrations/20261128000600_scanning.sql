@@ -82,8 +82,7 @@ declare
   v_proposal jsonb;
   v_max numeric;
   v_max_source text;
-  v_day_start timestamptz := pg_catalog.date_trunc('day', now(), 'UTC');
-  v_count integer;
+  v_count bigint;
   v_sum numeric;
 begin
   if p_job_id is null then
@@ -116,21 +115,13 @@ begin
   select * into v_user_market
     from public.trading_allowlist a where a.user_id = v_job.user_id and a.market = v_job.market;
 
-  -- The order_limits validator's cap, with its source named the same way.
-  v_max := least(v_settings.max_order_quote, v_user_market.max_order_quote, v_market.max_order_quote,
-                 v_controls.max_order_quote);
-  v_max_source := case v_max
-    when v_settings.max_order_quote then 'your max_order_quote'
-    when v_user_market.max_order_quote then format('your allowlist limit for %s', v_job.market)
-    when v_market.max_order_quote then format('the market limit for %s', v_job.market)
-    else 'the system-wide limit' end;
-
-  -- The daily_limits validator's figures (index: trade_executions_daily_idx).
-  select count(*), coalesce(sum(e.amount_quote), 0) into v_count, v_sum
-    from public.trade_executions e
-   where e.user_id = v_job.user_id and e.mode = p_mode
-     and e.counts_toward_limits
-     and e.claimed_at >= v_day_start and e.claimed_at < v_day_start + interval '1 day';
+  -- The order_limits validator's cap and its source, and the daily_limits validator's figures:
+  -- the same helpers claim_trade_execution calls (the execution migration's "order room").
+  select c.max_order_quote, c.max_order_source into v_max, v_max_source
+    from private.order_cap(v_job.market, v_settings.max_order_quote, v_user_market.max_order_quote,
+                           v_market.max_order_quote, v_controls.max_order_quote) c;
+  select d.trades, d.quote_sum into v_count, v_sum
+    from private.daily_executions(v_job.user_id, p_mode, now()) d;
 
   return pg_catalog.jsonb_build_object(
     'found', true,
@@ -148,7 +139,7 @@ begin
       'mode', p_mode,
       'min_order_quote', v_market.min_order_quote,
       'max_order_quote', v_max,
-      'max_order_source', case when v_max is not null then v_max_source end,
+      'max_order_source', v_max_source,
       'daily_remaining_quote', greatest(coalesce(v_settings.max_daily_quote, 0) - v_sum, 0),
       'trades_left_today', greatest(coalesce(v_settings.max_trades_per_day, 0) - v_count, 0)));
 end;
