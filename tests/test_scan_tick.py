@@ -7,7 +7,8 @@ test_scan_e2e.py run the same code over real HTTP, the real database and the san
 - one job's failure never stops the others;
 - a lost lease stops the job before it writes;
 - settings: refuse to start without what they need (naming the variable, never a value); the
-  scanner's settings have no trade-credential field (G3);
+  scanner's settings have no trade-credential field, and a trade key in its environment refuses
+  the start, in the settings and in a real process (G3);
 - the execute request: headers, body, Idempotency-Key, and what each answer means.
 """
 
@@ -36,6 +37,7 @@ from shared.scanning.rules import RulesOracle
 from shared.scanning.settings import ScannerSettings, ScanSettings
 from shared.scanning.tick import Scanner, max_jobs_from_body
 from shared.settings import ConfigurationError
+from tests.function_server import start_function
 from tests.test_scan_rules import UPTREND
 
 # -- the body -------------------------------------------------------------------------------------
@@ -119,14 +121,53 @@ def test_execute_url_needs_the_service_key(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_g3_the_scanner_settings_have_no_trade_credentials(monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
-    settings = load(monkeypatch, BITVAVO_TRADE_API_KEY="t" * 64,
-                    BITVAVO_TRADE_API_SECRET="trade-secret-value", BITVAVO_OPERATOR_ID="42")
+    settings = load(monkeypatch, BITVAVO_OPERATOR_ID="42")
     fields = [name for part in (settings.rpc, settings.auth, settings.exchange, settings.scanner)
               for name in type(part).model_fields]
     assert not [f for f in fields if "trade" in f or "operator" in f]
-    dumped = " ".join(repr(part.model_dump()) for part in (
-        settings.rpc, settings.auth, settings.exchange, settings.scanner))
-    assert "t" * 64 not in dumped and "trade-secret-value" not in dumped
+
+
+TRADE_KEY_VALUE = "t" * 64
+TRADE_SECRET_VALUE = "trade-secret-value-0123456789"
+
+
+@pytest.mark.parametrize("env", [
+    {"BITVAVO_TRADE_API_KEY": TRADE_KEY_VALUE},
+    {"BITVAVO_TRADE_API_SECRET": TRADE_SECRET_VALUE},
+    {"BITVAVO_TRADE_API_KEY": TRADE_KEY_VALUE, "BITVAVO_TRADE_API_SECRET": TRADE_SECRET_VALUE},
+    {"bitvavo_trade_api_key": TRADE_KEY_VALUE},  # pydantic-settings reads names in any case
+    {"BITVAVO_TRADE_API_SECRET": " "},  # set, even if blank
+], ids=["key", "secret", "both", "lower-case", "blank"])
+def test_g3_a_trade_key_in_the_scanners_environment_refuses_to_start(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        load(monkeypatch, **env)
+    message = str(exc.value)
+    for name in env:
+        assert f"{name} is set: the trade key belongs in trading_execute's environment only" \
+            in message
+    assert TRADE_KEY_VALUE not in message and TRADE_SECRET_VALUE not in message
+
+
+def test_g3_an_empty_trade_variable_is_not_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load(monkeypatch, BITVAVO_TRADE_API_KEY="", BITVAVO_TRADE_API_SECRET="")
+    assert settings.scanner.oracle == "rules"
+
+
+def test_g3_the_scheduler_process_exits_before_serving_with_a_trade_key() -> None:
+    """The real entry point under functions-framework: it exits with the variable's name, no
+    value and no traceback, and never serves (start_function raises)."""
+    env = {**BASE_ENV, "BITVAVO_TRADE_API_SECRET": TRADE_SECRET_VALUE}
+    with pytest.raises(RuntimeError) as caught, start_function("scan_scheduler", env=env):
+        pass
+    message = str(caught.value)
+    assert "scan_scheduler exited with 1 before serving" in message
+    assert "BITVAVO_TRADE_API_SECRET is set: the trade key belongs in trading_execute's " \
+        "environment only" in message
+    assert "BITVAVO_TRADE_API_KEY" not in message  # only what is set is named
+    for value in (TRADE_SECRET_VALUE, "hunter2-password", "unit-test-service-key"):
+        assert value not in message
+    assert "Traceback" not in message
 
 
 def test_every_configured_secret_is_scrubbed_from_logs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,8 @@
     503 the database could not be reached to claim, or the tick's jobs could not be released
 
 The request path: authenticate → parse → tick (shared/scanning/tick.py) → respond. Settings are
-loaded at import (a misconfigured function never serves). This module imports nothing that can
+loaded at import: a misconfigured function never serves, it exits naming the variables (never
+their values), e.g. a trade key in its environment (G3). This module imports nothing that can
 trade: no shared.exchange.trade, no shared.execution (G3; tests/test_scan_imports.py checks it).
 """
 
@@ -27,8 +28,12 @@ from shared.api.steplog import StepLog
 from shared.auth import AuthError, Verifier
 from shared.scanning.settings import ScanSettings
 from shared.scanning.tick import MAX_BODY_BYTES, Scanner, TickReport, max_jobs_from_body
+from shared.settings import ConfigurationError
 
-SETTINGS = ScanSettings.load()
+try:
+    SETTINGS = ScanSettings.load()
+except ConfigurationError as error:  # named variables, never values; no traceback
+    raise SystemExit(str(error)) from None
 SETTINGS.register_secrets()
 steplog.configure()
 VERIFIER = Verifier(SETTINGS.auth)

@@ -9,6 +9,11 @@
   It has no field for the trade key (G3): the scanner cannot be configured with one.
 - `scanner` (ScannerSettings, below): the oracle, the OpenAI connection, the tick's timing.
 
+Key separation (G3) at start-up: BITVAVO_TRADE_API_KEY or BITVAVO_TRADE_API_SECRET set (non-empty,
+in any letter case, as pydantic-settings would read it) in the scanner's environment refuses the
+start, naming the variable. The trade key belongs in trading_execute's environment only; a scanner
+that merely carries it would leak it to everything the scanner runs or logs.
+
 Every model is loaded through `shared.settings.load_settings`; all their problems are reported
 together in one ConfigurationError that names variables, never values. Cross-field rules that span
 the models (the service key the auto-execute path needs) are checked last.
@@ -24,7 +29,9 @@ jobs released in one call — before the function's own timeout, and every lease
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Literal, Self
@@ -50,6 +57,18 @@ RESERVATION_LIFETIME_SECONDS = 900
 RELEASE_RESERVE_SECONDS = 10.0
 # A generous allowance for a job's market-data requests and RPCs in the timing check below.
 JOB_IO_ALLOWANCE_SECONDS = 30.0
+
+
+# G3: the variables trading_execute reads its trade key from; never present in the scanner's
+# environment.
+TRADE_CREDENTIALS = ("BITVAVO_TRADE_API_KEY", "BITVAVO_TRADE_API_SECRET")
+
+
+def trade_credentials_in(environ: Mapping[str, str]) -> list[str]:
+    """The trade-credential variables set to a non-empty value in `environ`, spelled as found
+    (names only: the values are never read into a message)."""
+    return sorted(name for name, value in environ.items()
+                  if name.upper() in TRADE_CREDENTIALS and value != "")
 
 
 def _http_url(value: str | None, name: str) -> str | None:
@@ -192,7 +211,10 @@ class ScanSettings:
     def load(cls) -> ScanSettings:
         """Load every model from the environment; all problems in one ConfigurationError."""
         parts: dict[str, object] = {}
-        problems: list[str] = []
+        problems = [
+            f"ScanSettings: invalid configuration\n  {name} is set: the trade key belongs in "
+            "trading_execute's environment only (G3, key separation); remove it from "
+            "scan_scheduler's" for name in trade_credentials_in(os.environ)]
         for name, model in (("rpc", RpcSettings), ("auth", AuthSettings),
                             ("exchange", ReadonlyExchangeSettings), ("scanner", ScannerSettings)):
             try:
