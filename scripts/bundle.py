@@ -3,7 +3,8 @@
     python -m scripts.bundle [--out build] [--list] [trading_execute] [scan_scheduler]
 
     build/<name>/main.py            functions/<name>/main.py, unchanged (entry point `<name>`)
-    build/<name>/requirements.txt   functions/<name>/requirements.txt's pins, checked as below
+    build/<name>/requirements.txt   functions/<name>/requirements.txt's pins, checked as below,
+                                    then every distribution they bring, pinned (a lock)
     build/<name>/shared/…           the modules of `shared` main.py needs, and no other
 
 Deploy the directory as it is (`gcloud functions deploy <name> --source build/<name> …`), or run
@@ -25,6 +26,13 @@ What goes in is decided by reading the code, not by a list kept by hand:
   be imported or be a dependency of one that is (cryptography for PyJWT[crypto]). Which
   distribution provides which module, and what depends on what, is read from the metadata of the
   environment that runs this script (.venv, installed from requirements.txt).
+- The lock: the bundle's requirements.txt lists the function's pins and then every distribution
+  they depend on, transitively (extras and markers evaluated for this interpreter), each pinned
+  `==` to the version installed here, read from its installed metadata (importlib.metadata), not
+  from a list kept by hand. So the deployment installs exactly the set the suite ran with. The
+  build fails when an installed version differs from its pin (run `make setup`). Markers are
+  resolved, not copied: the lock is for this Python version (named in its header), which the
+  deployment's runtime must match.
 - Deterministic: the directory is rebuilt from scratch, files are copied byte for byte, modes are
   0644/0755 and every mtime is 1980-01-01, so the same sources give the same tree — and the same
   archive when gcloud zips it.
@@ -85,13 +93,15 @@ class Bundle:
     name: str
     path: Path
     files: tuple[str, ...]         # relative paths, sorted
-    requirements: tuple[str, ...]  # the lines of requirements.txt that are pins
+    requirements: tuple[str, ...]  # functions/<name>/requirements.txt's pins
+    locked: tuple[str, ...]        # the pins of what they bring, transitively (name==version)
     size: int                      # bytes of every file
 
     def summary(self) -> str:
         modules = sum(1 for f in self.files if f.startswith(f"{VENDORED}/"))
         return (f"{self.path}: main.py + {modules} modules of {VENDORED} ({self.size:,} bytes), "
-                f"{len(self.requirements)} requirements")
+                f"{len(self.requirements)} requirements + {len(self.locked)} dependencies, "
+                f"all pinned")
 
 
 # -- the import walk -------------------------------------------------------------------------------
@@ -228,10 +238,14 @@ def _closure(requirements: Iterable[Requirement]) -> set[str]:
     return names
 
 
+def _own_pins(name: str, root: Path) -> dict[str, tuple[str, Requirement]]:
+    return _pins(root / "functions" / name / "requirements.txt")
+
+
 def check_requirements(found: Walk, name: str, root: Path) -> tuple[str, ...]:
     """The function's pins, checked against the root file and against what the code imports."""
     own_file = root / "functions" / name / "requirements.txt"
-    own, pinned = _pins(own_file), _pins(root / "requirements.txt")
+    own, pinned = _own_pins(name, root), _pins(root / "requirements.txt")
     problems = []
     for key, (line, _) in own.items():
         if key not in pinned:
@@ -264,6 +278,27 @@ def check_requirements(found: Walk, name: str, root: Path) -> tuple[str, ...]:
     return tuple(line for line, _ in own.values())
 
 
+def lock(name: str, root: Path) -> tuple[str, ...]:
+    """`Name==version` for every distribution the function's pins bring and that they do not
+    list themselves, sorted by name: the versions installed here, from their metadata. Refuses
+    when an installed version is not the one pinned (the lock would not be what was tested)."""
+    own = _own_pins(name, root)
+    problems = []
+    for line, requirement in own.values():
+        installed = importlib.metadata.version(requirement.name)
+        if not requirement.specifier.contains(installed, prereleases=True):
+            problems.append(f"{line}: the build environment ({sys.prefix}) has {installed}; "
+                            "run `make setup`")
+    if problems:
+        raise BundleError(f"functions/{name}/requirements.txt:\n" +
+                          "\n".join(f"  {p}" for p in problems))
+    pins = []
+    for key in sorted(_closure(r for _, r in own.values()) - own.keys()):
+        distribution = importlib.metadata.distribution(key)
+        pins.append(f"{distribution.metadata['Name']}=={distribution.version}")
+    return tuple(pins)
+
+
 # -- building --------------------------------------------------------------------------------------
 def build(name: str, out: Path, root: Path = ROOT) -> Bundle:
     """Build out/<name> from root's sources; raise BundleError (nothing written) when it cannot."""
@@ -273,13 +308,19 @@ def build(name: str, out: Path, root: Path = ROOT) -> Bundle:
     found = walk(root, entry)
     check_forbidden(found, name)
     requirements = check_requirements(found, name, root)
+    locked = lock(name, root)
 
     files: dict[str, bytes] = {"main.py": entry.read_bytes()}
     for path in found.modules.values():
         files[path.relative_to(root).as_posix()] = path.read_bytes()
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
     files["requirements.txt"] = (
-        f"# {name}'s runtime: functions/{name}/requirements.txt, each pin as in requirements.txt"
-        f" (built by `make bundle`).\n" + "".join(f"{line}\n" for line in requirements)
+        f"# {name}'s runtime (built by `make bundle`, for Python {python}).\n"
+        f"# functions/{name}/requirements.txt, each pin as in requirements.txt:\n"
+        + "".join(f"{line}\n" for line in requirements)
+        + "# Everything they depend on, pinned to the version installed in the build environment"
+        "\n# (read from its metadata):\n"
+        + "".join(f"{line}\n" for line in locked)
     ).encode()
 
     out.mkdir(parents=True, exist_ok=True)
@@ -294,8 +335,8 @@ def build(name: str, out: Path, root: Path = ROOT) -> Bundle:
     final = out / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
-    return Bundle(name=name, path=final, files=tuple(sorted(files)),
-                  requirements=requirements, size=sum(len(b) for b in files.values()))
+    return Bundle(name=name, path=final, files=tuple(sorted(files)), requirements=requirements,
+                  locked=locked, size=sum(len(b) for b in files.values()))
 
 
 def _normalise(directory: Path) -> None:

@@ -3,10 +3,14 @@
 - The listing: main.py, requirements.txt and the modules of `shared` main.py needs; the scanner's
   has no trade client (no shared/exchange/trade.py, no shared/execution/), by file listing, by the
   import walk of the built directory, and by an import in its own venv that fails.
+- The bundle's requirements.txt is the function's pins, then a lock: every distribution they bring,
+  pinned to the version installed in the build environment (from its metadata); installing it in
+  an empty venv gives a `pip freeze` equal to those pins.
 - The build refuses what must not ship: a scanner module that would need the trade client (the
-  chain of imports is named, nothing is written), a pin that differs from requirements.txt, a
-  third-party import no listed distribution provides, a listed distribution nothing needs, a
-  repository package that is not vendored. Same sources → the same files, modes and mtimes.
+  chain of imports is named, nothing is written), a pin that differs from requirements.txt or from
+  what is installed, a third-party import no listed distribution provides, a listed distribution
+  nothing needs, a repository package that is not vendored. Same sources → the same files, modes
+  and mtimes.
 - Each bundle runs in a clean venv made from its own requirements.txt only (pip, no index but a
   wheelhouse downloaded for exactly that file, cached under build/.pip-cache), served by that
   venv's `functions-framework --source main.py` from inside the directory, without the repository
@@ -18,6 +22,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -30,6 +35,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from scripts import bundle
 from shared.auth import dev_token
@@ -79,6 +86,13 @@ def pins(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
 
 
+def canonical(pin: str) -> tuple[str, str]:
+    """(canonical distribution name, version) of a `name[extras]==version` line."""
+    requirement = Requirement(pin)
+    (specifier,) = requirement.specifier
+    return canonicalize_name(requirement.name), specifier.version
+
+
 def test_each_bundle_holds_its_entry_point_its_pins_and_the_shared_modules_it_needs(
         bundles: dict[str, Path]) -> None:
     root_pins = set(pins(ROOT / "requirements.txt"))
@@ -90,9 +104,17 @@ def test_each_bundle_holds_its_entry_point_its_pins_and_the_shared_modules_it_ne
             (ROOT / "functions" / name / "main.py").read_bytes()
         for relative in files[2:]:  # vendored byte for byte
             assert (directory / relative).read_bytes() == (ROOT / relative).read_bytes()
-        assert pins(directory / "requirements.txt") == \
-            pins(ROOT / "functions" / name / "requirements.txt")
-        assert set(pins(directory / "requirements.txt")) <= root_pins
+        own = pins(ROOT / "functions" / name / "requirements.txt")
+        shipped = pins(directory / "requirements.txt")
+        assert shipped[:len(own)] == own
+        assert set(own) <= root_pins
+        # Then the lock: every dependency pinned to the version installed here, none listed twice.
+        locked = shipped[len(own):]
+        assert locked == list(bundle.lock(name, ROOT))
+        assert len({canonical(line) for line in shipped}) == len(shipped)
+        for line in locked:
+            distribution, version = line.split("==")
+            assert importlib.metadata.version(distribution) == version, line
     trade, scan = (set(listing(bundles[n])) for n in ("trading_execute", "scan_scheduler"))
     assert {"shared/exchange/trade.py", "shared/execution/execute.py",
             "shared/execution/reconcile.py"} <= trade
@@ -208,6 +230,16 @@ def test_the_build_refuses_requirements_and_imports_that_do_not_fit(
         assert expected in refused(sources, name)
 
 
+def test_the_build_refuses_a_pin_the_build_environment_does_not_have(sources: Path) -> None:
+    """The lock is read from what is installed: a pin that is not what is installed (the venv is
+    behind requirements.txt) would ship an untested set, so the build stops."""
+    installed = importlib.metadata.version("httpx")
+    for file in ("requirements.txt", "functions/trading_execute/requirements.txt"):
+        edit(sources / file, lambda text: text.replace(f"httpx=={installed}", "httpx==0.0.1"))
+    assert f"httpx==0.0.1: the build environment ({sys.prefix}) has {installed}; run " \
+        "`make setup`" in refused(sources, "trading_execute")
+
+
 def test_the_command_line_says_what_is_wrong_and_exits_1(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert bundle.main(["nope"]) == 1
@@ -266,6 +298,14 @@ class Venvs:
             print(f"\n{name}: venv + pip install {self.seconds[name]:.1f} s")
         return self.made[name]
 
+    def freeze(self, name: str) -> list[str]:
+        """`pip freeze --all` of the bundle's venv (pip itself is not in it)."""
+        done = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check",
+                               "--python", str(self(name) / "bin" / "python"), "freeze", "--all"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.splitlines()
+
     def python(self, name: str, code: str, *args: str) -> subprocess.CompletedProcess[str]:
         """`python -c code` in the bundle's venv, from inside the bundle, nothing else on the
         path."""
@@ -305,6 +345,16 @@ def test_each_venv_holds_its_requirements_and_not_the_repository(venvs: Venvs) -
         where, found = probe.stdout.splitlines()
         assert Path(where).is_relative_to(venvs.bundles[name])  # the vendored copy
         assert found == f"None None {name == 'scan_scheduler'}"
+
+
+def test_installing_a_bundles_requirements_gives_exactly_its_pins(venvs: Venvs) -> None:
+    """The lock is complete: pip, installing the bundle's requirements.txt into an empty venv,
+    installs every pinned distribution at its pinned version and nothing else (an unpinned
+    transitive dependency would show up here with whatever version pip picked)."""
+    for name in bundle.FUNCTIONS:
+        expected = sorted(canonical(line) for line in pins(venvs.bundles[name] /
+                                                           "requirements.txt"))
+        assert sorted(canonical(line) for line in venvs.freeze(name)) == expected
 
 
 def test_the_scanner_venv_cannot_import_the_trade_client(venvs: Venvs) -> None:
