@@ -192,13 +192,35 @@ def served(db: Database, sandbox: SandboxServer, mode: str,
         yield Stack(db=db, proxy=proxy, sandbox=sandbox, fn=fn, mode=mode)
 
 
-def percentiles(samples: list[float]) -> tuple[float, float]:
-    """p50 and p99 in milliseconds (inclusive method: p99 of a small sample is near its max)."""
+@dataclass(frozen=True)
+class Latency:
+    """Sequential executions through a Stack: request latency and database round trips."""
+
+    executions: int
+    p50_ms: float
+    p99_ms: float
+    round_trips: float  # per execution, counted from the PostgreSQL protocol by the proxy
+
+    def __str__(self) -> str:
+        return (f"p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms over {self.executions}; "
+                f"database round trips per execution: {self.round_trips:g}")
+
+
+def measure_executions(stack: Stack, user_id: uuid.UUID, executions: int = 40) -> Latency:
+    """Execute `executions` fresh proposals of `user_id` one after another (after one more that
+    warms the connections), each answered 201; p50/p99 by the inclusive method (the p99 of a small
+    sample is near its max)."""
+    proposals = [proposal(stack.db, user_id) for _ in range(executions + 1)]
+    assert stack.execute(proposals[0], user_id=user_id).status_code == 201  # connections warm
+    stack.proxy.settle()
+    round_trips_before = stack.proxy.round_trips
+    samples = []
+    for proposal_id in proposals[1:]:
+        started = time.perf_counter()
+        response = stack.execute(proposal_id, user_id=user_id)
+        samples.append(time.perf_counter() - started)
+        assert response.status_code == 201, response.text
+    stack.proxy.settle()
     cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return cuts[49] * 1000, cuts[98] * 1000
-
-
-def timed(call: Any) -> tuple[float, Any]:
-    started = time.perf_counter()
-    result = call()
-    return time.perf_counter() - started, result
+    return Latency(executions=len(samples), p50_ms=cuts[49] * 1000, p99_ms=cuts[98] * 1000,
+                   round_trips=(stack.proxy.round_trips - round_trips_before) / len(samples))

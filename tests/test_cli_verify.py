@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from ops import verify
+from tests.cron_stand_ins import STAND_INS, reapply_maintenance
 from tests.oracle_console import Run, oracle
 from tests.pg import Database
 from tests.test_execution_support import (  # the module's shared database: db, module_db
@@ -26,7 +27,6 @@ from tests.test_execution_support import (  # the module's shared database: db, 
     sql,
     trader,
 )
-from tests.test_scan_cron import MAINTENANCE_SQL, STAND_INS
 
 Capsys = pytest.CaptureFixture[str]
 
@@ -272,7 +272,7 @@ def test_the_http_jobs_are_expected_where_pg_net_can_make_the_call() -> None:
 
 def test_where_pg_net_exists_the_scanner_and_reconciler_jobs_are_checked(
         capsys: Capsys, fresh_db: Database) -> None:
-    """With pg_net's net.http_post and Vault (stand-ins, tests/test_scan_cron.py): enabled after
+    """With pg_net's net.http_post and Vault (stand-ins, tests/cron_stand_ins.py): enabled after
     the migrations ran, both HTTP jobs are named missing; once the maintenance migration ran
     again they pass; the reconciler's job removed, it alone is named."""
     fresh_db.query(STAND_INS)
@@ -282,7 +282,7 @@ def test_where_pg_net_exists_the_scanner_and_reconciler_jobs_are_checked(
     assert "cron job invoke-trading-reconcile is missing: nothing calls trading_execute's " \
            "/reconcile" in run.out
 
-    fresh_db.cluster.psql(fresh_db.name, file=MAINTENANCE_SQL)
+    reapply_maintenance(fresh_db)
     run = run_verify(capsys, fresh_db, "--check", "cron_jobs")
     assert run.code == 0, run.out
     assert "invoke-scan-scheduler, invoke-trading-reconcile scheduled and active" in run.out

@@ -17,10 +17,9 @@ from tests.execute_harness import (
     MARKET,
     SECRETS,
     Stack,
-    percentiles,
+    measure_executions,
     proposal,
     served,
-    timed,
     trader,
 )
 from tests.pg import Database
@@ -170,21 +169,9 @@ def test_a_live_execution_is_skipped_by_a_paper_process(stack: Stack) -> None:
 # -- numbers ---------------------------------------------------------------------------------------
 def test_latency_and_database_round_trips_of_one_paper_execution(stack: Stack) -> None:
     user = trader(stack.db)
-    proposals = [proposal(stack.db, user) for _ in range(41)]
-    assert stack.execute(proposals[0], user_id=user).status_code == 201
-    stack.proxy.settle()
-    round_trips_before = stack.proxy.round_trips
-    samples = []
-    for proposal_id in proposals[1:]:
-        seconds, response = timed(lambda p=proposal_id: stack.execute(p, user_id=user))
-        assert response.status_code == 201, response.text
-        samples.append(seconds)
-    stack.proxy.settle()
-    round_trips = (stack.proxy.round_trips - round_trips_before) / len(samples)
-    p50, p99 = percentiles(samples)
-    print(f"\npaper execution: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(samples)}; "
-          f"database round trips per execution: {round_trips:g}")
-    assert round_trips == 2  # claim_trade_execution + record_execution_result
+    latency = measure_executions(stack, user)
+    print(f"\npaper execution: {latency}")
+    assert latency.round_trips == 2  # claim_trade_execution + record_execution_result
     assert stack.proxy.unparsed_connections == 0  # counted from the PostgreSQL protocol
 
 

@@ -12,10 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from scripts.pgcluster import MIGRATIONS
+from tests.cron_stand_ins import reapply_maintenance
 from tests.pg import Database
-
-MAINTENANCE_SQL = next(MIGRATIONS.glob("*_maintenance.sql"))
 
 
 def proposal(db: Database, user: uuid.UUID, status: str, expires_in_seconds: int) -> uuid.UUID:
@@ -136,7 +134,7 @@ def test_pg_cron_runs_maintenance_every_minute_and_schedules_no_http_call_withou
 
 def test_reapplying_the_maintenance_migration_keeps_one_job_of_each(db: Database) -> None:
     before = db.query("select jobname, schedule, command from cron.job order by jobname")
-    db.cluster.psql(db.name, file=MAINTENANCE_SQL)
+    reapply_maintenance(db)
     after = db.query("select jobname, schedule, command from cron.job order by jobname")
     assert after == before
     assert [name for name, *_ in after].count("run-maintenance") == 1
