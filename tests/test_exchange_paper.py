@@ -105,6 +105,36 @@ def test_client_order_id_is_never_reused(paper: PaperTrade) -> None:
     assert caught.value.client_order_id == coid and caught.value.market == "BTC-EUR"
 
 
+def test_memory_is_bounded_open_orders_stay_and_the_oldest_finished_are_forgotten() -> None:
+    """A long-lived process keeps the latest `max_finished_orders` finished orders (the bench
+    found +82 % RSS after 10,000 paper executions when it kept them all); open orders stay until
+    they end, and a forgotten order reads as not found (240), like one lost with its process."""
+    paper = PaperTrade({"BTC-EUR": PRICE}.__getitem__, markets=markets, clock=FakeClock(),
+                       max_finished_orders=3)
+    resting = paper.place_limit_order("BTC-EUR", "buy", Decimal("0.001"), Decimal("30000"),
+                                      client_order_id=coid())
+    filled = [paper.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"),
+                                       client_order_id=coid()) for _ in range(5)]
+    for order in filled[:2]:
+        with pytest.raises(OrderNotFound):
+            paper.get_order("BTC-EUR", client_order_id=order.client_order_id)
+    for order in filled[2:]:
+        assert paper.get_order("BTC-EUR", client_order_id=order.client_order_id) == order
+    assert paper.get_order("BTC-EUR", client_order_id=resting.client_order_id).status == "new"
+    # Cancelled, the resting order is finished: the newest one, so the oldest kept one goes.
+    paper.cancel_order("BTC-EUR", client_order_id=resting.client_order_id)
+    assert paper.get_order("BTC-EUR", client_order_id=resting.client_order_id).status == \
+        "canceled"
+    with pytest.raises(OrderNotFound):
+        paper.get_order("BTC-EUR", client_order_id=filled[2].client_order_id)
+    for _ in range(1000):
+        paper.place_market_order("BTC-EUR", "sell", amount_quote=Decimal("10"),
+                                 client_order_id=coid())
+    assert len(paper._orders) == 3
+    with pytest.raises(ValueError, match="max_finished_orders"):
+        PaperTrade({"BTC-EUR": PRICE}.__getitem__, markets=markets, max_finished_orders=0)
+
+
 def test_same_validation_as_the_live_client(paper: PaperTrade) -> None:
     with pytest.raises(InvalidOrderRequest):
         paper.place_market_order(
