@@ -7,7 +7,7 @@ SANDBOX_PORT ?= 54330
 TRADING_EXECUTE_PORT ?= 54331
 SCAN_SCHEDULER_PORT ?= 54332
 
-.PHONY: setup run demo test lint db db-down db-reset sandbox bench fuzz rls-matrix
+.PHONY: setup run demo test lint db db-down db-reset sandbox bench fuzz soak rls-matrix
 
 setup: ## install what is missing (venv, PostgreSQL 15 + pg_cron + pgTAP, Supabase CLI)
 	@scripts/setup.sh
@@ -31,6 +31,15 @@ FUZZ_EXAMPLES ?= 2000
 fuzz: setup ## the HTTP and RPC fuzzers, FUZZ_EXAMPLES (default 2000) random examples per test
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:cacheprovider --timeout=0 \
 		--hypothesis-show-statistics tests/test_fuzz_http.py tests/test_fuzz_rpc.py
+
+# The chaos soak for SOAK_SECONDS (default 600) with SOAK_SEED (default: a fresh random one), the
+# summary printed (CI runs tests/test_soak.py with a fixed seed and step budget in `make test`).
+# A failure prints the line that replays it: `make soak SOAK_SEED=<seed> SOAK_SECONDS=<s>`.
+SOAK_SECONDS ?= 600
+SOAK_SEED ?= $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+soak: setup ## the chaos soak: random traffic, exchange faults and SIGKILLs, then every invariant
+	SOAK_SEED=$(SOAK_SEED) SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -p no:cacheprovider \
+		--timeout=0 -s -k invariant tests/test_soak.py
 
 rls-matrix: setup ## observe the RLS matrix on a throwaway cluster and write it into README.md
 	$(PY) -m scripts.rls_matrix --readme README.md

@@ -99,6 +99,7 @@ ACCESS_WINDOW_MS = 2000
 RECONCILE_MARGIN_S = 3.0      # covers the sandbox's injected latency (≤ 2.5 s) after its checks
 FAILED_AFTER_S = 7            # ceil(MAX_CLAIM_AGE + window + margin): not found → failed
 CANCEL_OPEN_AFTER_S = 3
+RECONCILE_PERIOD_S = 1.0      # the cron stand-in's /reconcile (production: every minute)
 JOB_LEASE_S = 10
 CLIENT_TIMEOUT_S = 8.0        # the soak's own HTTP clients
 START_TIMEOUT_S = 60.0
@@ -682,6 +683,12 @@ class Soak:
             futures.append(pool.submit(run))
 
         deadline = (self._started + self.config.seconds) if self.config.seconds else None
+        # Supabase Cron's /reconcile, on the soak's compressed time scale: about once a second
+        # (the windows are seconds here, a minute in production), racing the request path.
+        stop_cron = threading.Event()
+        cron = threading.Thread(target=self._cron, args=(stop_cron,), name="soak-cron",
+                                daemon=True)
+        cron.start()
         try:
             for index, step in enumerate(plan(self.config.seed, self.config.manual_users)):
                 if self.config.steps is not None and index >= self.config.steps:
@@ -695,10 +702,18 @@ class Soak:
                     futures.remove(future)
         finally:
             pool.shutdown(wait=True, cancel_futures=False)
+            stop_cron.set()
+            cron.join(HANG_GUARD_S)
         for future in futures:
             future.result(timeout=HANG_GUARD_S)  # re-raises a client thread's own error
         self.quiet()
         return self.summary()
+
+    def _cron(self, stop: threading.Event) -> None:
+        while not stop.wait(RECONCILE_PERIOD_S):
+            self.reconcile()
+            with self.ledger.lock:
+                self.ledger.steps["cron reconcile"] += 1
 
     def dispatch(self, step: Step, submit: Callable[[Callable[[], None]], None]) -> None:
         args = step.args
