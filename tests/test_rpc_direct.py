@@ -9,6 +9,7 @@ service_role only because DirectRpc switches the role per call.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 import traceback
 import uuid
@@ -18,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 
 from scripts.wireturns import WireTurns
@@ -457,6 +459,51 @@ def test_an_idle_connection_the_server_closed_is_replaced_not_used(rpc_db: Datab
             assert time.monotonic() < deadline, "the backend did not go away"
             time.sleep(0.02)
         assert rpc.call("t_whoami")["auth_role"] == "service_role"
+
+
+def _in_forked_child(rpc: DirectRpc, db_url: str, out: Any) -> None:
+    """In a child forked after the parent used `rpc`: which backend serves the child, and does a
+    call still work after the server closed that backend?"""
+    try:
+        rpc.call("t_whoami")
+        with rpc._pool.connection() as conn:
+            backend = conn.info.backend_pid
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute("select pg_terminate_backend(%s)", (backend,))
+            deadline = time.monotonic() + 10
+            while admin.execute("select count(*) from pg_stat_activity where pid = %s",
+                                (backend,)).fetchone() != (0,):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.02)
+        role = rpc.call("t_whoami")["auth_role"]
+        out.put((backend, role))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        out.put((None, f"{type(exc).__name__}: {exc}"))
+
+
+def test_a_forked_child_opens_its_own_pool_and_replaces_a_broken_connection(
+        rpc_db: Database) -> None:
+    """functions-framework imports main.py in gunicorn's master and forks the worker (found by
+    the chaos soak: scan_scheduler built its port at import). A pool opened before the fork has
+    no maintenance threads in the child and its connections are the parent's: the child must
+    use a pool of its own, which replaces a connection the server closed; the parent's is
+    untouched."""
+    with DirectRpc(rpc_db.authenticator_url, min_size=1, max_size=1, pool_timeout=3) as rpc:
+        rpc.call("t_whoami")
+        with rpc._pool.connection() as conn:
+            parent_backend = conn.info.backend_pid
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
+        child = ctx.Process(target=_in_forked_child, args=(rpc, rpc_db.url, out))
+        child.start()
+        child_backend, role = out.get(timeout=60)
+        child.join(timeout=30)
+        assert role == "service_role", role
+        assert child_backend != parent_backend  # never the parent's socket
+        assert rpc.call("t_whoami")["auth_role"] == "service_role"
+        with rpc._pool.connection() as conn:
+            assert conn.info.backend_pid == parent_backend
 
 
 def test_a_statement_timeout_is_unavailable(rpc_db: Database) -> None:

@@ -31,13 +31,23 @@ be allowed to SET ROLE service_role (`authenticator` or `postgres` on Supabase).
 
 A broken connection mid-call raises RpcUnavailable: the call may have committed. Nothing here
 retries a call.
+
+The pool belongs to the process that first calls through it, and is opened then (not when the port
+is built): functions-framework imports main.py in gunicorn's master and forks the worker from it,
+and a pool opened before a fork is useless after it — its maintenance threads do not exist in the
+child, so a connection that breaks is never replaced (every later call waits `pool_timeout` and
+fails: found by the chaos soak, whose scanner answered 503 to every tick after one lost answer),
+and its connections are the parent's sockets. A child therefore opens a pool of its own and
+leaves the parent's alone.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 import select
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
@@ -112,6 +122,18 @@ def _server_hung_up(conn: psycopg.Connection[Any]) -> bool:
     return bool(readable)
 
 
+# Guards opening a pool. Replaced in a forked child: a thread of the parent may have held it.
+_OPEN_LOCK = threading.Lock()
+
+
+def _new_open_lock() -> None:
+    global _OPEN_LOCK
+    _OPEN_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_open_lock)
+
+
 class DirectRpc:
     """The RPC port over psycopg + psycopg_pool. Thread-safe; `close()` releases everything."""
 
@@ -147,18 +169,12 @@ class DirectRpc:
         }
         if "connect_timeout" not in params:
             kwargs["connect_timeout"] = max(2, math.ceil(connect_timeout))
-        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-            conninfo,
-            kwargs=kwargs,
-            min_size=min_size,
-            max_size=max_size,
-            timeout=pool_timeout,
-            max_idle=max_idle,
-            max_lifetime=max_lifetime,
-            name=name,
-            open=False,
-        )
-        self._pool.open(wait=False)
+        self._pool_options: dict[str, Any] = {
+            "conninfo": conninfo, "kwargs": kwargs, "min_size": min_size, "max_size": max_size,
+            "timeout": pool_timeout, "max_idle": max_idle, "max_lifetime": max_lifetime,
+            "name": name}
+        self._opened: tuple[int, ConnectionPool[psycopg.Connection[Any]]] | None = None
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"DirectRpc({self._where})"
@@ -171,7 +187,27 @@ class DirectRpc:
         return as_rows(fn, self._run(fn, args, setof=True))
 
     def close(self) -> None:
-        self._pool.close(timeout=5.0)
+        """Close this process's pool (a parent's, inherited through a fork, is the parent's)."""
+        with _OPEN_LOCK:
+            opened, self._opened, self._closed = self._opened, None, True
+        if opened is not None and opened[0] == os.getpid():
+            opened[1].close(timeout=5.0)
+
+    @property
+    def _pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        """This process's pool, opened on first use (see the module docstring)."""
+        opened, pid = self._opened, os.getpid()
+        if opened is not None and opened[0] == pid:
+            return opened[1]
+        with _OPEN_LOCK:
+            if self._closed:
+                raise psycopg.OperationalError("the RPC port is closed")
+            if self._opened is None or self._opened[0] != pid:
+                pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+                    **self._pool_options, open=False)
+                pool.open(wait=False)
+                self._opened = (pid, pool)
+            return self._opened[1]
 
     def __enter__(self) -> DirectRpc:
         return self
@@ -202,19 +238,20 @@ class DirectRpc:
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        conn = self._pool.getconn(timeout=self._pool_timeout)
+        pool = self._pool
+        conn = pool.getconn(timeout=self._pool_timeout)
         # Connections the server closed while they sat idle are replaced, never used: a call on one
         # would fail as outcome-unknown although nothing was sent.
         for _ in range(self._max_size):
             if not _server_hung_up(conn):
                 break
             conn.close()
-            self._pool.putconn(conn)  # a closed connection is discarded and replaced by the pool
-            conn = self._pool.getconn(timeout=self._pool_timeout)
+            pool.putconn(conn)  # a closed connection is discarded and replaced by the pool
+            conn = pool.getconn(timeout=self._pool_timeout)
         try:
             yield conn
         finally:
-            self._pool.putconn(conn)
+            pool.putconn(conn)
 
 
 def _translate(exc: psycopg.Error, fn: str) -> RpcError:
