@@ -23,10 +23,12 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
+from scripts.wireturns import WireTurns
 from shared.auth import dev_token
 from tests.function_server import FunctionServer, start_function
 from tests.pg import Database
@@ -529,6 +531,41 @@ def test_the_tick_is_for_the_service_role_only_and_validates_its_body(
     assert db.scalar("select count(*) from public.scan_jobs where attempts > 0") == 10
     assert default.status_code == 200 and default.json()["claimed"] == 10  # the default max_jobs
     assert SERVICE_KEY not in logs and user_token not in logs and JWT_SECRET not in logs
+
+
+# -- the database failing under the tick (found by the chaos soak) -------------------------------
+def test_a_lost_database_answer_is_a_503_and_the_next_tick_reconnects(
+        db: Database, bitvavo_sandbox: SandboxServer) -> None:
+    """The claim's answer is lost (the connection closed after the statement ran): the tick
+    answers the documented 503 database-unavailable problem with its counts — it was a 500, the
+    float `elapsed_ms` refused by the problem document — and the ticks after it claim again: the
+    RPC pool was opened in gunicorn's master before the fork, so in the worker it had no threads
+    to replace a broken connection and every later tick waited 5 s for one and answered 503."""
+    build_world(db, users=2, markets=("BTC-EUR", "ETH-EUR"))
+    port = int(urlsplit(db.url).port or 5432)
+    with WireTurns("127.0.0.1", port) as proxy:
+        parts = urlsplit(db.authenticator_url)
+        proxied = urlunsplit(parts._replace(netloc=f"authenticator@127.0.0.1:{proxy.port}"))
+        env = scan_env(db, bitvavo_sandbox, DATABASE_URL=proxied, RPC_POOL_TIMEOUT_SECONDS="3",
+                       **ALWAYS_SIGNAL)
+        with start_function("scan_scheduler", env=env) as fn:
+            first = fn.post("/", json={"max_jobs": 1}, headers=service_headers())
+            proxy.cut_next_response()
+            cut = fn.post("/", json={"max_jobs": 1}, headers=service_headers())
+            db.query("update public.scan_jobs set locked_by = null, locked_at = null, "
+                     "lock_expires_at = null")  # whatever the lost claim leased is free again
+            after = [fn.post("/", json={"max_jobs": 1}, headers=service_headers())
+                     for _ in range(3)]
+            logs = fn.logs()
+    assert first.status_code == 200 and first.json()["claimed"] == 1
+    assert cut.status_code == 503, cut.text
+    problem = cut.json()
+    assert cut.headers["Content-Type"] == "application/problem+json"
+    assert problem["type"] == "/problems/database-unavailable" and problem["claimed"] == 0
+    assert isinstance(problem["elapsed_ms"], int) and cut.headers["Retry-After"] == "60"
+    assert [a.status_code for a in after] == [200, 200, 200], [a.text for a in after]
+    assert [a.json()["claimed"] for a in after] == [1, 1, 1]
+    assert "Traceback" not in logs
 
 
 @pytest.fixture(autouse=True)

@@ -127,7 +127,7 @@ class TickReport:
             "no_room": self.no_room, "oracle_unusable": self.oracle_unusable,
             "lease_lost": self.lease_lost, "released": self.released,
             "stopped": self.stopped, "worker_id": self.worker_id,
-            "elapsed_ms": round(self.elapsed_ms, 1),
+            "elapsed_ms": round(self.elapsed_ms),  # an integer: problem documents take no float
         }
 
 
