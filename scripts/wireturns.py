@@ -25,7 +25,9 @@ test count it without trusting the client library.
 
 It can also drop a connection mid-call: `cut_next_response()` lets the next request through to the
 server and then closes both sides instead of relaying the answer — the server did the work, the
-client never hears about it (an outcome-unknown failure, on demand).
+client never hears about it (an outcome-unknown failure, on demand). `cut_next_response(after=b"…")`
+waits for a client burst that contains those bytes (a function's name in a statement) and cuts that
+connection's next answer, so a test can choose which statement commits unheard.
 
 Written here because no maintained package counts protocol turns; it is a plain thread-per-
 connection relay over `socket`/`selectors`, loopback only.
@@ -48,6 +50,7 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
 
@@ -146,6 +149,7 @@ class _Connection:
     def __init__(self) -> None:
         self.turns = 0
         self.frontend = PgFrontend()
+        self.cut_next: str | None = None   # this connection's next server burst is cut (`after`)
 
     @property
     def round_trips(self) -> int:
@@ -164,6 +168,8 @@ class WireTurns:
         self._relayed: list[_Connection] = []
         self._last_activity = time.monotonic()
         self._cut_armed = False
+        self._cut_after: bytes | None = None
+        self._cuts: Counter[str] = Counter()
         self._closed = threading.Event()
         self._sockets: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
@@ -207,10 +213,31 @@ class WireTurns:
         with self._lock:
             return sum(1 for c in self._relayed if not c.frontend.postgres)
 
-    def cut_next_response(self) -> None:
-        """The next burst from the server is not relayed: both sides are closed instead."""
+    def cut_next_response(self, after: bytes | None = None) -> None:
+        """The next burst from the server is not relayed: both sides are closed instead. With
+        `after`, the next burst on the first connection whose client sends a burst containing
+        those bytes. Arming again replaces a cut that has not happened yet."""
         with self._lock:
-            self._cut_armed = True
+            self._cut_armed, self._cut_after = True, after
+
+    def cancel_cut(self) -> bool:
+        """Disarm a cut that has not happened yet (a connection already chosen by `after` is
+        cut all the same); True if one was armed."""
+        with self._lock:
+            armed, self._cut_armed, self._cut_after = self._cut_armed, False, None
+            return armed
+
+    @property
+    def cuts(self) -> int:
+        """Server answers cut so far (connections closed instead of relaying them)."""
+        with self._lock:
+            return sum(self._cuts.values())
+
+    @property
+    def cuts_by_trigger(self) -> dict[str, int]:
+        """The cuts so far by what armed them: the `after` bytes (decoded), or "any"."""
+        with self._lock:
+            return dict(self._cuts)
 
     def settle(self, quiet: float = 0.05, timeout: float = 5.0) -> None:
         """Wait until no byte has moved for `quiet` seconds, so the counters are final."""
@@ -285,9 +312,18 @@ class WireTurns:
                                 relayed.frontend.client(data)
                             else:
                                 relayed.frontend.server(data)
-                            cut = source is server and self._cut_armed
+                            if (source is client and self._cut_armed
+                                    and self._cut_after is not None and self._cut_after in data):
+                                relayed.cut_next = self._cut_after.decode(errors="replace")
+                                self._cut_armed, self._cut_after = False, None
+                            cut = source is server and (
+                                relayed.cut_next is not None
+                                or (self._cut_armed and self._cut_after is None))
                             if cut:
-                                self._cut_armed = False
+                                self._cuts[relayed.cut_next or "any"] += 1
+                                if relayed.cut_next is None:
+                                    self._cut_armed = False
+                                relayed.cut_next = None
                         if cut:
                             return
                         last_speaker = source

@@ -4,7 +4,9 @@ tests/test_soak.py runs it, short and deterministic in `make test`, long in `mak
 
 What runs (real processes, real HTTP):
 
-    PostgreSQL        the test cluster's database (tests/pg.py), migrated like production
+    PostgreSQL        the test cluster's database (tests/pg.py), migrated like production,
+                      reached by the functions through two relays (scripts/wireturns.py: one
+                      for trading_execute, one for the scanners) that can cut an answer
     sandbox           python -m sandbox.bitvavo: the exchange, faults switched at run time
     trading_execute   functions-framework, TRADING_MODE=live against the sandbox
     scan_scheduler ×2 functions-framework, ORACLE=rules and ORACLE=openai (→ the fake below),
@@ -17,6 +19,8 @@ The plan is drawn from one seeded random generator (`plan()`), step by step: use
 duplicates, a second key for an executed proposal, a key reused for another proposal), scanner
 ticks on either scanner, /reconcile, sandbox faults (drop_after_accept, 5xx and 101/109 without
 and with the order placed, latency beyond the function's exchange timeout, unfilled variants),
+PostgreSQL answers lost on the way to a function (the connection closed after the statement ran:
+a claim, a result, a lease, a reservation, … chosen by the plan, or whatever comes next),
 scan jobs made due again (time passing), run_maintenance (pg_cron's job), budget samples, and
 SIGKILLs of a function process's whole group after a random delay, restarted at once. Requests
 run on a few client threads while the plan goes on, so kills and faults land mid-request.
@@ -66,6 +70,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -77,6 +82,7 @@ from sandbox.auth import (
     DEFAULT_VIEW_SECRET,
 )
 from scripts.pgcluster import free_port
+from scripts.wireturns import WireTurns
 from shared.auth import dev_token
 from tests.pg import Database, connect
 from tests.sandbox_server import SandboxServer
@@ -144,8 +150,17 @@ FAULTS: list[tuple[str, dict[str, Any]]] = [
     ("none", {"fault": "none"}),
 ]
 
+# What a db_cut step loses: the answer to the next call of one of these functions on that side
+# (its statement names it), or (None) the next answer of any kind, a connection's start included.
+DB_CUT_AFTER: dict[str, tuple[str | None, ...]] = {
+    "execute": ("claim_trade_execution", "record_execution_result", "list_unsettled_executions",
+                None),
+    "scanners": ("claim_due_scan_jobs", "get_scan_context", "reserve_gpt_budget",
+                 "settle_gpt_usage", "create_scan_proposal", "release_job_locks", None),
+}
+
 WEIGHTS = {"execute": 40, "fault": 14, "tick": 16, "reconcile": 7, "kill": 4, "due": 6,
-           "maintenance": 4, "budget": 5, "pause": 4}
+           "maintenance": 4, "budget": 5, "pause": 4, "db_cut": 4}
 
 
 def plan(seed: int, manual_users: int) -> Iterator[Step]:
@@ -177,6 +192,9 @@ def plan(seed: int, manual_users: int) -> Iterator[Step]:
             args.update(target=rng.choices(("trading_execute", "scan_rules", "scan_openai"),
                                            (60, 20, 20))[0],
                         delay_ms=rng.randrange(0, 400))
+        elif kind == "db_cut":
+            target = rng.choices(("execute", "scanners"), (60, 40))[0]
+            args.update(target=target, after=rng.choice(DB_CUT_AFTER[target]))
         elif kind == "due":
             args.update(jobs=rng.randint(1, 6), pick=rng.random())
         elif kind == "pause":
@@ -452,6 +470,7 @@ class Soak:
         self.auto: list[uuid.UUID] = []
         self.tokens: dict[uuid.UUID, str] = {}
         self.functions: dict[str, Function] = {}
+        self.proxies: dict[str, WireTurns] = {}
         self._local = threading.local()
         self._conn = connect(db.authenticator_url, autocommit=True)
         self._used_keys: list[tuple[uuid.UUID, str]] = []
@@ -498,13 +517,17 @@ class Soak:
 
     def start(self) -> None:
         self.model.server.__enter__()
+        db_port = int(urlsplit(self.db.url).port or 5432)
+        for name in ("execute", "scanners"):
+            self.proxies[name] = WireTurns("127.0.0.1", db_port).start()
         execute_port = free_port()
         common = {"SUPABASE_JWT_SECRET": JWT_SECRET, "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
                   "BITVAVO_REST_URL": self.sandbox.rest_url, "TRADING_MODE": "live",
-                  "DATABASE_URL": self.db.authenticator_url, "RPC_POOL_MAX_SIZE": "6"}
+                  "RPC_POOL_MAX_SIZE": "6"}
         self.functions["trading_execute"] = Function(
             "trading_execute", "trading_execute", execute_port, {
-                **common, "BITVAVO_TRADE_API_KEY": DEFAULT_TRADE_KEY,
+                **common, "DATABASE_URL": self._proxied("execute"),
+                "BITVAVO_TRADE_API_KEY": DEFAULT_TRADE_KEY,
                 "BITVAVO_TRADE_API_SECRET": DEFAULT_TRADE_SECRET,
                 "BITVAVO_OPERATOR_ID": OPERATOR_ID,
                 "EXCHANGE_TIMEOUT_SECONDS": str(EXCHANGE_TIMEOUT_S),
@@ -513,7 +536,8 @@ class Soak:
                 "RECONCILE_MARGIN_SECONDS": str(RECONCILE_MARGIN_S),
                 "RECONCILE_MIN_AGE_SECONDS": "1",
                 "RECONCILE_CANCEL_OPEN_AFTER_SECONDS": str(CANCEL_OPEN_AFTER_S)}, self.logs)
-        scanner = {**common, "BITVAVO_READONLY_API_KEY": DEFAULT_VIEW_KEY,
+        scanner = {**common, "DATABASE_URL": self._proxied("scanners"),
+                   "BITVAVO_READONLY_API_KEY": DEFAULT_VIEW_KEY,
                    "BITVAVO_READONLY_API_SECRET": DEFAULT_VIEW_SECRET,
                    "EXECUTE_FUNCTION_URL": f"http://127.0.0.1:{execute_port}/",
                    "EXECUTE_TIMEOUT_SECONDS": "6", "JOB_LEASE_SECONDS": str(JOB_LEASE_S),
@@ -530,13 +554,28 @@ class Soak:
             function.start()
 
     def stop(self) -> None:
-        for function in self.functions.values():
-            try:
-                function.stop()
-            except Exception:  # noqa: BLE001, S110 - stop every one of them
-                pass
-        self.model.server.__exit__(None, None, None)
-        self._conn.close()
+        """Stop every process, the fake model and the relays, whatever fails on the way."""
+        try:
+            for function in self.functions.values():
+                try:
+                    function.stop()
+                except Exception:  # noqa: BLE001, S110 - stop every one of them
+                    pass
+            self.model.server.__exit__(None, None, None)
+        finally:
+            for proxy in self.proxies.values():
+                proxy.close()
+            self._conn.close()
+
+    def _proxied(self, name: str) -> str:
+        """The authenticator URL with its host and port replaced by this soak's relay `name`
+        (whose answers it can cut); user, password, database and query are kept."""
+        parts = urlsplit(self.db.authenticator_url)
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        netloc = f"{userinfo}{at}127.0.0.1:{self.proxies[name].port}"
+        proxied = urlunsplit(parts._replace(netloc=netloc))
+        assert urlsplit(proxied).port == self.proxies[name].port, proxied
+        return proxied
 
     # -- HTTP -------------------------------------------------------------------------------
     def _client(self) -> httpx.Client:
@@ -732,6 +771,14 @@ class Soak:
             submit(self._reconcile_step)
         elif step.kind == "kill":
             self.kill(args["target"], args["delay_ms"])
+        elif step.kind == "db_cut":
+            # The answer PostgreSQL sends to that side's next call of `after` (or to anything
+            # next) is lost and its connection closed: the claim, record, lease or reservation
+            # committed unheard. Arming again replaces a cut not yet made; the summary counts the
+            # cuts that happened, by statement.
+            after = args["after"]
+            self.proxies[args["target"]].cut_next_response(
+                after=after.encode() if after else None)
         elif step.kind == "due":
             self.due(args["jobs"], args["pick"])
         elif step.kind == "maintenance":
@@ -745,6 +792,8 @@ class Soak:
         """No traffic, no faults; leases expire; maintenance; ticks until no job is due; past the
         reconcile window; /reconcile until nothing is open."""
         self.sandbox.set_fault(fault="none")
+        for proxy in self.proxies.values():
+            proxy.cancel_cut()
         for function in self.functions.values():
             function.ensure_alive()
         self._wait_for("every scan job lease to expire", lambda: self.db.scalar(
@@ -800,12 +849,16 @@ class Soak:
             filled = Decimal(str(order.get("filledAmount", "0")))
             order_kinds[f"{order['status']}{' (filled)' if filled > 0 else ''}"
                         if order["status"] != "filled" else "filled"] += 1
+        faults = Counter(self.ledger.faults)
+        for name, proxy in self.proxies.items():
+            for trigger, cuts in proxy.cuts_by_trigger.items():
+                faults[f"db answer cut ({name}: {trigger})"] = cuts
         return Summary(
             seconds=time.monotonic() - self._started, steps=self.ledger.steps,
             statuses=dict(statuses),
             problems={f"{e} {s} {t}": c for (e, s, t), c in self.ledger.problems.items()},
             transport={f"{e} {k}": c for (e, k), c in self.ledger.transport.items()},
-            faults=self.ledger.faults, kills=self.ledger.kills, orders=dict(order_kinds),
+            faults=faults, kills=self.ledger.kills, orders=dict(order_kinds),
             executions={s: c for s, c in executions}, model_calls=self.model.calls,
             ticks=self.ledger.ticks, budget_samples=self.ledger.budget_samples,
             jobs=int(self.db.scalar("select count(*) from public.scan_jobs")),

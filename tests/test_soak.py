@@ -19,7 +19,7 @@ from tests.pg import Database
 from tests.sandbox_server import start_sandbox
 from tests.soak import SANDBOX_BALANCES, SoakConfig, plan, plan_digest, run_soak
 
-SOAK_CI_SEED = 20261128
+SOAK_CI_SEED = 20261193
 SOAK_CI_STEPS = 110
 
 
@@ -40,6 +40,8 @@ def test_chaos_soak_keeps_every_invariant(db: Database, tmp_path: Path) -> None:
         summary = run_soak(db, sandbox, config, report=lambda text: print("\n" + text))
     # The run did what a soak is for: faults, kills, both scanners, reconciles, orders.
     assert summary.kills and sum(summary.faults.values()) > 0
+    assert any(name.startswith("db answer cut") for name in summary.faults), (
+        "no PostgreSQL answer was cut")
     assert summary.steps["execute"] > 0 and summary.steps["tick"] > 0
     assert sum(summary.orders.values()) > 0
     assert summary.model_calls, "ORACLE=openai made no model call: G7 was not exercised"
@@ -51,4 +53,4 @@ def test_the_plan_is_a_function_of_the_seed() -> None:
     kinds = {step.kind for _, step in zip(range(SOAK_CI_STEPS), plan(SOAK_CI_SEED, 6),
                                           strict=False)}
     assert {"execute", "fault", "tick", "reconcile", "kill", "due", "maintenance",
-            "budget"} <= kinds
+            "budget", "db_cut"} <= kinds

@@ -239,3 +239,28 @@ def test_the_frontend_parser_reads_messages_split_at_any_byte() -> None:
     not_postgres = PgFrontend()
     not_postgres.client(b"GET / HTTP/1.1\r\n")
     assert not_postgres.postgres is False
+
+
+def test_a_cut_after_given_bytes_loses_that_statements_answer_only(
+        db: Database, proxy: WireTurns) -> None:
+    """`cut_next_response(after=…)`: other connections' answers pass; the connection that sends
+    the marked statement loses its answer, and the statement committed all the same."""
+    url = db.url.replace(f":{db.cluster.port}/", f":{proxy.port}/")
+    assert url != db.url
+    marker = f"cut_marker_{threading.get_ident()}"
+    with psycopg.connect(url, autocommit=True) as setup:
+        setup.execute("create table if not exists wireturns_cut (note text)")
+    proxy.cut_next_response(after=marker.encode())
+    with psycopg.connect(url, autocommit=True) as bystander, \
+            psycopg.connect(url, autocommit=True) as victim:
+        assert bystander.execute("select 1").fetchone() == (1,)
+        with pytest.raises(psycopg.OperationalError):
+            victim.execute("insert into wireturns_cut values (%s)", (marker,))
+        assert bystander.execute("select 2").fetchone() == (2,)
+    assert proxy.cuts == 1 and proxy.cuts_by_trigger == {marker: 1}
+    assert db.scalar("select count(*) from wireturns_cut where note = %s", (marker,)) == 1
+    proxy.cut_next_response(after=b"never sent")
+    assert proxy.cancel_cut() is True and proxy.cancel_cut() is False
+    with psycopg.connect(url, autocommit=True) as after:
+        assert after.execute("select 3").fetchone() == (3,)
+    assert proxy.cuts == 1
