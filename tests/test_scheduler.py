@@ -355,6 +355,46 @@ def test_g2_cleanup_expired_locks_frees_only_expired_leases_and_debug_check_lock
     assert sorted(claim(db, "w2", limit=10)) == sorted(jobs[:2])
 
 
+def test_g2_cleanup_expired_locks_locks_rows_in_id_order_like_the_batch_release(
+        db: Database) -> None:
+    """Two expired leases, the higher id stored first. A holds the lower id's row lock; cleanup
+    (B) must then wait on that row before it has locked the higher one — id order, as
+    release_job_locks locks — so A can still take the higher row without waiting. Cleanup in
+    storage order would hold the higher row already (A's NOWAIT fails with 55P03), the
+    opposite order of a batch release of the same two jobs: a deadlock (40P01)."""
+    add_market(db, "BTC-EUR")
+    add_market(db, "ETH-EUR")
+    user = db.create_user()
+    low, high = uuid.UUID(int=1), uuid.UUID(int=2**128 - 1)
+    for job_id, market in ((high, "BTC-EUR"), (low, "ETH-EUR")):  # storage order: high first
+        allow(db, user, market)
+        db.query("insert into public.scan_jobs (id, user_id, market, locked_by, locked_at, "
+                 "lock_expires_at) values (%s, %s, %s, 'crashed', now() - interval '10 minutes', "
+                 "now() - interval '1 second')", (job_id, user, market))
+    assert db.scalar("select array_agg(id order by ctid) from public.scan_jobs") == [high, low]
+
+    freed: list[int] = []
+    with connect(db.url) as holder, connect(db.url, autocommit=True) as watcher:
+        holder.execute("select 1 from public.scan_jobs where id = %s for update", (low,))
+        cleaner = threading.Thread(target=lambda: freed.append(db.rpc("cleanup_expired_locks")))
+        cleaner.start()
+        # Until cleanup waits on a row lock (B is blocked, holding whatever it locked before).
+        for _ in range(3000):
+            waiting = watcher.execute(
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
+                "and query like '%%cleanup_expired_locks%%'").fetchone()
+            if waiting and waiting[0] == 1:
+                break
+            threading.Event().wait(0.01)
+        else:
+            raise AssertionError("cleanup_expired_locks never waited on the held row")
+        holder.execute("select 1 from public.scan_jobs where id = %s for update nowait", (high,))
+        holder.commit()
+        cleaner.join(timeout=30)
+    assert freed == [2]
+    assert job(db, low)["locked_by"] is None and job(db, high)["locked_by"] is None
+
+
 # -- G2 / G8: what users can and cannot do through PostgREST -----------------------------------
 @pytest.fixture
 def tenants(db: Database) -> dict[str, Any]:

@@ -436,12 +436,19 @@ declare
   v_count integer;
 begin
   -- Row locks serialise this with a concurrent claim of the same expired lease: whichever comes
-  -- second re-checks its WHERE clause on the other's result and leaves the row alone.
+  -- second re-checks its WHERE clause on the other's result and leaves the row alone. The rows are
+  -- locked in id order, as release_job_locks locks them, so this and a batch release (or a second
+  -- cleanup) holding some of the same rows queue in one order and never deadlock (40P01).
   update public.scan_jobs j
      set locked_by = null, locked_at = null, lock_expires_at = null,
          consecutive_failures = j.consecutive_failures + 1,
          last_error = left('lease expired: worker ' || j.locked_by || ' did not release the job', 2000)
-   where j.locked_by is not null
+   where j.id = any(array(
+           select e.id from public.scan_jobs e
+            where e.locked_by is not null and e.lock_expires_at <= now()
+            order by e.id
+              for update))
+     and j.locked_by is not null
      and j.lock_expires_at <= now();
   get diagnostics v_count = row_count;
   return v_count;
