@@ -116,6 +116,9 @@ AUDIT_TRIGGERS = (
                  "private.audit_row_change()", ("UPDATE",), always=False),
     AuditTrigger("public.system_controls", "system_controls_audit",
                  "private.audit_row_change()", ("UPDATE",), always=False),
+    *(AuditTrigger(f"public.{table}", f"{table}_audit", "private.audit_row_change()",
+                   ("INSERT", "UPDATE", "DELETE"), always=False)
+      for table in ("market_allowlist", "trading_allowlist", "gpt_model_prices")),
 )
 _TGENABLED = {"O": "enabled", "A": "enabled ALWAYS", "R": "enabled in replica sessions only",
               "D": "disabled"}

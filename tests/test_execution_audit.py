@@ -190,6 +190,7 @@ def test_g9_a_users_risk_setting_changes_are_audited_and_readable_by_them(db: Da
     assert rows[0]["changes"] == {"max_daily_quote": {"from": 200, "to": 300},
                                   "cooldown_seconds": {"from": 3600, "to": 60}}
     assert (rows[0]["role"], rows[0]["actor_user_id"]) == ("authenticated", str(user))
+    assert rows[0]["key"] == {"user_id": str(user)}
     # Nothing changed, nothing audited.
     with db.as_user(user) as cur:
         cur.execute("update public.trading_settings set max_daily_quote = 300")
@@ -223,3 +224,58 @@ def test_g9_system_controls_changes_are_audited(fresh_db: Database) -> None:
         {"trading_halted": {"from": True, "to": False}}]
     assert [(r["role"], r["db_user"]) for r in rows] == [("service_role", "authenticator"),
                                                          (None, "postgres")]
+    assert all(r["key"] == {"id": True} for r in rows)
+
+
+def test_g9_allowlists_and_model_prices_are_audited_when_added_changed_or_removed(
+        db: Database) -> None:
+    """The operator's market allowlist and model prices, and a user's own allowlist: every row
+    added or removed is audited with the whole row, every change with what changed, and who."""
+    user = trader(db)
+    market = "AUDIT-EUR"
+    sql(db, "insert into public.market_allowlist (market, enabled, min_order_quote) "
+            "values (%s, true, 5)", (market,))
+    with db.as_service() as cur:
+        cur.execute("update public.market_allowlist set max_order_quote = 40 where market = %s",
+                    (market,))
+        cur.execute("insert into public.gpt_model_prices (model, input_usd_per_mtok, "
+                    "cached_input_usd_per_mtok, output_usd_per_mtok) "
+                    "values ('audit-model', 1, 0.5, 4)")
+        cur.execute("update public.gpt_model_prices set output_usd_per_mtok = 5 "
+                    "where model = 'audit-model'")
+    with db.as_user(user) as cur:
+        cur.execute("insert into public.trading_allowlist (market) values (%s)", (market,))
+        cur.execute("delete from public.trading_allowlist where market = %s", (market,))
+    sql(db, "delete from public.gpt_model_prices where model = 'audit-model'")
+
+    def trail(table: str, user_id: uuid.UUID | None, key: dict[str, str]) -> list[Any]:
+        where = "user_id = %s" if user_id else "user_id is null"
+        rows = sql(db, "select event, detail from public.execution_audit_log "  # noqa: S608
+                       f"where event like %s and {where} order by id",
+                   (f"{table}.%", user_id) if user_id else (f"{table}.%",))
+        return [(event, detail) for event, detail in rows if detail["key"] == key]
+
+    market_rows = trail("market_allowlist", None, {"market": market})
+    assert [e for e, _ in market_rows] == ["market_allowlist.added", "market_allowlist.changed"]
+    assert market_rows[0][1]["row"]["min_order_quote"] == 5
+    assert market_rows[0][1]["db_user"] == "postgres"
+    assert market_rows[1][1]["changes"] == {"max_order_quote": {"from": None, "to": 40}}
+    assert market_rows[1][1]["role"] == "service_role"
+
+    price_rows = trail("gpt_model_prices", None, {"model": "audit-model"})
+    assert [e for e, _ in price_rows] == ["gpt_model_prices.added", "gpt_model_prices.changed",
+                                          "gpt_model_prices.removed"]
+    assert price_rows[1][1]["changes"] == {"output_usd_per_mtok": {"from": 4, "to": 5}}
+    assert price_rows[2][1]["row"]["output_usd_per_mtok"] == 5
+
+    user_rows = trail("trading_allowlist", user, {"user_id": str(user), "market": market})
+    assert [e for e, _ in user_rows] == ["trading_allowlist.added", "trading_allowlist.removed"]
+    assert all((d["role"], d["actor_user_id"]) == ("authenticated", str(user))
+               for _, d in user_rows)
+    # The user reads their own allowlist's trail; the operator's tables are not theirs to read.
+    with db.as_user(user) as cur:
+        cur.execute("select distinct event from public.execution_audit_log "
+                    "where event like 'trading_allowlist.%' or event like 'market_allowlist.%'")
+        assert {e for (e,) in cur.fetchall()} == {"trading_allowlist.added",
+                                                   "trading_allowlist.removed"}
+

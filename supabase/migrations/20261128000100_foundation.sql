@@ -152,11 +152,12 @@ $$;
 revoke all on function private.audit(text, uuid, uuid, uuid, jsonb) from public, anon, authenticated;
 grant execute on function private.audit(text, uuid, uuid, uuid, jsonb) to service_role;
 
--- G9 for settings and switches: an AFTER UPDATE trigger that audits `<table>.changed` with every
--- column that changed (from → to, updated_at aside), who asked (the JWT role and user when the
--- change came through the API, the database login always), and the row's user_id if it has one.
--- Updates that change nothing leave no row. SECURITY DEFINER because a user changing their own
--- settings may not write the audit log themselves.
+-- G9 for settings, switches and allowlists: an AFTER trigger that audits `<table>.changed` with
+-- every column that changed (from → to, updated_at aside), `<table>.added` / `<table>.removed` with
+-- the whole row, which row (its primary key), who asked (the JWT role and user when the change came
+-- through the API, the database login always), and the row's user_id if it has one. Updates that change nothing leave
+-- no row. SECURITY DEFINER because a user changing their own settings may not write the audit log
+-- themselves.
 create or replace function private.audit_row_change() returns trigger
 language plpgsql
 security definer
@@ -166,7 +167,24 @@ declare
   v_old jsonb := pg_catalog.to_jsonb(old) - 'updated_at';
   v_new jsonb := pg_catalog.to_jsonb(new) - 'updated_at';
   v_changes jsonb;
+  v_who jsonb := pg_catalog.jsonb_build_object('role', auth.role(), 'actor_user_id', auth.uid(),
+                                               'db_user', session_user);
 begin
+  select v_who || pg_catalog.jsonb_build_object('key', pg_catalog.jsonb_object_agg(
+           a.attname, coalesce(v_new, v_old) -> a.attname::text))
+    into v_who
+    from pg_catalog.pg_index i
+    join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+   where i.indrelid = tg_relid and i.indisprimary;
+  if tg_op = 'INSERT' then
+    perform private.audit(tg_table_name || '.added', (v_new ->> 'user_id')::uuid, null, null,
+      v_who || pg_catalog.jsonb_build_object('row', v_new));
+    return null;
+  elsif tg_op = 'DELETE' then
+    perform private.audit(tg_table_name || '.removed', (v_old ->> 'user_id')::uuid, null, null,
+      v_who || pg_catalog.jsonb_build_object('row', v_old));
+    return null;
+  end if;
   select pg_catalog.jsonb_object_agg(n.key, pg_catalog.jsonb_build_object('from', o.value, 'to', n.value))
     into v_changes
     from pg_catalog.jsonb_each(v_new) n
@@ -174,8 +192,7 @@ begin
    where n.value is distinct from o.value;
   if v_changes is not null then
     perform private.audit(tg_table_name || '.changed', (v_new ->> 'user_id')::uuid, null, null,
-      pg_catalog.jsonb_build_object('changes', v_changes, 'role', auth.role(),
-                                    'actor_user_id', auth.uid(), 'db_user', session_user));
+      v_who || pg_catalog.jsonb_build_object('changes', v_changes));
   end if;
   return null;
 end;
@@ -232,6 +249,9 @@ grant select, insert, update, delete on public.market_allowlist to service_role;
 
 create trigger market_allowlist_touch before update on public.market_allowlist
   for each row execute function private.touch_updated_at();
+-- G9: which markets the operator opens or closes, and their limits, audited.
+create trigger market_allowlist_audit after insert or update or delete on public.market_allowlist
+  for each row execute function private.audit_row_change();
 
 create policy "authenticated users can read the market allowlist"
   on public.market_allowlist for select to authenticated
@@ -324,6 +344,9 @@ grant select, insert, update, delete on public.trading_allowlist to service_role
 
 create trigger trading_allowlist_touch before update on public.trading_allowlist
   for each row execute function private.touch_updated_at();
+-- G9: which markets a user opens or closes, and their limits, audited.
+create trigger trading_allowlist_audit after insert or update or delete on public.trading_allowlist
+  for each row execute function private.audit_row_change();
 
 create policy "users can read their own allowlist"
   on public.trading_allowlist for select to authenticated

@@ -52,6 +52,9 @@ grant select, insert, update, delete on public.gpt_model_prices to service_role;
 
 create trigger gpt_model_prices_touch before update on public.gpt_model_prices
   for each row execute function private.touch_updated_at();
+-- G9: the prices every reservation and settlement is computed from, audited when they change.
+create trigger gpt_model_prices_audit after insert or update or delete on public.gpt_model_prices
+  for each row execute function private.audit_row_change();
 
 create policy "authenticated users can read gpt model prices"
   on public.gpt_model_prices for select to authenticated
