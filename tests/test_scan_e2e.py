@@ -450,7 +450,10 @@ def test_g7_concurrent_ticks_never_spend_beyond_the_limits_and_settle_every_call
         assert request_id == fake.request_ids[rid]
     kinds = Counter(fake.served.values())
     assert total(responses, "oracle_unusable") == kinds["malformed"] + kinds["refusal"]
-    assert total(responses, "proposals") == kinds["buy"]
+    # A buy repeated on a market where the user's buy is still open does not stack.
+    assert total(responses, "proposals") + total(responses, "proposals_replayed") == kinds["buy"]
+    assert db.scalar("select count(*) from public.trade_proposals") == \
+        total(responses, "proposals")
     assert fake.max_completion_tokens == {200}
     # Settled + reserved within both limits for each user, now as at every call.
     for user in users:

@@ -134,6 +134,12 @@ create index trade_proposals_open_expiry_idx
 -- The scan_jobs foreign key's ON DELETE SET NULL.
 create index trade_proposals_scan_job_idx
   on public.trade_proposals (scan_job_id) where scan_job_id is not null;
+-- An unchanged signal does not stack: a user has at most one open (pending or approved) scan
+-- proposal per (market, side). create_trade_proposal and create_scan_proposals answer the open one
+-- instead of a second (ON CONFLICT DO NOTHING); it also serves get_scan_contexts' open sides.
+create unique index trade_proposals_one_open_scan_proposal_idx
+  on public.trade_proposals (user_id, market, side)
+  where scan_job_id is not null and status in ('pending', 'approved');
 
 alter table public.trade_proposals enable row level security;
 
@@ -611,7 +617,9 @@ revoke all on function private.daily_executions(uuid, text, timestamptz) from pu
 -- =============================================================================================
 
 -- Creates a proposal for a known user from valid arguments only (22023 otherwise); approved by
--- 'auto' exactly when the user has auto_execute and the confidence reaches min_confidence.
+-- 'auto' exactly when the user has auto_execute and the confidence reaches min_confidence. A scan's
+-- proposal (p_scan_job_id) while the user has an open one on that market and side is not created:
+-- the open one is answered.
 create or replace function public.create_trade_proposal(
   p_user_id uuid,
   p_market text,
@@ -691,7 +699,16 @@ begin
           now() + make_interval(secs => p_ttl_seconds),
           case when v_auto then now() end,
           case when v_auto then 'auto' end)
+  on conflict (user_id, market, side)
+     where scan_job_id is not null and status in ('pending', 'approved')
+     do nothing
   returning * into v_proposal;
+  if not found then
+    select * into v_proposal from public.trade_proposals p
+     where p.user_id = p_user_id and p.market = p_market and p.side = p_side
+       and p.scan_job_id is not null and p.status in ('pending', 'approved');
+    return pg_catalog.jsonb_build_object('proposal_id', v_proposal.id, 'status', v_proposal.status);
+  end if;
 
   perform private.audit('proposal.created', p_user_id, v_proposal.id, null, pg_catalog.jsonb_build_object(
     'market', v_proposal.market, 'side', v_proposal.side, 'amount_quote', v_proposal.amount_quote,

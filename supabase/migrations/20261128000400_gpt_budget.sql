@@ -93,6 +93,12 @@ create table public.gpt_usage_log (
   settled_at timestamptz,
   released_at timestamptz,
   release_reason text,
+  -- A reservation for a shared oracle answer (one model call for every user whose scan read the
+  -- same market snapshot; the scanning migration adds the foreign key to private.oracle_answers)
+  -- and, once settled, how many reservations the call's bill was split among: the row's cost is
+  -- its share, its token counts are the call's.
+  oracle_answer_id uuid,
+  shared_by integer check (shared_by >= 1),
   -- OpenAI reports cached tokens as part of the prompt tokens.
   constraint gpt_usage_log_cached_within_prompt check (cached_prompt_tokens <= prompt_tokens),
   -- A settled row carries its usage and cost; a reserved row has neither yet.
@@ -241,15 +247,18 @@ revoke all on function private.gpt_reservation_lifetime() from public, anon, aut
 -- reserved. If the bill still exceeds the reservation (a tokenizer that under-counts),
 -- settle_gpt_usage records the real cost and audits the overshoot. The answer's `expires_at` is
 -- when run_maintenance would release the reservation; the call must end well before it.
-create or replace function public.reserve_gpt_budget(
+--
+-- The rule lives here once: reserve_gpt_budget applies it to one call, reserve_gpt_budgets (the
+-- scanning migration) to each user of a shared answer, whose id p_oracle_answer_id records.
+create or replace function private.reserve_gpt_budget(
   p_user_id uuid,
   p_model text,
   p_max_prompt_tokens integer,
   p_max_completion_tokens integer,
-  p_scan_job_id uuid default null
+  p_scan_job_id uuid,
+  p_oracle_answer_id uuid
 ) returns jsonb
 language plpgsql
-security definer
 set search_path = ''
 as $$
 declare
@@ -334,9 +343,9 @@ begin
   end if;
 
   insert into public.gpt_usage_log (user_id, scan_job_id, model, status, reserved_usd,
-                                    max_prompt_tokens, max_completion_tokens)
+                                    max_prompt_tokens, max_completion_tokens, oracle_answer_id)
   values (p_user_id, v_scan_job_id, p_model, 'reserved', v_cost,
-          p_max_prompt_tokens, p_max_completion_tokens)
+          p_max_prompt_tokens, p_max_completion_tokens, p_oracle_answer_id)
   returning id, created_at + private.gpt_reservation_lifetime() into v_id, v_expires_at;
 
   perform private.audit('gpt_budget.reserved', p_user_id, null, null,
@@ -346,7 +355,8 @@ begin
                        'spent_hour_usd', v_hour + v_cost, 'spent_day_usd', v_day + v_cost,
                        'hourly_limit_usd', v_settings.gpt_hourly_budget_usd,
                        'daily_limit_usd', v_settings.gpt_daily_budget_usd,
-                       'scan_job_id', v_scan_job_id, 'expires_at', v_expires_at));
+                       'scan_job_id', v_scan_job_id, 'expires_at', v_expires_at,
+                       'oracle_answer_id', p_oracle_answer_id));
 
   -- The figures after the decision: the spend includes this reservation.
   return jsonb_build_object('allowed', true, 'reservation_id', v_id, 'reserved_usd', v_cost,
@@ -355,6 +365,25 @@ begin
                             'hourly_limit_usd', v_settings.gpt_hourly_budget_usd,
                             'daily_limit_usd', v_settings.gpt_daily_budget_usd,
                             'expires_at', v_expires_at);
+end;
+$$;
+revoke all on function private.reserve_gpt_budget(uuid, text, integer, integer, uuid, uuid) from public, anon, authenticated;
+
+-- G7: reserves the worst case of one call for one user (the rule: private.reserve_gpt_budget).
+create or replace function public.reserve_gpt_budget(
+  p_user_id uuid,
+  p_model text,
+  p_max_prompt_tokens integer,
+  p_max_completion_tokens integer,
+  p_scan_job_id uuid default null
+) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  return private.reserve_gpt_budget(p_user_id, p_model, p_max_prompt_tokens,
+                                    p_max_completion_tokens, p_scan_job_id, null);
 end;
 $$;
 revoke execute on function public.reserve_gpt_budget(uuid, text, integer, integer, uuid) from public, anon, authenticated;

@@ -3,7 +3,8 @@
  * half-way, and the pg_cron jobs that run it.
  *
  *   run_maintenance          every minute: frees expired scan-job leases, expires stale trade
- *                            proposals, releases GPT reservations older than their lifetime
+ *                            proposals, splits shared model bills a dead tick left unsettled,
+ *                            releases GPT reservations older than their lifetime
  *                            (private.gpt_reservation_lifetime: 15 minutes)
  *   cron 'run-maintenance'   * * * * *  select public.run_maintenance()
  *   cron 'purge-cron-history' daily: pg_cron's own run log older than 7 days
@@ -29,8 +30,10 @@ create extension if not exists pg_cron with schema pg_catalog;
 -- =============================================================================================
 
 -- Frees leases of crashed workers (G2), expires proposals past expires_at that were never executed,
--- and releases GPT reservations whose call never settled within their lifetime (15 minutes, G7);
--- returns the counts. A settle arriving after the release is still recorded (settle_gpt_usage).
+-- splits the recorded bill of every shared model answer whose tick died before settling it (G7,
+-- private.settle_oracle_answer in the scanning migration), and releases GPT reservations whose call
+-- never settled within their lifetime (15 minutes, G7); returns the counts. A settle arriving after
+-- the release is still recorded (settle_gpt_usage).
 create or replace function public.run_maintenance() returns jsonb
 language plpgsql
 security definer
@@ -40,8 +43,24 @@ declare
   v_expired_locks integer;
   v_expired_proposals integer;
   v_released_reservations integer;
+  v_settled_answers integer := 0;
+  v_answer_id uuid;
 begin
   v_expired_locks := public.cleanup_expired_locks();
+
+  -- A tick settles the bills of its calls when it ends, within its function's timeout (the
+  -- scanner refuses a FUNCTION_TIMEOUT_SECONDS above 540 s); ten minutes later it is dead, and
+  -- splitting here, before the stale release below, settles its reservations instead of
+  -- releasing them unpaid.
+  for v_answer_id in
+    select a.id from private.oracle_answers a
+     where a.settled_at is null and a.prompt_tokens is not null
+       and a.answered_at < now() - interval '10 minutes'
+     order by a.id
+  loop
+    perform private.settle_oracle_answer(v_answer_id);
+    v_settled_answers := v_settled_answers + 1;
+  end loop;
 
   -- Only proposals nobody started executing: `executing` and later states belong to
   -- trade_executions' state machine and are settled by the reconciler, never by age.
@@ -82,6 +101,7 @@ begin
     'expired_locks', v_expired_locks,
     'expired_proposals', v_expired_proposals,
     'released_reservations', v_released_reservations,
+    'settled_answers', v_settled_answers,
     'ran_at', now()
   );
 end;
