@@ -173,7 +173,7 @@ begin
   perform cron.schedule('invoke-scan-scheduler', '* * * * *', $cmd$
     select net.http_post(
       url := (select s.decrypted_secret from vault.decrypted_secrets s where s.name = 'scan_scheduler_url'),
-      body := '{"max_jobs": 10}'::jsonb,
+      body := '{}'::jsonb,
       headers := jsonb_build_object(
         'Authorization', 'Bearer ' || (select s.decrypted_secret from vault.decrypted_secrets s
                                        where s.name = 'scan_scheduler_service_key'),
