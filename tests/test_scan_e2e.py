@@ -30,6 +30,7 @@ import pytest
 
 from scripts.wireturns import WireTurns
 from shared.auth import dev_token
+from shared.scanning.tick import SUCCEEDED
 from tests.function_server import FunctionServer, start_function
 from tests.pg import Database
 from tests.sandbox_server import SandboxServer
@@ -69,6 +70,16 @@ def ts(text: str) -> float:
 def lines(*servers: FunctionServer, step: str | None = None) -> list[dict[str, Any]]:
     found = [line for fn in servers for line in step_lines(fn.logs())]
     return [line for line in found if step is None or line["step"] == step]
+
+
+def job_runs(*servers: FunctionServer) -> list[dict[str, Any]]:
+    """Every job run the servers logged: the batch lines ("jobs") expanded, one record per job
+    with its batch's worker, start and end."""
+    return [{"job_id": job_id, "outcome": outcome, "succeeded": outcome in SUCCEEDED,
+             "worker_id": line["worker_id"], "started_at": line["started_at"],
+             "finished_at": line["finished_at"]}
+            for line in lines(*servers, step="jobs")
+            for outcome, ids in line["job_ids"].items() for job_id in ids]
 
 
 def jobs_by_market(db: Database) -> dict[str, uuid.UUID]:
@@ -111,7 +122,7 @@ def test_g2_208_jobs_and_4_concurrent_callers_run_every_job_once(
             t.join(timeout=120)
         assert not errors, errors
         claims = lines(a, b, step="claim")
-        runs = lines(a, b, step="job")
+        runs = job_runs(a, b)
         releases = lines(a, b, step="release")
 
     # The ticks' own counts.
@@ -236,7 +247,7 @@ def test_g2_g1_a_sigkilled_worker_s_jobs_run_again_once_and_execute_once(
                                        "from public.scan_jobs"), timeout=20,
                      what="the dead worker's leases to expire")
             later = tick(b)
-            runs = lines(b, step="job")
+            runs = job_runs(b)
         requests, answers = execute.requests, execute.answers
         # A stalled scanner repeating ETH-EUR's request (same key, same body), straight to
         # trading_execute; and a request for that proposal under any other key.

@@ -106,8 +106,9 @@ class ScannerSettings(BaseSettings):
     trading_mode: Literal["paper", "live"] = "paper"
 
     # -- the tick --------------------------------------------------------------------------------
-    tick_time_budget_seconds: float = Field(default=30.0, gt=0, le=3000)
-    function_timeout_seconds: float = Field(default=120.0, gt=0, le=540)
+    # The deployed schedule's (invoke-scan-scheduler: two ticks a minute, 150 s timeout).
+    tick_time_budget_seconds: float = Field(default=45.0, gt=0, le=3000)
+    function_timeout_seconds: float = Field(default=150.0, gt=0, le=540)
     job_lease_seconds: int = Field(default=300, ge=10, le=3600)  # claim_due_scan_jobs' bounds
     heartbeat_seconds: float | None = Field(default=None, gt=0)  # default: a third of the lease
     scan_concurrency: int = Field(default=4, ge=1, le=32)

@@ -607,18 +607,25 @@ class Tick:
                                 if not r.get("released")]
                 step.set(released=answer.get("released_count"), not_released=not_released)
         self.heartbeat.forget([j.job_id for j in jobs])
-        finished_at = _now_iso()
+        # One line for the batch (a line per job cost more than the job itself at scale): every
+        # job id under its outcome, and each failure with its error.
+        by_outcome: dict[str, list[str]] = defaultdict(list)
+        failures = []
         for job in jobs:
             outcome = job.outcome
             self.report.count(outcome)
-            self.log.event("job", outcome.result,
-                           severity="INFO" if outcome.succeeded else "WARNING",
-                           job_id=outcome.job_id, user_id=outcome.user_id, market=outcome.market,
-                           attempts=job.row.get("attempts"), due_at=job.row.get("next_run_at"),
-                           lag_ms=round(outcome.lag_ms), started_at=started_at,
-                           finished_at=finished_at, succeeded=outcome.succeeded,
-                           error_message=outcome.error, proposal_id=outcome.proposal_id,
-                           proposal_status=outcome.proposal_status)
+            by_outcome[outcome.result].append(outcome.job_id)
+            if not outcome.succeeded:
+                failures.append({"job_id": outcome.job_id, "market": outcome.market,
+                                 "error": outcome.error})
+        lags = [j.outcome.lag_ms for j in jobs]
+        self.log.event("jobs", "ok" if not failures else "failures",
+                       severity="INFO" if not failures else "WARNING", jobs=len(jobs),
+                       started_at=started_at, finished_at=_now_iso(),
+                       counts={k: len(v) for k, v in by_outcome.items()},
+                       job_ids=dict(by_outcome), failures=failures,
+                       lag_p50_ms=round(percentile(lags, 50)),
+                       lag_max_ms=round(max(lags, default=0.0)))
 
 
 # -- the request body -------------------------------------------------------------------------

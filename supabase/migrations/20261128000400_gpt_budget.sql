@@ -185,27 +185,88 @@ create policy "users can read their own gpt usage"
 -- function would not be inlined and would be parsed and planned again in every transaction —
 -- every reservation is one (the same reasoning as the execution helpers').
 
--- The user's spend (settled cost + outstanding reservations) in the last hour and this UTC day.
+-- Each user's spend (settled cost + outstanding reservations) in the last hour and this UTC day:
+-- the figures every budget decision reads, for many users at once (reserve_gpt_budgets).
+create or replace function private.gpt_spends(p_user_ids uuid[])
+returns table (user_id uuid, spent_hour_usd numeric, spent_day_usd numeric)
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return query
+  select u.id,
+    coalesce(sum(case l.status when 'settled' then l.cost_usd when 'reserved' then l.reserved_usd else 0 end)
+               filter (where l.created_at > now() - interval '1 hour'), 0),
+    coalesce(sum(case l.status when 'settled' then l.cost_usd when 'reserved' then l.reserved_usd else 0 end)
+               filter (where l.created_at >= (date_trunc('day', now() at time zone 'utc') at time zone 'utc')), 0)
+  from unnest(p_user_ids) as u (id)
+  left join public.gpt_usage_log l
+    on l.user_id = u.id
+   and l.status <> 'released'
+   and l.created_at >= least(now() - interval '1 hour',
+                             date_trunc('day', now() at time zone 'utc') at time zone 'utc')
+  group by u.id;
+end;
+$$;
+revoke all on function private.gpt_spends(uuid[]) from public, anon, authenticated;
+
+-- The user's spend in the last hour and this UTC day (private.gpt_spends for one user).
 create or replace function private.gpt_spend(p_user_id uuid, out spent_hour_usd numeric, out spent_day_usd numeric)
 language plpgsql
 stable
 set search_path = ''
 as $$
 begin
-  select
-    coalesce(sum(case l.status when 'settled' then l.cost_usd when 'reserved' then l.reserved_usd else 0 end)
-               filter (where l.created_at > now() - interval '1 hour'), 0),
-    coalesce(sum(case l.status when 'settled' then l.cost_usd when 'reserved' then l.reserved_usd else 0 end)
-               filter (where l.created_at >= (date_trunc('day', now() at time zone 'utc') at time zone 'utc')), 0)
-    into spent_hour_usd, spent_day_usd
-  from public.gpt_usage_log l
-  where l.user_id = p_user_id
-    and l.status <> 'released'
-    and l.created_at >= least(now() - interval '1 hour',
-                              date_trunc('day', now() at time zone 'utc') at time zone 'utc');
+  select s.spent_hour_usd, s.spent_day_usd into spent_hour_usd, spent_day_usd
+    from private.gpt_spends(array[p_user_id]) s;
 end;
 $$;
 revoke all on function private.gpt_spend(uuid) from public, anon, authenticated;
+
+-- A call's worst case in USD from gpt_model_prices (every prompt token uncached, the whole
+-- completion cap), or null for a model without a price. Multiplying by 0.000001 (not dividing
+-- by a million) keeps numeric arithmetic exact.
+create or replace function private.gpt_worst_case_usd(p_model text, p_max_prompt_tokens integer,
+                                                      p_max_completion_tokens integer)
+returns numeric
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return (select (p_max_prompt_tokens * m.input_usd_per_mtok
+                  + p_max_completion_tokens * m.output_usd_per_mtok) * 0.000001
+            from public.gpt_model_prices m where m.model = p_model);
+end;
+$$;
+revoke all on function private.gpt_worst_case_usd(text, integer, integer) from public, anon, authenticated;
+
+-- G7's decision, given the spend read under the user's lock: why a reservation of p_cost is
+-- denied (an unknown model's cost is null), or null when it fits both limits. The daily limit
+-- is named first when both are exceeded. reserve_gpt_budget and reserve_gpt_budgets both decide
+-- with it.
+create or replace function private.gpt_budget_denial(p_cost numeric, p_spent_hour_usd numeric,
+                                                     p_spent_day_usd numeric,
+                                                     p_hourly_limit_usd numeric,
+                                                     p_daily_limit_usd numeric)
+returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  if p_cost is null then
+    return 'unknown_model';
+  elsif p_spent_day_usd + p_cost > p_daily_limit_usd then
+    return 'daily_budget_exceeded';
+  elsif p_spent_hour_usd + p_cost > p_hourly_limit_usd then
+    return 'hourly_budget_exceeded';
+  end if;
+  return null;
+end;
+$$;
+revoke all on function private.gpt_budget_denial(numeric, numeric, numeric, numeric, numeric) from public, anon, authenticated;
 
 -- The per-user lock every budget decision of one user queues on (G7); namespaced so it cannot
 -- collide with another feature's advisory locks.
@@ -247,23 +308,19 @@ revoke all on function private.gpt_reservation_lifetime() from public, anon, aut
 -- reserved. If the bill still exceeds the reservation (a tokenizer that under-counts),
 -- settle_gpt_usage records the real cost and audits the overshoot. The answer's `expires_at` is
 -- when run_maintenance would release the reservation; the call must end well before it.
---
--- The rule lives here once: reserve_gpt_budget applies it to one call, reserve_gpt_budgets (the
--- scanning migration) to each user of a shared answer, whose id p_oracle_answer_id records.
-create or replace function private.reserve_gpt_budget(
+create or replace function public.reserve_gpt_budget(
   p_user_id uuid,
   p_model text,
   p_max_prompt_tokens integer,
   p_max_completion_tokens integer,
-  p_scan_job_id uuid,
-  p_oracle_answer_id uuid
+  p_scan_job_id uuid default null
 ) returns jsonb
 language plpgsql
+security definer
 set search_path = ''
 as $$
 declare
   v_settings public.trading_settings;
-  v_price public.gpt_model_prices;
   v_cost numeric;
   v_hour numeric;
   v_day numeric;
@@ -314,19 +371,9 @@ begin
   perform private.lock_gpt_budget(p_user_id);
   select s.spent_hour_usd, s.spent_day_usd into v_hour, v_day from private.gpt_spend(p_user_id) s;
 
-  select * into v_price from public.gpt_model_prices m where m.model = p_model;
-  if not found then
-    v_reason := 'unknown_model';
-  else
-    -- Multiplying by 0.000001 (not dividing by a million) keeps numeric arithmetic exact.
-    v_cost := (p_max_prompt_tokens * v_price.input_usd_per_mtok
-               + p_max_completion_tokens * v_price.output_usd_per_mtok) * 0.000001;
-    if v_day + v_cost > v_settings.gpt_daily_budget_usd then
-      v_reason := 'daily_budget_exceeded';
-    elsif v_hour + v_cost > v_settings.gpt_hourly_budget_usd then
-      v_reason := 'hourly_budget_exceeded';
-    end if;
-  end if;
+  v_cost := private.gpt_worst_case_usd(p_model, p_max_prompt_tokens, p_max_completion_tokens);
+  v_reason := private.gpt_budget_denial(v_cost, v_hour, v_day, v_settings.gpt_hourly_budget_usd,
+                                        v_settings.gpt_daily_budget_usd);
 
   if v_reason is not null then
     perform private.audit('gpt_budget.denied', p_user_id, null, null,
@@ -343,9 +390,9 @@ begin
   end if;
 
   insert into public.gpt_usage_log (user_id, scan_job_id, model, status, reserved_usd,
-                                    max_prompt_tokens, max_completion_tokens, oracle_answer_id)
+                                    max_prompt_tokens, max_completion_tokens)
   values (p_user_id, v_scan_job_id, p_model, 'reserved', v_cost,
-          p_max_prompt_tokens, p_max_completion_tokens, p_oracle_answer_id)
+          p_max_prompt_tokens, p_max_completion_tokens)
   returning id, created_at + private.gpt_reservation_lifetime() into v_id, v_expires_at;
 
   perform private.audit('gpt_budget.reserved', p_user_id, null, null,
@@ -355,8 +402,7 @@ begin
                        'spent_hour_usd', v_hour + v_cost, 'spent_day_usd', v_day + v_cost,
                        'hourly_limit_usd', v_settings.gpt_hourly_budget_usd,
                        'daily_limit_usd', v_settings.gpt_daily_budget_usd,
-                       'scan_job_id', v_scan_job_id, 'expires_at', v_expires_at,
-                       'oracle_answer_id', p_oracle_answer_id));
+                       'scan_job_id', v_scan_job_id, 'expires_at', v_expires_at));
 
   -- The figures after the decision: the spend includes this reservation.
   return jsonb_build_object('allowed', true, 'reservation_id', v_id, 'reserved_usd', v_cost,
@@ -365,25 +411,6 @@ begin
                             'hourly_limit_usd', v_settings.gpt_hourly_budget_usd,
                             'daily_limit_usd', v_settings.gpt_daily_budget_usd,
                             'expires_at', v_expires_at);
-end;
-$$;
-revoke all on function private.reserve_gpt_budget(uuid, text, integer, integer, uuid, uuid) from public, anon, authenticated;
-
--- G7: reserves the worst case of one call for one user (the rule: private.reserve_gpt_budget).
-create or replace function public.reserve_gpt_budget(
-  p_user_id uuid,
-  p_model text,
-  p_max_prompt_tokens integer,
-  p_max_completion_tokens integer,
-  p_scan_job_id uuid default null
-) returns jsonb
-language plpgsql
-security definer
-set search_path = ''
-as $$
-begin
-  return private.reserve_gpt_budget(p_user_id, p_model, p_max_prompt_tokens,
-                                    p_max_completion_tokens, p_scan_job_id, null);
 end;
 $$;
 revoke execute on function public.reserve_gpt_budget(uuid, text, integer, integer, uuid) from public, anon, authenticated;

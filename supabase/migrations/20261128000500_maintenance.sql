@@ -9,8 +9,8 @@
  *   cron 'run-maintenance'   * * * * *  select public.run_maintenance()
  *   cron 'purge-cron-history' daily: pg_cron's own run log older than 7 days
  *   cron 'invoke-scan-scheduler' (hosted Supabase only, when pg_net's net.http_post and Vault
- *                            exist): POSTs a tick to the scan_scheduler function every minute, URL
- *                            and bearer from Vault secrets `scan_scheduler_url` and
+ *                            exist): POSTs two ticks at once to the scan_scheduler function every
+ *                            minute, URL and bearer from Vault secrets `scan_scheduler_url` and
  *                            `scan_scheduler_service_key`; locally the dev stack calls it itself.
  *   cron 'invoke-trading-reconcile' (the same condition): POSTs to trading_execute's /reconcile
  *                            every minute (G10: unknown outcomes settled by clientOrderId), URL
@@ -138,12 +138,21 @@ $$;
 -- ran, run this block again in the SQL editor (`oracle verify` names the missing jobs).
 --
 -- invoke-scan-scheduler matches scan_scheduler's contract (SPEC §4, shared/scanning/tick.py):
---   POST <scan_scheduler_url>             net.http_post always POSTs
+--   POST <scan_scheduler_url>, twice      net.http_post always POSTs; two ticks start at once each
+--                                         minute (generate_series(1, 2)), each on an instance of its
+--                                         own: at 10,000 users × 5 markets every minute (50,000
+--                                         jobs) two ticks drain the minute's jobs in about 40 s on a
+--                                         2-core machine where one cannot (bench/scan_scale.py; the
+--                                         README's Performance section says how to size this for a
+--                                         number of users). They share nothing but the database:
+--                                         SKIP LOCKED hands each job to one of them, leases keep
+--                                         them apart (G2), and their market snapshots meet in one
+--                                         oracle answer (claim_oracle_answer).
 --   Authorization: Bearer <service key>   the tick accepts the service-role key only (401 otherwise)
---   Content-Type: application/json        body {"max_jobs": 10}, the tick's default, said explicitly
---   timeout_milliseconds 120000           the function's own timeout (FUNCTION_TIMEOUT_SECONDS, 120 s):
---                                         a tick stops starting jobs after TICK_TIME_BUDGET_SECONDS
---                                         (30 s) and ends before that timeout, so pg_net waits for
+--   Content-Type: application/json        body {}: no max_jobs, each tick drains what is due
+--   timeout_milliseconds 150000           the function's own timeout (FUNCTION_TIMEOUT_SECONDS, 150 s):
+--                                         a tick claims no batch after TICK_TIME_BUDGET_SECONDS
+--                                         (45 s) and ends before that timeout, so pg_net waits for
 --                                         its answer (net._http_response) instead of recording a
 --                                         timeout for every tick that works for more than 5 s.
 --   A tick still running when the next minute's starts is safe: the jobs it holds are leased (G2).
@@ -178,7 +187,8 @@ begin
         'Authorization', 'Bearer ' || (select s.decrypted_secret from vault.decrypted_secrets s
                                        where s.name = 'scan_scheduler_service_key'),
         'Content-Type', 'application/json'),
-      timeout_milliseconds := 120000)
+      timeout_milliseconds := 150000)
+    from generate_series(1, 2)
     where exists (select from vault.decrypted_secrets s where s.name = 'scan_scheduler_url')
       and exists (select from vault.decrypted_secrets s where s.name = 'scan_scheduler_service_key')
   $cmd$);

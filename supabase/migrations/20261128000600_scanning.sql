@@ -753,15 +753,18 @@ $$;
 revoke execute on function public.record_oracle_answer(uuid, text, text, jsonb, integer, integer, integer, text, text) from public, anon, authenticated;
 grant execute on function public.record_oracle_answer(uuid, text, text, jsonb, integer, integer, integer, text, text) to service_role;
 
--- G7 for every user of a shared answer: reserve_gpt_budget's rule (private.reserve_gpt_budget:
--- the per-user lock, the worst case against the hourly and daily limits) for each request of
--- p_requests — a JSON array of at most 1000 {"user_id", "scan_job_id"} with distinct users —
--- for the answer's whole call (its model, prompt bound and completion cap: one user alone would
--- pay all of it). Users are taken in user-id order, so two batches never wait on each other's
--- locks in opposite orders. A user granted after the answer's bill was already split pays nothing
--- for it: the reservation is released at once (`answer_already_settled`). A failed answer takes
--- no reservation. Answers {"answer_status", "results": [reserve_gpt_budget's answer + "user_id",
--- "scan_job_id"], in input order}.
+-- G7 for every user of a shared answer, set-based: reserve_gpt_budget's rule for each request of
+-- p_requests — a JSON array of at most 1000 {"user_id", "scan_job_id"} with distinct users — for
+-- the answer's whole call (its model, prompt bound and completion cap: one user alone would pay
+-- all of it). The same rule, step by step: each user's per-user lock (private.lock_gpt_budget,
+-- taken in user-id order, so two batches never wait on each other in opposite orders; a single
+-- reserve_gpt_budget waits like any other holder), then — in one statement, whose snapshot sees
+-- every reservation committed before the locks were granted — the spend (private.gpt_spends),
+-- the worst case (private.gpt_worst_case_usd), the decision (private.gpt_budget_denial), the
+-- granted rows and the audit rows (gpt_budget.reserved / gpt_budget.denied). A user granted after
+-- the answer's bill was split pays nothing for it: the reservation is released at once
+-- (`answer_already_settled`). A failed answer takes no reservation. Answers {"answer_status",
+-- "results": [reserve_gpt_budget's answer + "user_id", "scan_job_id"], in input order}.
 create or replace function public.reserve_gpt_budgets(
   p_oracle_answer_id uuid,
   p_requests jsonb
@@ -773,9 +776,9 @@ as $$
 declare
   v_answer private.oracle_answers;
   v_problem text;
-  v_request record;
-  v_result jsonb;
-  v_results jsonb := '{}'::jsonb;
+  v_user uuid;
+  v_cost numeric;
+  v_results jsonb;
 begin
   if p_oracle_answer_id is null then
     raise exception 'p_oracle_answer_id is required' using errcode = '22023';
@@ -808,8 +811,16 @@ begin
   if v_problem is not null then
     raise exception '%', v_problem using errcode = '22023';
   end if;
-  if (select count(*) <> count(distinct t.e ->> 'user_id') from jsonb_array_elements(p_requests) t (e)) then
+  if (select count(*) <> count(distinct (t.e ->> 'user_id')::uuid)
+        from jsonb_array_elements(p_requests) t (e)) then
     raise exception 'p_requests names a user more than once' using errcode = '22023';
+  end if;
+  -- Another user's job is a caller bug (reserve_gpt_budget's check); a job the user deleted while
+  -- it was being scanned is not, and the reservation is then recorded without it.
+  if exists (select 1 from jsonb_array_elements(p_requests) t (e)
+               join public.scan_jobs j on j.id = (t.e ->> 'scan_job_id')::uuid
+              where j.user_id <> (t.e ->> 'user_id')::uuid) then
+    raise exception 'a scan_job_id of p_requests belongs to another user' using errcode = '22023';
   end if;
   perform private.require_read_committed('reserve_gpt_budgets');
 
@@ -823,34 +834,96 @@ begin
     return pg_catalog.jsonb_build_object('answer_status', 'failed', 'results', '[]'::jsonb);
   end if;
 
-  for v_request in
-    select t.ord, (t.e ->> 'user_id')::uuid as user_id, (t.e ->> 'scan_job_id')::uuid as scan_job_id
-      from jsonb_array_elements(p_requests) with ordinality as t (e, ord)
-     order by 2
+  for v_user in
+    select (t.e ->> 'user_id')::uuid from jsonb_array_elements(p_requests) t (e) order by 1
   loop
-    v_result := private.reserve_gpt_budget(v_request.user_id, v_answer.model,
-                                           v_answer.max_prompt_tokens,
-                                           v_answer.max_completion_tokens,
-                                           v_request.scan_job_id, p_oracle_answer_id);
-    if (v_result ->> 'allowed')::boolean and v_answer.settled_at is not null then
-      update public.gpt_usage_log l
-         set status = 'released', released_at = now(), release_reason = 'answer_already_settled',
-             prompt_tokens = 0, cached_prompt_tokens = 0, completion_tokens = 0, cost_usd = 0
-       where l.id = (v_result ->> 'reservation_id')::uuid;
-      perform private.audit('gpt_budget.reservation_released', v_request.user_id, null, null,
-        pg_catalog.jsonb_build_object('reservation_id', v_result ->> 'reservation_id',
-                                      'reason', 'answer_already_settled',
-                                      'oracle_answer_id', p_oracle_answer_id));
-    end if;
-    v_results := v_results || pg_catalog.jsonb_build_object(v_request.ord::text,
-      v_result || pg_catalog.jsonb_build_object('user_id', v_request.user_id,
-                                                'scan_job_id', v_request.scan_job_id));
+    perform private.lock_gpt_budget(v_user);
   end loop;
-  return pg_catalog.jsonb_build_object(
-    'answer_status', v_answer.status,
-    'results', coalesce((select pg_catalog.jsonb_agg(v_results -> t.ord::text order by t.ord)
-                           from generate_series(1, jsonb_array_length(p_requests)) t (ord)),
-                        '[]'::jsonb));
+  v_cost := private.gpt_worst_case_usd(v_answer.model, v_answer.max_prompt_tokens,
+                                       v_answer.max_completion_tokens);
+
+  with request as (
+    select t.ord, (t.e ->> 'user_id')::uuid as user_id, j.id as scan_job_id
+      from jsonb_array_elements(p_requests) with ordinality as t (e, ord)
+      left join public.scan_jobs j on j.id = (t.e ->> 'scan_job_id')::uuid
+  ), decided as (
+    select r.*, s.user_id is not null as found, s.gpt_hourly_budget_usd as hourly,
+           s.gpt_daily_budget_usd as daily, g.spent_hour_usd as hour, g.spent_day_usd as day,
+           private.gpt_budget_denial(v_cost, g.spent_hour_usd, g.spent_day_usd,
+                                     s.gpt_hourly_budget_usd, s.gpt_daily_budget_usd) as reason
+      from request r
+      left join public.trading_settings s on s.user_id = r.user_id
+      left join private.gpt_spends(array(select q.user_id from request q)) g
+             on g.user_id = r.user_id
+  ), reserved as (
+    insert into public.gpt_usage_log as l (user_id, scan_job_id, model, status, reserved_usd,
+                                           max_prompt_tokens, max_completion_tokens,
+                                           oracle_answer_id, released_at, release_reason,
+                                           prompt_tokens, cached_prompt_tokens,
+                                           completion_tokens, cost_usd)
+    select d.user_id, d.scan_job_id, v_answer.model, s.status, v_cost,
+           v_answer.max_prompt_tokens, v_answer.max_completion_tokens, p_oracle_answer_id,
+           s.released_at, s.reason, s.zero, s.zero, s.zero, s.zero
+      from decided d
+     cross join (select case when v_answer.settled_at is null then 'reserved' else 'released' end
+                          as status,
+                        case when v_answer.settled_at is not null then now() end as released_at,
+                        case when v_answer.settled_at is not null then 'answer_already_settled' end
+                          as reason,
+                        case when v_answer.settled_at is not null then 0 end as zero) s
+     where d.found and d.reason is null
+    returning l.id, l.user_id, l.status, l.created_at + private.gpt_reservation_lifetime() as expires_at
+  ), audited as (
+    insert into public.execution_audit_log (user_id, event, detail)
+    select d.user_id, e.event, case e.event
+      when 'gpt_budget.denied' then pg_catalog.jsonb_build_object(
+        'reason', d.reason, 'model', v_answer.model, 'worst_case_usd', v_cost,
+        'spent_hour_usd', d.hour, 'spent_day_usd', d.day, 'hourly_limit_usd', d.hourly,
+        'daily_limit_usd', d.daily, 'scan_job_id', d.scan_job_id,
+        'oracle_answer_id', p_oracle_answer_id)
+      when 'gpt_budget.reserved' then pg_catalog.jsonb_build_object(
+        'reservation_id', n.id, 'model', v_answer.model, 'reserved_usd', v_cost,
+        'max_prompt_tokens', v_answer.max_prompt_tokens,
+        'max_completion_tokens', v_answer.max_completion_tokens,
+        'spent_hour_usd', d.hour + v_cost, 'spent_day_usd', d.day + v_cost,
+        'hourly_limit_usd', d.hourly, 'daily_limit_usd', d.daily, 'scan_job_id', d.scan_job_id,
+        'expires_at', n.expires_at, 'oracle_answer_id', p_oracle_answer_id)
+      else pg_catalog.jsonb_build_object(
+        'reservation_id', n.id, 'reserved_usd', v_cost, 'reason', 'answer_already_settled',
+        'oracle_answer_id', p_oracle_answer_id) end
+      from decided d
+      left join reserved n on n.user_id = d.user_id
+     cross join lateral (values ('gpt_budget.denied'), ('gpt_budget.reserved'),
+                                ('gpt_budget.reservation_released')) e (event)
+     where d.found
+       and ((e.event = 'gpt_budget.denied' and d.reason is not null)
+            or (e.event = 'gpt_budget.reserved' and n.id is not null)
+            or (e.event = 'gpt_budget.reservation_released' and n.status = 'released'))
+    returning 1
+  )
+  select pg_catalog.jsonb_agg(
+           case
+             when not d.found then pg_catalog.jsonb_build_object(
+               'allowed', false, 'reservation_id', null, 'reserved_usd', null,
+               'reason', 'not_found', 'spent_hour_usd', null, 'spent_day_usd', null,
+               'hourly_limit_usd', null, 'daily_limit_usd', null)
+             when d.reason is not null then pg_catalog.jsonb_build_object(
+               'allowed', false, 'reservation_id', null, 'reserved_usd', 0,
+               'worst_case_usd', v_cost, 'reason', d.reason, 'spent_hour_usd', d.hour,
+               'spent_day_usd', d.day, 'hourly_limit_usd', d.hourly, 'daily_limit_usd', d.daily,
+               'expires_at', null)
+             else pg_catalog.jsonb_build_object(
+               'allowed', true, 'reservation_id', n.id, 'reserved_usd', v_cost,
+               'worst_case_usd', v_cost, 'reason', null, 'spent_hour_usd', d.hour + v_cost,
+               'spent_day_usd', d.day + v_cost, 'hourly_limit_usd', d.hourly,
+               'daily_limit_usd', d.daily, 'expires_at', n.expires_at)
+           end || pg_catalog.jsonb_build_object('user_id', d.user_id, 'scan_job_id', d.scan_job_id)
+           order by d.ord)
+    into v_results
+    from decided d
+    left join reserved n on n.user_id = d.user_id;
+  return pg_catalog.jsonb_build_object('answer_status', v_answer.status,
+                                       'results', coalesce(v_results, '[]'::jsonb));
 end;
 $$;
 revoke execute on function public.reserve_gpt_budgets(uuid, jsonb) from public, anon, authenticated;
