@@ -199,6 +199,10 @@ def test_a_malformed_not_run_entry_is_22023(db: Database, entry: dict[str, Any])
         release_batch(db, "w", [{"job_id": str(held), **entry}])
     assert exc.value.sqlstate == "22023"
     assert job(db, held) == before
+    # The well-formed entry is taken.
+    given_back = release_batch(db, "w", [{"job_id": str(held), "succeeded": False,
+                                          "ran": False}])
+    assert given_back["results"][0]["reason"] == "not_run"
 
 
 # -- G2: one heartbeat for a tick's leases ------------------------------------------------------
