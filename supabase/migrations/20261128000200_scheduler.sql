@@ -59,7 +59,10 @@ create table public.scan_jobs (
   ),
   constraint scan_jobs_locked_by_format check (locked_by is null or length(locked_by) between 1 and 200),
   constraint scan_jobs_counters_nonnegative check (attempts >= 0 and consecutive_failures >= 0),
-  constraint scan_jobs_last_error_length check (last_error is null or length(last_error) <= 2000)
+  constraint scan_jobs_last_error_length check (last_error is null or length(last_error) <= 2000),
+  -- `< 'Infinity'` also excludes NaN.
+  constraint scan_jobs_claim_lag_finite check (
+    last_claim_lag_seconds >= 0 and last_claim_lag_seconds < 'Infinity')
 );
 
 -- The due-job scan of claim_due_scan_jobs: enabled jobs in next_run_at order.

@@ -661,7 +661,7 @@ declare
   v_row private.oracle_answers;
   v_price public.gpt_model_prices;
   v_cost numeric;
-  v_released integer := 0;
+  v_released bigint := 0::bigint;
 begin
   if p_answer_id is null then
     raise exception 'p_answer_id is required' using errcode = '22023';
@@ -744,7 +744,7 @@ begin
     )
     select count(*) into v_released from audited;
     update private.oracle_answers a
-       set settled_at = now(), shared_by = v_released
+       set settled_at = now(), shared_by = v_released::integer
      where a.id = p_answer_id;
   end if;
   return pg_catalog.jsonb_build_object('recorded', true, 'cost_usd', v_cost, 'released', v_released);
