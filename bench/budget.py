@@ -50,7 +50,7 @@ from bench.measure import (  # noqa: E402
     throwaway_cluster,
 )
 from bench.rpc import FLOOR, FLOOR_SQL, open_port  # noqa: E402
-from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, Cluster, sql_files  # noqa: E402
+from stack.cluster import LOCAL_SQL, MIGRATIONS, Cluster, sql_files  # noqa: E402
 
 DATABASE = "budget"
 MODEL = "gpt-4o-mini"

@@ -1,5 +1,5 @@
-"""`python -m ops …` is `oracle …`."""
+"""`python -m console …` is `oracle …`."""
 
-from ops.cli import main
+from console.cli import main
 
 raise SystemExit(main())

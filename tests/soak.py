@@ -74,16 +74,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from ops.services import Service
 from sandbox.auth import (
     DEFAULT_TRADE_KEY,
     DEFAULT_TRADE_SECRET,
     DEFAULT_VIEW_KEY,
     DEFAULT_VIEW_SECRET,
 )
-from scripts.pgcluster import free_port
 from scripts.wireturns import WireTurns
 from shared.auth import dev_token
+from stack.cluster import free_port
+from stack.services import Service
 from tests.pg import Database, connect
 from tests.sandbox_server import SandboxServer
 from tests.scan_support import ALWAYS_SIGNAL, Recorded, RecordingServer
@@ -337,7 +337,7 @@ class FakeModel:
 
 # -- the processes --------------------------------------------------------------------------------
 class Function:
-    """One functions-framework server (ops.services.Service) that can be SIGKILLed as a group and
+    """One functions-framework server (stack.services.Service) that can be SIGKILLed as a group and
     restarted on the same port."""
 
     def __init__(self, name: str, target: str, port: int, env: dict[str, str],
@@ -361,7 +361,7 @@ class Function:
 
     def start(self) -> None:
         """Start (again): each process logs to a file of its own (`<name>-<n>.log`). Called from
-        the soak's main thread only: PR_SET_PDEATHSIG (ops.services) follows the starting
+        the soak's main thread only: PR_SET_PDEATHSIG (stack.services) follows the starting
         thread."""
         self.service.log_path = self.logs / f"{self.service.name}-{self.starts}.log"
         self.starts += 1

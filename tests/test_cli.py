@@ -3,8 +3,8 @@ output and exit status, bad arguments → a clear message and exit 2, an unreach
 exit 1 without the password, the kill switch end to end (audited, then a claim refused by the
 trading_enabled validator), and development tokens the functions' own Verifier accepts.
 
-The entry point runs in-process (`ops.cli.main`, captured output) and, once, as a process
-(`python -m ops`). `oracle verify` has its own module (test_cli_verify.py).
+The entry point runs in-process (`console.cli.main`, captured output) and, once, as a process
+(`python -m console`). `oracle verify` has its own module (test_cli_verify.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from decimal import Decimal
 
 import pytest
 
-from ops import local
-from scripts.pgcluster import free_port
+from console import local
 from shared.auth import AuthError, AuthSettings, Verifier
+from stack.cluster import free_port
 from tests.oracle_console import ROOT, oracle, oracle_process
 from tests.pg import Database
 from tests.test_execution_support import (  # the module's shared database: db, module_db
@@ -408,7 +408,7 @@ def test_the_console_runs_as_a_process(db: Database) -> None:
 
 def test_pyproject_installs_the_oracle_console_script() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["project"]["scripts"] == {"oracle": "ops.cli:main"}
+    assert project["project"]["scripts"] == {"oracle": "console.cli:main"}
     assert project["build-system"]["build-backend"] == "setuptools.build_meta"
     include = project["tool"]["setuptools"]["packages"]["find"]["include"]
-    assert {"ops", "ops.*", "shared", "shared.*"} <= set(include)
+    assert set(include) == {"console", "console.*", "shared", "shared.*"}

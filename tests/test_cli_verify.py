@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ops import verify
+from console import verify
 from tests.cron_stand_ins import STAND_INS, reapply_maintenance
 from tests.oracle_console import Run, oracle
 from tests.pg import Database

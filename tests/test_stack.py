@@ -1,6 +1,6 @@
 """`make demo` and `make run` (issue 9 §1-2), driven from the outside as a developer or CI would.
 
-- The demo's entry point (`python -m ops.stack demo`, what `make demo` runs) as a subprocess from
+- The demo's entry point (`python -m stack demo`, what `make demo` runs) as a subprocess from
   the repository: exit 0, every required summary row present and judged, every scripted step as
   expected, and afterwards none of its processes alive and its throwaway cluster gone.
 - The supervisor of `make run` on free, non-default ports: once live (its "stack ready" line and a
@@ -39,8 +39,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from ops.localdb import DatabaseError, LocalDatabase
-from scripts.pgcluster import ROOT, Cluster, free_port
+from stack.cluster import ROOT, Cluster, free_port
+from stack.localdb import DatabaseError, LocalDatabase
 from tests.oracle_console import oracle
 
 START_TIMEOUT = 240.0   # hang guards only
@@ -128,7 +128,7 @@ class Supervisor:
 
     @classmethod
     def start(cls, args: list[str], state_dir: Path) -> Supervisor:
-        process = subprocess.Popen([sys.executable, "-m", "ops.stack", *args], cwd=ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "stack", *args], cwd=ROOT,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
         sup = cls(process, state_dir)
@@ -224,7 +224,7 @@ def assert_nothing_left(procs: list[Proc], ports: Ports, data_dir: Path) -> None
 # -- make demo ------------------------------------------------------------------------------------
 def test_make_demo_from_the_repository(scratch: Path) -> None:
     state_dir = scratch / "demo-state"
-    proc = subprocess.run([sys.executable, "-m", "ops.stack", "demo", "--state-dir",
+    proc = subprocess.run([sys.executable, "-m", "stack", "demo", "--state-dir",
                            str(state_dir)], cwd=ROOT, capture_output=True, text=True,
                           timeout=DEMO_TIMEOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                           check=False)
