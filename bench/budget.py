@@ -1,4 +1,4 @@
-"""Budget: reservations per second and overshoot under 32 concurrent reservers (issue 10, G7).
+"""Budget: reservations per second and overshoot under 32 concurrent reservers (G7).
 
 Each reserver is a client process with one connection (shared.rpc.direct.DirectRpc) that, for
 `--attempts` rounds, reserves the worst case of one GPT call (reserve_gpt_budget: gpt-4o-mini,

@@ -1,4 +1,4 @@
-"""Claim path: claim_trade_execution + record_execution_result per execution (issue 10).
+"""Claim path: claim_trade_execution + record_execution_result per execution.
 
 One execution is what trading_execute does with the database: `claim_trade_execution` (the seven
 validators and the claim), then `record_execution_result` with a fill (the state machine, the

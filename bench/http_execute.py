@@ -1,4 +1,4 @@
-"""HTTP execute: executions/second and p50/p99 through the functions-framework server (issue 10).
+"""HTTP execute: executions/second and p50/p99 through the functions-framework server.
 
 trading_execute is served as in production — the functions-framework CLI, gunicorn with its
 defaults (one gthread worker, THREADS = 4 × CPU cores, no request timeout) — against a throwaway

@@ -1,4 +1,4 @@
-"""Scheduler vs its peers: jobs/second for claim + release (issue 8 §2 "Throughput", issue 10).
+"""Scheduler vs its peers: jobs/second for claim + release (the target: twice the better peer).
 
 Every number below is measured in the same run, on the same throwaway PostgreSQL 15 cluster
 (stack/cluster.py's Cluster, the test cluster's settings unless --durable), each system in its

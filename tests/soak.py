@@ -1,4 +1,4 @@
-"""The chaos soak (issue 10, Reliability): the whole system under random traffic, random exchange
+"""The chaos soak (README → Reliability): the whole system under random traffic, random exchange
 faults and SIGKILLed function processes; at the end the guarantees are checked (no tests here:
 tests/test_soak.py runs it, short and deterministic in `make test`, long in `make soak`).
 

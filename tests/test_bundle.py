@@ -1,4 +1,4 @@
-"""`make bundle` (scripts/bundle.py, issue 9 §4): each built directory is a Cloud Function alone.
+"""`make bundle` (scripts/bundle.py, SPEC §7): each built directory is a Cloud Function alone.
 
 - The listing: main.py, requirements.txt and the modules of `shared` main.py needs; the scanner's
   has no trade client (no shared/exchange/trade.py, no shared/execution/), by file listing, by the

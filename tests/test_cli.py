@@ -1,4 +1,4 @@
-"""The operator console `oracle` (SPEC §7, issue 9 §3) on a real migrated database: every command's
+"""The operator console `oracle` (SPEC §7) on a real migrated database: every command's
 output and exit status, bad arguments → a clear message and exit 2, an unreachable database →
 exit 1 without the password, the kill switch end to end (audited, then a claim refused by the
 trading_enabled validator), and development tokens the functions' own Verifier accepts.

@@ -1,4 +1,4 @@
-"""`make demo` and `make run` (issue 9 §1-2), driven from the outside as a developer or CI would.
+"""`make demo` and `make run` (SPEC §7), driven from the outside as a developer or CI would.
 
 - The demo's entry point (`python -m stack demo`, what `make demo` runs) as a subprocess from
   the repository: exit 0, every required summary row present and judged, every scripted step as
