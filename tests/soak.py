@@ -473,7 +473,6 @@ class Soak:
         self.proxies: dict[str, WireTurns] = {}
         self._local = threading.local()
         self._conn = connect(db.authenticator_url, autocommit=True)
-        self._used_keys: list[tuple[uuid.UUID, str]] = []
         self._started = 0.0
 
     # -- the world --------------------------------------------------------------------------
