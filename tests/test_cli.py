@@ -9,9 +9,13 @@ The entry point runs in-process (`console.cli.main`, captured output) and, once,
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -404,6 +408,33 @@ def test_the_console_runs_as_a_process(db: Database) -> None:
     bad = oracle_process("status", "--hours", "many", env={"DATABASE_URL": db.url})
     assert bad.code == 2
     assert "argument --hours: 'many' is not a whole number" in bad.err
+
+
+# What the install gives, run from outside the checkout (nothing of it on sys.path): every module
+# of the installed packages imports, and none brings a package the install does not have.
+WALK_INSTALLED = """
+import importlib, pkgutil, sys
+import console, shared
+for package in (console, shared):
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if not info.name.endswith(".__main__"):
+            importlib.import_module(info.name)
+print(sorted({name.split(".")[0] for name in sys.modules}
+             & {"stack", "sandbox", "scripts", "tests", "bench", "functions"}))
+"""
+
+
+def test_the_installed_console_runs_outside_the_checkout(db: Database, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DATABASE_URL")}
+    installed = Path(sys.executable).parent / "oracle"  # what `make setup` installs into .venv
+    run = subprocess.run([str(installed), "--db-url", db.url, "verify", "--check", "rls"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    walk = subprocess.run([sys.executable, "-c", WALK_INSTALLED], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert walk.returncode == 0, walk.stderr
+    assert walk.stdout.strip() == "[]"
 
 
 def test_pyproject_installs_the_oracle_console_script() -> None:
