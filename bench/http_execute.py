@@ -1,4 +1,4 @@
-"""HTTP execute: executions/second and p50/p99 through the functions-framework server (issue 10).
+"""HTTP execute: executions/second and p50/p99 through the functions-framework server.
 
 trading_execute is served as in production — the functions-framework CLI, gunicorn with its
 defaults (one gthread worker, THREADS = 4 × CPU cores, no request timeout) — against a throwaway
@@ -48,16 +48,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make `ops`, `scripts`, `shared` importable
+if str(ROOT) not in sys.path:  # run as a script: make `sandbox`, `shared`, `stack` importable
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
-from ops.services import Service, stop_all  # noqa: E402
 from sandbox.auth import DEFAULT_TRADE_KEY, DEFAULT_TRADE_SECRET  # noqa: E402
-from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, Cluster, free_port, sql_files  # noqa: E402
 from shared.auth import dev_token  # noqa: E402
+from stack.cluster import LOCAL_SQL, MIGRATIONS, Cluster, free_port, sql_files  # noqa: E402
+from stack.services import Service, stop_all  # noqa: E402
 
 DATABASE = "bench"
 TEST_CLUSTER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}

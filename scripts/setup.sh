@@ -52,7 +52,7 @@ fi
 # absolute path, and one .venv may serve several checkouts (a copy moved elsewhere, git worktrees
 # sharing it through a symlink): re-install whenever the recorded path is not this checkout's
 # (read from the installed distribution's direct_url.json, whoever installed it) or pyproject.toml
-# changed. Only `ops` and `shared` are mapped (setuptools' editable finder, no path added to
+# changed. Only `console` and `shared` are mapped (setuptools' editable finder, no path added to
 # sys.path), so the install never shadows another checkout's modules.
 root=$(pwd -P)
 dist_stamp=".venv/.editable.sha256"

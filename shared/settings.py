@@ -1,4 +1,4 @@
-"""The settings pattern of every deployable (SPEC §6, issue 7 §6).
+"""The settings pattern of every deployable (SPEC §6).
 
 Each function has pydantic-settings models (`RpcSettings`, `AuthSettings`, the exchange settings,
 its own) with `hide_input_in_errors=True` and secrets as `SecretStr`. `load_settings` builds one at

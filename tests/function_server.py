@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from scripts.pgcluster import free_port
+from stack.cluster import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0

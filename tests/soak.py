@@ -1,4 +1,4 @@
-"""The chaos soak (issue 10, Reliability): the whole system under random traffic, random exchange
+"""The chaos soak (README → Reliability): the whole system under random traffic, random exchange
 faults and SIGKILLed function processes; at the end the guarantees are checked (no tests here:
 tests/test_soak.py runs it, short and deterministic in `make test`, long in `make soak`).
 
@@ -74,16 +74,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from ops.services import Service
 from sandbox.auth import (
     DEFAULT_TRADE_KEY,
     DEFAULT_TRADE_SECRET,
     DEFAULT_VIEW_KEY,
     DEFAULT_VIEW_SECRET,
 )
-from scripts.pgcluster import free_port
 from scripts.wireturns import WireTurns
 from shared.auth import dev_token
+from stack.cluster import free_port
+from stack.services import Service
 from tests.pg import Database, connect
 from tests.sandbox_server import SandboxServer
 from tests.scan_support import ALWAYS_SIGNAL, Recorded, RecordingServer
@@ -337,7 +337,7 @@ class FakeModel:
 
 # -- the processes --------------------------------------------------------------------------------
 class Function:
-    """One functions-framework server (ops.services.Service) that can be SIGKILLed as a group and
+    """One functions-framework server (stack.services.Service) that can be SIGKILLed as a group and
     restarted on the same port."""
 
     def __init__(self, name: str, target: str, port: int, env: dict[str, str],
@@ -361,7 +361,7 @@ class Function:
 
     def start(self) -> None:
         """Start (again): each process logs to a file of its own (`<name>-<n>.log`). Called from
-        the soak's main thread only: PR_SET_PDEATHSIG (ops.services) follows the starting
+        the soak's main thread only: PR_SET_PDEATHSIG (stack.services) follows the starting
         thread."""
         self.service.log_path = self.logs / f"{self.service.name}-{self.starts}.log"
         self.starts += 1
@@ -473,7 +473,6 @@ class Soak:
         self.proxies: dict[str, WireTurns] = {}
         self._local = threading.local()
         self._conn = connect(db.authenticator_url, autocommit=True)
-        self._used_keys: list[tuple[uuid.UUID, str]] = []
         self._started = 0.0
 
     # -- the world --------------------------------------------------------------------------

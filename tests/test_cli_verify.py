@@ -1,4 +1,4 @@
-"""`oracle verify`, the post-deployment gate (issue 9 §3): it passes on a freshly migrated database
+"""`oracle verify`, the post-deployment gate (SPEC §7): it passes on a freshly migrated database
 and, after each way of breaking an invariant the guarantees rest on, exits 1 naming that check and
 the object — RLS off, EXECUTE for an API role on a service-only RPC, an audit trigger disabled or
 no longer ALWAYS, the maintenance cron job removed, an execution stuck open, an expired lease held,
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ops import verify
+from console import verify
 from tests.cron_stand_ins import STAND_INS, reapply_maintenance
 from tests.oracle_console import Run, oracle
 from tests.pg import Database

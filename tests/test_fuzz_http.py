@@ -1,4 +1,4 @@
-"""Fuzzing both HTTP functions over real HTTP (issue 10, Reliability → Fuzzing).
+"""Fuzzing both HTTP functions over real HTTP (README → Reliability → Fuzzing).
 
 trading_execute (live mode against the sandbox) and scan_scheduler each run under the real
 functions-framework server with the real database (one of this module's own) and the sandbox; a
@@ -9,7 +9,7 @@ Hypothesis sends bodies, headers and bearer tokens; for every example:
   `application/problem+json`), and no answer carries a stack trace, an SQL error or a secret
   (tests/fuzz_support.check_answer) — except the HTTP server's own fixed 400 page for raw requests
   it cannot parse, which no code of ours sees;
-- an independent oracle (written from SPEC §4 and DESIGN.md, not from the parser) says whether the
+- an independent oracle (written from SPEC §4, not from the parser) says whether the
   request was a valid, authorised one. If it was not: a 4xx, NO row changed in any table of public
   or private (fingerprints before/after) and NO order reached the sandbox. If it was: one of the
   contract's answers, and an order only with a 201/202.

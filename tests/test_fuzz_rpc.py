@@ -1,4 +1,4 @@
-"""Fuzzing every RPC in `public` through the RPC port against the real database (issue 10,
+"""Fuzzing every RPC in `public` through the RPC port against the real database (README →
 Reliability → Fuzzing).
 
 Every function the migrations put in `public` is called through shared.rpc.direct.DirectRpc as

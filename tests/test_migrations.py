@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, ROOT, SEED, Cluster, free_port, sql_files
+from stack.cluster import LOCAL_SQL, MIGRATIONS, ROOT, SEED, Cluster, free_port, sql_files
 from tests.oracle_console import oracle
 from tests.pg import connect
 

@@ -9,7 +9,7 @@
     except ProblemError as problem:
         return problem.response()
 
-A document always has `type` = `/problems/<slug>` (relative, DESIGN.md), `title` (one per type:
+A document always has `type` = `/problems/<slug>` (relative, RFC 9457), `title` (one per type:
 the slug as a sentence unless given), `status` and `detail` (this occurrence; SPEC §4 requires
 it), optionally `instance`, and extension members. Only data goes in — str, int, bool, None,
 Decimal, UUID, datetime, and lists / dicts of them; anything else (an exception, an arbitrary

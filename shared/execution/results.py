@@ -56,7 +56,7 @@ submitted_at/completed_at when it learns the result.
 from __future__ import annotations
 
 from decimal import ROUND_DOWN, Context, Decimal
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from shared.api.steplog import redact
 from shared.exchange.errors import (
@@ -78,8 +78,6 @@ from shared.exchange.errors import (
 from shared.exchange.models import Order
 from shared.execution.deadline import ClaimTooOld
 
-ExecutionStatus = Literal["claimed", "submitted", "filled", "partially_filled", "canceled",
-                          "rejected", "failed", "unknown"]
 Result = dict[str, Any]
 """record_execution_result's p_result: `status` and the keys SPEC §3 names."""
 

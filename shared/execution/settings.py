@@ -13,8 +13,8 @@
 refuses to start, naming the missing variables; paper mode needs none of them. No message ever
 shows a value: every model hides its input in errors, and secrets are SecretStr.
 
-The timing knobs and why they relate (DESIGN.md, "Never send an order when more than MAX_CLAIM_AGE
-has passed"):
+The timing knobs and why they relate (an order is never sent when more than MAX_CLAIM_AGE has
+passed since the claim):
 
     MAX_CLAIM_AGE_SECONDS (5)        an order is sent only within this many seconds (monotonic)
                                      of the claim RPC's answer; later → `failed`, never sent

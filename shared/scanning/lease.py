@@ -78,7 +78,6 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{worker_id}",
                                         daemon=True)
-        self.beats = 0
 
     def track(self, job_id: str, claim_sent_at: float) -> Lease:
         lease = Lease(job_id, self._lease_seconds, claim_sent_at, self._clock)
@@ -114,7 +113,6 @@ class Heartbeat:
             self._log.event("heartbeat", "error", severity="WARNING", job_id=lease.job_id,
                             error=type(exc).__name__, error_code=exc.code)
             return
-        self.beats += 1
         if held is True:
             lease.confirmed_at = sent
         else:

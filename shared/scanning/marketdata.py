@@ -9,7 +9,6 @@ scheduler then backs off; nothing here retries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 
 from shared.exchange.errors import MalformedResponse
@@ -27,10 +26,6 @@ class MarketSnapshot:
     @property
     def closes(self) -> list[Decimal]:
         return [c.close for c in self.candles]
-
-    @property
-    def as_of(self) -> datetime | None:
-        return self.candles[-1].timestamp if self.candles else None
 
 
 def read_market(client: BitvavoReadonly, market: str, interval: str, limit: int) -> MarketSnapshot:

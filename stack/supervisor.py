@@ -1,45 +1,36 @@
-"""`make run` and `make demo` (SPEC §7): the whole system on one machine, in paper mode.
+"""`make run` (SPEC §7): the whole system on one machine, in paper mode, until Ctrl+C.
 
-    python -m ops.stack run   [--db-port 54322] [--sandbox-port 54330]
-                              [--trading-execute-port 54331] [--scan-scheduler-port 54332]
-                              [--tick-seconds 5] [--reconcile-seconds 60]
-    python -m ops.stack demo  [--ticks 3]
+`Stack` starts, in this order, and stops in the reverse order:
 
-`run` starts, in this order, and stops in the reverse order:
-
-    PostgreSQL      the project-local cluster (ops.localdb: kept between runs, the migrations
+    PostgreSQL      the project-local cluster (stack.localdb: kept between runs, the migrations
                     added since the last run applied and recorded by the Supabase CLI, the seed
                     applied once); pg_cron inside it runs run_maintenance every minute
     sandbox         python -m sandbox.bitvavo on 127.0.0.1 (a seeded, deterministic price path)
     trading_execute functions-framework on 127.0.0.1, TRADING_MODE=paper
     scan_scheduler  functions-framework on 127.0.0.1, ORACLE=rules, EXECUTE_FUNCTION_URL → above
 
-then plays Supabase Cron (ops.cron: a scanner tick every few seconds, /reconcile every minute) and
-shows the system live (ops.live). Ctrl+C, SIGTERM or SIGHUP stops every process it started — the
-functions, the sandbox, and PostgreSQL if it started it (the data is kept); a second signal skips
-the grace periods. A port already in use stops it before anything starts, naming the port and what
-wanted it. Child logs go to .local/run/logs/ (the view says where); .local/run/stack.json lists
-what runs (pids, ports, logs) while it runs.
+`run()` then plays Supabase Cron (stack.cron: a scanner tick every few seconds, /reconcile every
+minute) and shows the system live (stack.live). Ctrl+C, SIGTERM or SIGHUP stops every process it
+started — the functions, the sandbox, and PostgreSQL if it started it (the data is kept); a second
+signal skips the grace periods. A port already in use stops it before anything starts, naming the
+port and what wanted it. Child logs go to .local/run/logs/ (the view says where);
+.local/run/stack.json lists what runs (pids, ports, logs) while it runs.
 
-`demo` runs the same stack on a throwaway cluster and free ports, a bounded scenario (ops.demo),
-prints a summary and exits 0 only if the summary has every required row.
+`make demo` (stack.demo) runs the same `Stack` on a throwaway cluster and free ports.
 
 The local secrets (JWT secret, service key) are the Supabase CLI's public development values from
-ops.local: this command is for a developer's machine, never for a deployment.
+console.local: this command is for a developer's machine, never for a deployment.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,17 +40,17 @@ from typing import IO, Any
 from rich.console import Console
 from rich.live import Live
 
-from ops import live, local
-from ops.cron import CallResult, Job, LocalCron
-from ops.database import Target
-from ops.localdb import DatabaseError, Interrupted, LocalDatabase
-from ops.ports import PortInUse, check_free
-from ops.services import Service, ServiceFailed, stop_all
+from console import local
+from console.database import Target
 from sandbox.auth import DEFAULT_VIEW_KEY, DEFAULT_VIEW_SECRET
-from scripts.pgcluster import ROOT, Cluster, free_port, project_data_dir
+from stack import live
+from stack.cluster import ROOT, Cluster
+from stack.cron import CallResult, Job, LocalCron
+from stack.localdb import DatabaseError, Interrupted, LocalDatabase
+from stack.ports import PortInUse, check_free
+from stack.services import Service, ServiceFailed, stop_all
 
 STATE_DIR = ROOT / ".local" / "run"
-DEMO_STATE_DIR = ROOT / ".local" / "demo"
 SERVICE_START_TIMEOUT = 60.0
 STOP_GRACE = 5.0
 REFRESH_SECONDS = 1.0
@@ -442,135 +433,3 @@ def run(config: Config, out: IO[str], err: IO[str], *, plain: bool) -> int:
                  "it)" if stack.db.running_pid() else "")
     say(f"stopped every process this run started{kept}")
     return code
-
-
-# -- demo -----------------------------------------------------------------------------------------
-def demo(ticks: int, sandbox_seed: int, state_dir: Path, out: IO[str], err: IO[str]) -> int:
-    from ops.demo import Scenario, market_epoch_ms  # `run` does not need the scenario
-
-    started = time.monotonic()
-    signals = Signals()
-    signals.install()
-    scratch = Path(tempfile.mkdtemp(prefix="aio-demo-"))
-    scratch.chmod(0o755)  # PostgreSQL runs as `postgres` when we are root
-    shutil.rmtree(state_dir / "logs", ignore_errors=True)
-    ports = Ports(db=free_port(), sandbox=free_port(), trading_execute=free_port(),
-                  scan_scheduler=free_port())
-    # The market clock starts a little before the scenario's pinned epoch (it only moves forward).
-    offset = market_epoch_ms() - 600_000 - int(time.time() * 1000)
-    config = Config(ports=ports, data_dir=scratch / "cluster", state_dir=state_dir,
-                    sandbox_seed=sandbox_seed, tick_seconds=1.0, reconcile_seconds=3600.0,
-                    sandbox_clock_offset_ms=offset)
-
-    def say(message: str) -> None:
-        out.write(f"· {message}\n")
-        out.flush()
-
-    say("make demo: the whole stack on a throwaway PostgreSQL and free ports, paper mode, "
-        f"sandbox seed {sandbox_seed}")
-    stack = Stack(config, signals, say)
-    code = 1
-    try:
-        stack.up()
-        say(f"stack ready in {time.monotonic() - started:.1f} s (logs in {config.logs})")
-        assert stack.cron is not None
-        scenario = Scenario(stack=stack, out=out, should_stop=lambda: signals.requested)
-        code = 0 if scenario.play(ticks) else 1
-    except StopRequested:
-        err.write("make demo: interrupted\n")
-        code = 130
-    except (PortInUse, StackFailed, ServiceFailed, DatabaseError) as exc:
-        err.write(f"make demo: {exc}\n")
-    finally:
-        stack.down()
-        Cluster(data_dir=config.data_dir, port=ports.db).destroy()
-        shutil.rmtree(scratch, ignore_errors=True)
-    say(f"make demo finished in {time.monotonic() - started:.1f} s; every process it started "
-        "is stopped, its database deleted" + ("" if code == 0 else f" (exit {code})"))
-    return code
-
-
-# -- command line ---------------------------------------------------------------------------------
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a port number (1-65535)")
-    return value
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be above 0")
-    return value
-
-
-def _env_port(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return _port(raw)
-    except argparse.ArgumentTypeError as exc:
-        raise SystemExit(f"ops.stack: {name}: {exc}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ops.stack", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    run_p = commands.add_parser("run", help="the live stack until Ctrl+C (make run)")
-    for flag, env, default in (("--db-port", "DB_PORT", local.DB_PORT),
-                               ("--sandbox-port", "SANDBOX_PORT", local.SANDBOX_PORT),
-                               ("--trading-execute-port", "TRADING_EXECUTE_PORT",
-                                local.TRADING_EXECUTE_PORT),
-                               ("--scan-scheduler-port", "SCAN_SCHEDULER_PORT",
-                                local.SCAN_SCHEDULER_PORT)):
-        run_p.add_argument(flag, type=_port, default=_env_port(env, default), metavar="PORT",
-                           help=f"default ${env}, else {default}")
-    run_p.add_argument("--data-dir", type=Path, default=None,
-                       help="the PostgreSQL cluster's directory (default: make db's, per port)")
-    run_p.add_argument("--state-dir", type=Path, default=STATE_DIR,
-                       help=f"logs and stack.json (default {STATE_DIR.relative_to(ROOT)})")
-    run_p.add_argument("--supabase-workdir", type=Path, default=ROOT,
-                       help="the directory that holds supabase/ (migrations, seed.sql)")
-    run_p.add_argument("--tick-seconds", type=_positive, default=5.0,
-                       help="a scan_scheduler tick every N seconds (default 5)")
-    run_p.add_argument("--reconcile-seconds", type=_positive, default=60.0,
-                       help="trading_execute /reconcile every N seconds (default 60)")
-    run_p.add_argument("--sandbox-seed", type=int, default=42)
-    run_p.add_argument("--plain", action="store_true",
-                       help="one line per call instead of the live view (automatic when stdout "
-                            "is not a terminal)")
-    demo_p = commands.add_parser("demo", help="a bounded run on a throwaway cluster (make demo)")
-    demo_p.add_argument("--ticks", type=int, default=3, choices=range(1, 21), metavar="N",
-                        help="scanner ticks (1-20, default 3)")
-    demo_p.add_argument("--sandbox-seed", type=int, default=42)
-    demo_p.add_argument("--state-dir", type=Path, default=DEMO_STATE_DIR,
-                        help=f"logs (default {DEMO_STATE_DIR.relative_to(ROOT)})")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        return demo(args.ticks, args.sandbox_seed, args.state_dir.resolve(), sys.stdout,
-                    sys.stderr)
-    ports = Ports(db=args.db_port, sandbox=args.sandbox_port,
-                  trading_execute=args.trading_execute_port,
-                  scan_scheduler=args.scan_scheduler_port)
-    config = Config(ports=ports, data_dir=(args.data_dir or project_data_dir(ports.db)).resolve(),
-                    state_dir=args.state_dir.resolve(), workdir=args.supabase_workdir.resolve(),
-                    sandbox_seed=args.sandbox_seed, tick_seconds=args.tick_seconds,
-                    reconcile_seconds=args.reconcile_seconds)
-    return run(config, sys.stdout, sys.stderr, plain=args.plain or not sys.stdout.isatty())
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from ops.database import OpsError
+from console.database import OpsError
 
 
 def trail(conn: psycopg.Connection[Any], proposal_id: uuid.UUID) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """What `make run` shows while it runs: the processes, the cron stand-in's calls, and the system's
-state read from the database (`oracle status`'s snapshot and tables, ops.status / ops.views).
+state read from the database (`oracle status`'s snapshot and tables: console.status and views).
 
     frame = read_frame(target)                       # one READ ONLY transaction
     live.update(render(board, frame))                # rich Live on a terminal
@@ -19,11 +19,11 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ops import status, views
-from ops.cron import CallResult, LocalCron, last_maintenance
-from ops.database import OpsError, Target, reading
-from ops.localdb import LocalDatabase
-from ops.services import Service
+from console import status, views
+from console.database import OpsError, Target, reading
+from stack.cron import CallResult, LocalCron, last_maintenance
+from stack.localdb import LocalDatabase
+from stack.services import Service
 
 WINDOW = timedelta(hours=24)
 RECENT = 5
@@ -157,7 +157,7 @@ def _counts(counts: dict[str, int] | Sequence[dict[str, Any]], key: str = "statu
 
 
 def system(snap: dict[str, Any]) -> RenderableType:
-    """oracle status's snapshot (ops.status), one line per section."""
+    """oracle status's snapshot (console.status), one line per section."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(overflow="fold")

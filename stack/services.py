@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from ops.ports import HOST
+from stack.ports import HOST
 
 _PR_SET_PDEATHSIG = 1
 READY_PROBE_TIMEOUT = httpx.Timeout(1.0)

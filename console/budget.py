@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ops.database import OpsError
-from ops.users import User
+from console.database import OpsError
+from console.users import User
 from shared.rpc.port import RpcPort
 
 MAX_DAYS = 366

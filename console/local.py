@@ -24,7 +24,6 @@ TRADING_EXECUTE_PORT: Final = 54331
 SCAN_SCHEDULER_PORT: Final = 54332
 
 DATABASE_URL: Final = f"postgresql://postgres@{HOST}:{DB_PORT}/postgres"
-SANDBOX_URL: Final = f"http://{HOST}:{SANDBOX_PORT}"
 
 # The Supabase CLI's local JWT secret and the service_role key signed with it (role service_role,
 # issuer supabase-demo, expiring 2032). Local development only; see the module docstring.

@@ -9,9 +9,9 @@
     oracle token --user EMAIL    a local development JWT for that user
     oracle verify            the post-deployment gate: exit 0 only when every invariant holds
 
-The database: `--db-url URL`, else DATABASE_URL, else the local stack (ops.local). Exit status: 0
-done, 1 the command failed (a verify check failed, the database is unreachable, no such user…),
-2 the command line or the configuration is wrong.
+The database: `--db-url URL`, else DATABASE_URL, else the local stack (console.local). Exit
+status: 0 done, 1 the command failed (a verify check failed, the database is unreachable, no such
+user…), 2 the command line or the configuration is wrong.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, NoReturn
 
-from ops import audit, budget, controls, database, status, tokens, verify, views
-from ops.database import OpsError, Target, UsageError
-from ops.users import find_user, parse_user_ref
+from console import audit, budget, controls, database, status, tokens, verify, views
+from console.database import OpsError, Target, UsageError
+from console.users import find_user, parse_user_ref
 from shared.rpc.errors import RpcError
 
 PROG = "oracle"

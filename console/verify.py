@@ -376,7 +376,7 @@ CHECK_NAMES = tuple(name for name, _, _ in CHECKS)
 def run_checks(conn: Cursor, options: Options | None = None,
                only: Sequence[str] | None = None) -> list[Result]:
     """Every check (or the named ones) on `conn`, which must be inside a transaction with an empty
-    search_path (ops.database.reading). Each check runs in a savepoint, so one that cannot run
+    search_path (console.database.reading). Each check runs in a savepoint, so one that cannot run
     (e.g. no privilege on cron.job) fails alone with the database's message."""
     options = options or Options()
     results = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ops.database import OpsError, UsageError
+from console.database import OpsError, UsageError
 from shared.rpc.errors import RpcUndefinedFunction
 from shared.rpc.port import RpcPort
 

@@ -1,8 +1,9 @@
-"""`make demo`'s scenario: a bounded, deterministic run of the real system, then a summary.
+"""`make demo`: a bounded, deterministic run of the real system, then a summary.
 
-Everything goes through the real doors — the RPCs (service_role, or the user's claims exactly as
-PostgREST sets them) and the HTTP functions served by functions-framework — against the stack
-ops.stack started on a throwaway cluster. Two parts, labelled as such in the output:
+`demo()` starts the stack (stack.supervisor) on a throwaway cluster and free ports, plays the
+scenario and deletes the cluster. Everything goes through the real doors — the RPCs (service_role,
+or the user's claims exactly as PostgREST sets them) and the HTTP functions served by
+functions-framework. Two parts, labelled as such in the output:
 
 1. **Scripted** (the demo user acting by hand, on BTC-EUR, before anything else traded):
    create_trade_proposal (manual, confidence below the user's min_confidence → pending) →
@@ -19,19 +20,23 @@ ops.stack started on a throwaway cluster. Two parts, labelled as such in the out
 
 Then one /reconcile, and the summary read back from the database (audit log, trade_history,
 executions). Required rows: an executed trade, a rejection by `cooldown`, one by `anti_flip`, a
-replayed idempotent request; `play()` is false when one is missing or a scripted step answered
-something else than expected.
+replayed idempotent request; `play()` is false, and `demo()` exits 1, when one is missing or a
+scripted step answered something else than expected.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import IO, TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, Any
 
 import httpx
 import psycopg
@@ -39,15 +44,19 @@ from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 from rich.text import Text
 
-from ops import live, local, views
-from ops.database import reading
-from ops.users import User, find_user
+from console import local, views
+from console.database import reading
+from console.users import User, find_user
 from shared.auth import dev_token
 from shared.rpc.direct import DirectRpc
+from stack import live
+from stack.cluster import ROOT, Cluster, free_port
+from stack.localdb import DatabaseError
+from stack.ports import PortInUse
+from stack.services import ServiceFailed
+from stack.supervisor import Config, Ports, Signals, Stack, StackFailed, StopRequested
 
-if TYPE_CHECKING:
-    from ops.stack import Stack
-
+DEMO_STATE_DIR = ROOT / ".local" / "demo"
 DEMO_EMAIL = "demo@example.test"  # supabase/seed.sql
 SCRIPTED_MARKET = "BTC-EUR"
 SCRIPTED_AMOUNT = Decimal("10")
@@ -329,3 +338,47 @@ def make_jobs_due(url: str) -> None:
     """The demo's fast-forward: every enabled scan job due now (instead of a minute from now)."""
     with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
         conn.execute("update public.scan_jobs set next_run_at = now() where enabled")
+
+
+# -- the command (python -m stack demo) -----------------------------------------------------------
+def demo(ticks: int, sandbox_seed: int, state_dir: Path, out: IO[str], err: IO[str]) -> int:
+    started = time.monotonic()
+    signals = Signals()
+    signals.install()
+    scratch = Path(tempfile.mkdtemp(prefix="aio-demo-"))
+    scratch.chmod(0o755)  # PostgreSQL runs as `postgres` when we are root
+    shutil.rmtree(state_dir / "logs", ignore_errors=True)
+    ports = Ports(db=free_port(), sandbox=free_port(), trading_execute=free_port(),
+                  scan_scheduler=free_port())
+    # The market clock starts a little before the scenario's pinned epoch (it only moves forward).
+    offset = market_epoch_ms() - 600_000 - int(time.time() * 1000)
+    config = Config(ports=ports, data_dir=scratch / "cluster", state_dir=state_dir,
+                    sandbox_seed=sandbox_seed, tick_seconds=1.0, reconcile_seconds=3600.0,
+                    sandbox_clock_offset_ms=offset)
+
+    def say(message: str) -> None:
+        out.write(f"· {message}\n")
+        out.flush()
+
+    say("make demo: the whole stack on a throwaway PostgreSQL and free ports, paper mode, "
+        f"sandbox seed {sandbox_seed}")
+    stack = Stack(config, signals, say)
+    code = 1
+    try:
+        stack.up()
+        say(f"stack ready in {time.monotonic() - started:.1f} s (logs in {config.logs})")
+        assert stack.cron is not None
+        scenario = Scenario(stack=stack, out=out, should_stop=lambda: signals.requested)
+        code = 0 if scenario.play(ticks) else 1
+    except StopRequested:
+        err.write("make demo: interrupted\n")
+        code = 130
+    except (PortInUse, StackFailed, ServiceFailed, DatabaseError) as exc:
+        err.write(f"make demo: {exc}\n")
+    finally:
+        stack.down()
+        Cluster(data_dir=config.data_dir, port=ports.db).destroy()
+        shutil.rmtree(scratch, ignore_errors=True)
+    say(f"make demo finished in {time.monotonic() - started:.1f} s; every process it started "
+        "is stopped, its database deleted" + ("" if code == 0 else f" (exit {code})"))
+    return code

@@ -1,6 +1,6 @@
 """Which database the console talks to, and the two ways it talks to it.
 
-    --db-url URL  >  DATABASE_URL  >  the local stack (ops.local.DATABASE_URL)
+    --db-url URL  >  DATABASE_URL  >  the local stack (console.local.DATABASE_URL)
 
 - **Reads** (status, audit, verify's catalog checks) run in a READ ONLY transaction on one
   connection as the URL's own user — `postgres` on hosted Supabase, which owns the schema and may
@@ -28,7 +28,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import set_json_loads
 
-from ops import local
+from console import local
 from shared.rpc.direct import DirectRpc
 
 CONNECT_TIMEOUT_SECONDS = 5

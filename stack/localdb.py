@@ -35,7 +35,7 @@ from typing import Any
 
 import psycopg
 
-from scripts.pgcluster import LOCAL_SQL, ROOT, Cluster, ClusterError, sql_files
+from stack.cluster import LOCAL_SQL, ROOT, Cluster, ClusterError, sql_files
 
 SUPABASE_BIN = ROOT / "node_modules" / ".bin" / "supabase"
 SEED_PATH = "supabase/seed.sql"  # as the CLI records it in supabase_migrations.seed_files

@@ -2,7 +2,7 @@
 shaped like Supabase Auth's and signed HS256.
 
 The secret is SUPABASE_JWT_SECRET; without it, and only for a database on this machine, the local
-stack's documented development secret (ops.local.JWT_SECRET). A token signed with that public
+stack's documented development secret (console.local.JWT_SECRET). A token signed with that public
 secret is refused for any other database, whichever way the secret was given: it would be a
 credential anyone can forge. Real deployments get their tokens from Supabase Auth.
 """
@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from ops import local
-from ops.database import Target, UsageError
-from ops.users import User
+from console import local
+from console.database import Target, UsageError
+from console.users import User
 from shared.auth import dev_token
 
 MIN_SECRET_LENGTH = 32

@@ -1,25 +1,19 @@
 """A throwaway or project-local PostgreSQL 15 cluster with pg_cron, started without Docker.
 
-Used by the test harness (one cluster per test session) and by `make db` / `make run`
-(the project-local cluster on port 54322; its schema is managed by ops.localdb). PostgreSQL
-refuses to run as root, so when we are root the cluster runs as Debian's `postgres` user in a
-directory that user owns.
-
-    python -m scripts.pgcluster up [--port 54322] [--data DIR] [--seed]   # prints the URL
-    python -m scripts.pgcluster down [--data DIR]
+Used by the test harness (one cluster per test session), the benchmarks, the RLS matrix and
+`make db` / `make run` (the project-local cluster on port 54322; its schema is managed by
+stack.localdb). PostgreSQL refuses to run as root, so when we are root the cluster runs as Debian's
+`postgres` user in a directory that user owns.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import pwd
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,49 +164,3 @@ def project_data_dir(port: int) -> Path:
         return Path(tempfile.gettempdir()) / f"aio-oracle-pg-{port}"
     return ROOT / ".local" / f"pg-{port}"
 
-
-def up(port: int, data_dir: Path, seed: bool) -> Cluster:
-    """Start (or reuse) the project-local cluster and bring its schema up to date the way
-    `make run` does (ops.localdb: supabase/local once, then `supabase db push`, which applies and
-    records the migrations not recorded yet, and the seed once)."""
-    from ops.localdb import DatabaseError, LocalDatabase  # ops imports this module
-
-    db = LocalDatabase(Cluster(data_dir=data_dir, port=port, cron_database="postgres"))
-    try:
-        db.start()
-        report = db.migrate(seed=seed, on_progress=lambda m: print(f"# {m}", file=sys.stderr))
-    except DatabaseError as exc:
-        raise ClusterError(str(exc)) from None
-    for name in report.applied:
-        print(f"# applied {name}", file=sys.stderr)
-    return db.cluster
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.pgcluster")
-    parser.add_argument("command", choices=["up", "down", "reset"])
-    parser.add_argument("--port", type=int, default=54322)
-    parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--seed", action="store_true", help="also apply supabase/seed.sql")
-    args = parser.parse_args(argv)
-    data_dir = args.data or project_data_dir(args.port)
-    cluster = Cluster(data_dir=data_dir, port=args.port)
-    try:
-        if args.command == "down":
-            cluster.stop()
-            return 0
-        if args.command == "reset":
-            cluster.destroy()
-        started = time.monotonic()
-        cluster = up(args.port, data_dir, args.seed)
-    except ClusterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"# PostgreSQL 15 + pg_cron ready in {time.monotonic() - started:.1f}s "
-          f"(data {data_dir})", file=sys.stderr)
-    print(cluster.url())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

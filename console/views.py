@@ -17,7 +17,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ops.verify import Result
+from console.verify import Result
 
 WIDTH_WHEN_PIPED = 400  # wide enough that ids and timestamps never fold in a log or a pipe
 

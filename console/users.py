@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from ops.database import OpsError, UsageError
+from console.database import OpsError, UsageError
 
 
 @dataclass(frozen=True)
