@@ -45,7 +45,7 @@ from tests.test_execution_support import (
 )
 
 READ_TIMEOUT_S = 1.5  # the function's exchange read timeout in this module
-FAILED_AFTER_S = 135  # MAX_CLAIM_AGE 5 + access window 10 + RECONCILE_MARGIN 120: not found → failed
+FAILED_AFTER_S = 135  # not found → failed: MAX_CLAIM_AGE 5 + access window 10 + margin 120
 
 
 @pytest.fixture(scope="module")
