@@ -16,7 +16,7 @@ live database with read-only catalog queries (as `postgres` on hosted Supabase, 
                                                                                  freed), G10
     stuck_executions     no execution is still claimed/submitted/unknown         G10 (the reconciler
                          longer than the reconcile window after its claim        is running)
-    exchange_discrepancies  every order the reconciler's sweep saw on the exchange  G9, G10 (failed
+    exchange_orders      every order the reconciler's sweep saw on the exchange  G9, G10 (failed
                          maps to an execution that says what it did: no open    means never
                          row in private.exchange_discrepancies (an order with    placed; every
                          no execution, an execution the exchange contradicted)   order is ours)
@@ -405,7 +405,7 @@ CHECKS: tuple[tuple[str, str, CheckFn], ...] = (
     ("cron_jobs", "pg_cron jobs present and active", check_cron_jobs),
     ("stuck_executions", "no execution stuck open past the reconcile window",
      check_stuck_executions),
-    ("exchange_discrepancies", "every order on the exchange is an execution that says what it did",
+    ("exchange_orders", "every order on the exchange is an execution that says what it did",
      check_exchange_discrepancies),
     ("expired_leases", "no expired scan-job lease still held", check_expired_leases),
     ("migrations", "applied migrations match supabase/migrations", check_migrations),

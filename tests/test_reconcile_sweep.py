@@ -99,7 +99,7 @@ def discrepancies(stack: Stack, **where: Any) -> list[dict[str, Any]]:
 
 
 def verify(capsys: pytest.CaptureFixture[str], stack: Stack) -> tuple[int, str]:
-    run = oracle(capsys, "verify", "--check", "exchange_discrepancies",
+    run = oracle(capsys, "verify", "--check", "exchange_orders",
                  env={"DATABASE_URL": stack.db.url})
     return run.code, run.out
 
