@@ -3,6 +3,8 @@
     controls       system_controls (halted? live allowed? global cap) and the last halt/resume
     proposals      trade_proposals by status, created in the window
     executions     trade_executions by status, claimed in the window; the open ones of any age
+    discrepancies  what the exchange did that no execution says, not yet acknowledged (the
+                   reconciler's sweep: orders with no execution, executions it contradicted)
     claims         claim outcomes in the window (audit log: claim.*)
     rejections     rejected claims by validator in the window (each failed check of claim.rejected)
     cooldowns      (user, market, mode) inside cooldown_seconds of their last counting order (G5)
@@ -60,6 +62,13 @@ def snapshot(conn: psycopg.Connection[Any], *, window: timedelta, top: int) -> d
                 where e.status in ('claimed', 'submitted', 'unknown')
                 group by 1 order by 1"""),
         },
+        "discrepancies": _rows(conn, """
+            select d.id, d.kind, d.market, d.exchange_order_id, d.client_order_id,
+                   d.execution_id, d.exchange_status, d.execution_status, d.recorded_status,
+                   d.facts -> 'result' ->> 'filled_amount' as filled_amount, d.detected_at
+            from private.exchange_discrepancies d
+            where d.acknowledged_at is null
+            order by d.detected_at, d.id limit %s""", (LISTED,)),
         "claims": _counts(conn, """
             select substr(l.event, 7) as status, count(*) as count
             from public.execution_audit_log l

@@ -16,6 +16,10 @@ live database with read-only catalog queries (as `postgres` on hosted Supabase, 
                                                                                  freed), G10
     stuck_executions     no execution is still claimed/submitted/unknown         G10 (the reconciler
                          longer than the reconcile window after its claim        is running)
+    exchange_orders      every order the reconciler's sweep saw on the exchange  G9, G10 (failed
+                         maps to an execution that says what it did: no open    means never
+                         row in private.exchange_discrepancies (an order with    placed; every
+                         no execution, an execution the exchange contradicted)   order is ours)
     expired_leases       no scan-job lease is held past its expiry (+ grace:     G2
                          run_maintenance frees them every minute)
     migrations           supabase_migrations.schema_migrations lists exactly     (the schema is the
@@ -310,6 +314,40 @@ def check_stuck_executions(conn: Cursor, options: Options) -> tuple[Status, str,
     return "pass", f"no execution open (claimed/submitted/unknown) longer than {window}", []
 
 
+def check_exchange_discrepancies(conn: Cursor,
+                                 options: Options) -> tuple[Status, str, list[str]]:
+    if conn.execute("select to_regclass('private.exchange_discrepancies')").fetchone() == (None,):
+        return "fail", "", ["private.exchange_discrepancies is missing: apply the migrations"]
+    rows = conn.execute(
+        "select d.id, d.kind, d.market, d.exchange_order_id, d.client_order_id, d.execution_id, "
+        "       d.exchange_status, d.execution_status, d.recorded_status, d.detected_at, "
+        "       d.facts -> 'result' ->> 'filled_amount', count(*) over () "
+        "from private.exchange_discrepancies d where d.acknowledged_at is null "
+        "order by d.detected_at, d.id limit %s", (MAX_LISTED,)).fetchall()
+    problems = [_discrepancy(*row[:11]) for row in rows]
+    if problems:
+        return "fail", "", _listed(problems, rows[0][11] - len(rows))
+    return "pass", ("every order the reconciler's sweep saw on the exchange maps to an execution "
+                    "that says what it did"), []
+
+
+def _discrepancy(id_: Any, kind: str, market: str, order_id: str, client_order_id: str | None,
+                 execution_id: Any, exchange_status: str | None, execution_status: str | None,
+                 recorded_status: str | None, detected_at: Any, filled: str | None) -> str:
+    order = (f"order {order_id} on {market} (clientOrderId {client_order_id or 'none'}, "
+             f"{exchange_status or 'known by its fills'}, filled {filled or '0'})")
+    what = {
+        "orphan_order": f"{order} has no execution: placed outside this backend?",
+        "execution_contradicted": f"execution {execution_id} had been recorded "
+                                  f"{execution_status}, but the exchange has {order}; "
+                                  f"now recorded {recorded_status}",
+        "figures_differ": f"execution {execution_id} is {execution_status}, but the exchange's "
+                          f"{order} says otherwise",
+    }.get(kind, f"{kind}: {order}")
+    return (f"{what} (discrepancy {id_}, detected {detected_at:%Y-%m-%d %H:%M:%S}Z; once handled: "
+            f"select public.acknowledge_exchange_discrepancy('{id_}', '<what was done>'))")
+
+
 def check_expired_leases(conn: Cursor, options: Options) -> tuple[Status, str, list[str]]:
     rows = conn.execute(
         "select j.id, j.market, j.locked_by, now() - j.lock_expires_at, count(*) over () "
@@ -367,6 +405,8 @@ CHECKS: tuple[tuple[str, str, CheckFn], ...] = (
     ("cron_jobs", "pg_cron jobs present and active", check_cron_jobs),
     ("stuck_executions", "no execution stuck open past the reconcile window",
      check_stuck_executions),
+    ("exchange_orders", "every order on the exchange is an execution that says what it did",
+     check_exchange_discrepancies),
     ("expired_leases", "no expired scan-job lease still held", check_expired_leases),
     ("migrations", "applied migrations match supabase/migrations", check_migrations),
 )

@@ -111,6 +111,13 @@ def render_status(out: IO[str], snap: Mapping[str, Any], target: str) -> None:
     c.print(table("open executions (any age)", ["status", "count", "oldest claim"],
                   [[r["status"], r["count"], r["oldest_claimed_at"]]
                    for r in snap["executions"]["open"]]))
+    c.print(table("exchange discrepancies (not acknowledged; `oracle verify` fails on them)",
+                  ["kind", "market", "exchange order", "clientOrderId", "exchange status",
+                   "filled", "execution", "was", "now", "detected", "id"],
+                  [[r["kind"], r["market"], r["exchange_order_id"], r["client_order_id"],
+                    r["exchange_status"], r["filled_amount"], r["execution_id"],
+                    r["execution_status"], r["recorded_status"], r["detected_at"], r["id"]]
+                   for r in snap.get("discrepancies", [])]))
     c.print(table(f"claims by outcome ({span})", ["outcome", "count"], snap["claims"].items()))
     c.print(table(f"rejections by validator ({span})", ["validator", "count", "last"],
                   [[r["check"], r["count"], r["last_at"]] for r in snap["rejections"]]))

@@ -514,7 +514,7 @@ class Handler(BaseHTTPRequestHandler):
         exchange = self.exchange
         fault = exchange.faults.take()
         if fault is not None and fault.kind == "latency":
-            time.sleep(fault.latency_ms / 1000)
+            exchange.faults.delay(fault)
         if fault is not None and fault.kind == "error":
             if fault.place:
                 exchange.place_order(query, body, exchange.clock.now_ms())
@@ -546,6 +546,14 @@ class Handler(BaseHTTPRequestHandler):
                     return _json_answer(200, exchange.faults.configure(body))
                 case ("GET", "/_sandbox/faults"):
                     return _json_answer(200, exchange.faults.describe())
+                case ("POST", "/_sandbox/faults/release"):
+                    return _json_answer(200, {"released": exchange.faults.release()})
+                case ("POST", "/_sandbox/order_lookup"):
+                    found = body.get("completed_by_client_order_id")
+                    if not isinstance(found, bool):
+                        raise ValueError("completed_by_client_order_id must be a boolean")
+                    exchange.account.completed_by_client_order_id = found
+                    return _json_answer(200, {"completed_by_client_order_id": found})
                 case ("GET", "/_sandbox/orders"):
                     return _json_answer(200, exchange.account.all_orders(
                         exchange.clock.now_ms()))

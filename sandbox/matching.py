@@ -174,6 +174,10 @@ class Account:
             self.available: dict[str, Decimal] = dict(self._initial)
             self.in_order: dict[str, Decimal] = {}
             self.orders: list[Order] = []
+            # Off: GET/DELETE /order by clientOrderId find open orders only (a completed one
+            # answers 240), as Bitvavo may — it documents no lookup of completed orders by
+            # clientOrderId. By orderId, /orders and /trades still find them.
+            self.completed_by_client_order_id = True
 
     # -- balances ----------------------------------------------------------------------------
 
@@ -438,7 +442,8 @@ class Account:
             if order.market != market:
                 continue
             if client_order_id is not None:
-                if order.client_order_id == client_order_id:
+                if order.client_order_id == client_order_id and (
+                        order.is_open or self.completed_by_client_order_id):
                     return order
             elif order.order_id == order_id:
                 return order

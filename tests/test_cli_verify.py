@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from console import verify
 from tests.cron_stand_ins import STAND_INS, reapply_maintenance
@@ -298,3 +299,23 @@ def test_every_api_function_has_its_reason() -> None:
     assert sorted(verify.API_FUNCTIONS) == ["public.decide_trade_proposal(uuid,text)",
                                             "public.get_budget_analytics(uuid,integer)"]
     assert all(len(reason) > 60 for reason in verify.API_FUNCTIONS.values())
+
+
+def test_an_order_on_the_exchange_without_an_execution_fails_until_acknowledged(
+        capsys: Capsys, db: Database) -> None:
+    orphan = {"market": "BTC-EUR", "exchange_order_id": "verify-orphan-1",
+              "client_order_id": None, "side": "buy", "exchange_status": "filled",
+              "result": {"status": "filled", "exchange_order_id": "verify-orphan-1",
+                         "filled_amount": "0.0002", "filled_amount_quote": "10"}}
+    answer = db.rpc("record_exchange_orders", p_orders=Jsonb([orphan]))
+    assert answer["orphans"] == 1, answer
+    [[discrepancy_id]] = sql(db, "select id from private.exchange_discrepancies "
+                                 "where exchange_order_id = 'verify-orphan-1'")
+    try:
+        assert_fails_only(run_verify(capsys, db), "exchange_orders",
+                          "order verify-orphan-1 on BTC-EUR (clientOrderId none, filled, filled "
+                          "0.0002) has no execution: placed outside this backend?",
+                          f"acknowledge_exchange_discrepancy('{discrepancy_id}'")
+    finally:
+        db.rpc("acknowledge_exchange_discrepancy", p_discrepancy_id=discrepancy_id,
+               p_note="test: a known manual order")

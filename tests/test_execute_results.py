@@ -184,7 +184,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_paper_mode_is_the_default_and_needs_no_trade_key(env: pytest.MonkeyPatch) -> None:
     settings = load_execute_settings()
     assert settings.mode == "paper"
-    assert settings.execution.not_found_failed_after_seconds == 30  # 5 + 10 + 15
+    assert settings.execution.not_found_failed_after_seconds == 135  # 5 + 10 + 120
     secrets = set(settings.secrets())
     assert SECRET_VALUE in secrets  # the DB password alone, not only the whole URL
     assert SECRET_VALUE + "-jwt-secret-long-enough" in secrets

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -581,6 +582,78 @@ def test_latency_fault_delays_then_places(bitvavo_sandbox: SandboxServer,
     assert len(bitvavo_sandbox.orders()) == 2  # the timed-out order was placed all the same
 
 
+def test_a_held_latency_fault_places_the_order_only_when_released(
+        bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    """A request received inside its window that the exchange executes late, ended by the test
+    rather than by a wall-clock wait."""
+    described = bitvavo_sandbox.set_fault(fault="latency", latency_ms=60_000, hold=True)
+    assert described["hold"] is True
+    cid = str(uuid.uuid4())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(trade.order, amountQuote="10", clientOrderId=cid)
+        deadline = time.monotonic() + 5
+        while bitvavo_sandbox.held() < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert bitvavo_sandbox.held() == 1
+        assert bitvavo_sandbox.orders() == []  # authenticated, not yet placed
+        assert bitvavo_sandbox.release_held() == 1
+        response = pending.result(timeout=10)
+    assert response.status_code == 200 and response.json()["clientOrderId"] == cid
+    assert [o["clientOrderId"] for o in bitvavo_sandbox.orders()] == [cid]
+    assert bitvavo_sandbox.held() == 0 and bitvavo_sandbox.release_held() == 0
+
+
+def test_a_reset_releases_held_requests(bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    bitvavo_sandbox.set_fault(fault="latency", latency_ms=60_000, hold=True)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(trade.order, amountQuote="10")
+        deadline = time.monotonic() + 5
+        while bitvavo_sandbox.held() < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        bitvavo_sandbox.reset()
+        assert pending.result(timeout=10).status_code == 200
+    assert bitvavo_sandbox.held() == 0
+
+
+def test_completed_orders_can_be_hidden_from_client_order_id_lookups(
+        bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    filled = trade.order(amountQuote="10").json()
+    resting = trade.order(orderType="limit", amount="0.01", price="20000").json()
+    assert resting["status"] == "new"
+    bitvavo_sandbox.find_completed_by_client_order_id(False)
+    by_cid = f"/order?market={MARKET}&clientOrderId="
+    assert_error(trade.get(by_cid + filled["clientOrderId"]), 404, 240)
+    assert trade.get(by_cid + resting["clientOrderId"]).json()["orderId"] == resting["orderId"]
+    # by orderId, in the order history and in the fills it is still there, with its clientOrderId
+    assert trade.get(f"/order?market={MARKET}&orderId={filled['orderId']}").status_code == 200
+    history = trade.get(f"/orders?market={MARKET}&start={filled['created']}"
+                        f"&end={filled['created']}").json()
+    assert filled["clientOrderId"] in [o["clientOrderId"] for o in history]
+    fills = trade.get(f"/trades?market={MARKET}").json()
+    assert [(f["orderId"], f["clientOrderId"]) for f in fills] == \
+        [(filled["orderId"], filled["clientOrderId"])]
+    bitvavo_sandbox.reset()
+    again = trade.order(amountQuote="10").json()
+    assert trade.get(by_cid + again["clientOrderId"]).status_code == 200  # reset: found again
+
+
+def test_order_history_and_fills_honour_start_end_and_limit(
+        bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    first = trade.order(amountQuote="10").json()
+    bitvavo_sandbox.advance_clock(60_000)
+    second = trade.order(amountQuote="10").json()
+    newest_first = [o["orderId"] for o in trade.get(f"/orders?market={MARKET}").json()]
+    assert newest_first == [second["orderId"], first["orderId"]]
+    assert [o["orderId"] for o in trade.get(
+        f"/orders?market={MARKET}&end={second['created'] - 1}").json()] == [first["orderId"]]
+    assert [o["orderId"] for o in trade.get(
+        f"/orders?market={MARKET}&start={first['created'] + 1}").json()] == [second["orderId"]]
+    assert len(trade.get(f"/orders?market={MARKET}&limit=1").json()) == 1
+    assert [f["orderId"] for f in trade.get(
+        f"/trades?market={MARKET}&start={first['created'] + 1}").json()] == [second["orderId"]]
+    assert_error(trade.get(f"/orders?market={MARKET}&limit=1001"), 400, 205)
+
+
 def test_drop_after_accept_places_exactly_one_order(bitvavo_sandbox: SandboxServer,
                                                     trade: Signer) -> None:
     bitvavo_sandbox.set_fault(fault="drop_after_accept", times=1)
@@ -669,6 +742,8 @@ def test_unfilled_fault_leaves_a_limit_order_alone(bitvavo_sandbox: SandboxServe
         {"fault": "unfilled", "fill_fraction": "-0.1"},
         {"fault": "unfilled", "fill_fraction": 0.5},  # a float: money is never float
         {"fault": "unfilled", "fill_fraction": "half"},
+        {"fault": "error", "hold": True},  # only a latency holds
+        {"fault": "latency", "hold": "yes"},
     ],
 )
 def test_fault_control_rejects_nonsense(bitvavo_sandbox: SandboxServer,

@@ -270,6 +270,23 @@ class Order(BitvavoModel):
         return self.filled_amount_quote / self.filled_amount
 
 
+class AccountTrade(BitvavoModel):
+    """One fill of the account (GET /trades): which order it belongs to, by both ids."""
+
+    id: str
+    order_id: str
+    client_order_id: uuid.UUID | None = None
+    timestamp: Timestamp
+    market: str
+    side: Literal["buy", "sell"]
+    amount: Amount
+    price: Amount
+    taker: bool | None = None
+    fee: Amount | None = None
+    fee_currency: str | None = None
+    settled: bool | None = None
+
+
 class OrderCancellation(BitvavoModel):
     """DELETE /order answer."""
 

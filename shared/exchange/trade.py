@@ -20,19 +20,28 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal, NoReturn
 
 import httpx
 from pydantic import SecretStr
 
-from shared.exchange.errors import KeySeparationError, MissingCredentials, naming_order
+from shared.exchange.errors import (
+    InvalidOrderRequest,
+    KeySeparationError,
+    MissingCredentials,
+    naming_order,
+)
 from shared.exchange.models import (
+    MARKET_PATTERN,
+    AccountTrade,
     Order,
     OrderCancellation,
     OrderReference,
     OrderRequest,
     parse_answer,
+    parse_rows,
 )
 from shared.exchange.precision import MarketLookup, listing, quantize_order
 from shared.exchange.ratelimit import Clock, Sleep
@@ -201,6 +210,26 @@ class BitvavoTrade(TransportClient):
             payload = self._transport.request("DELETE", "/order", params=params, signed=True)
             return parse_answer(OrderCancellation, payload, endpoint="DELETE /order")
 
+    # -- the account's history: how /reconcile finds an order GET /order does not ---------------
+
+    def orders(self, market: str, *, start: datetime | None = None,
+               end: datetime | None = None, limit: int = 1000) -> list[Order]:
+        """GET /orders: the market's orders created in [start, end], open and completed, newest
+        first, at most `limit` (1..1000). Weight 5."""
+        payload = self._transport.request(
+            "GET", "/orders", params=_history_params(market, start, end, limit), weight=5,
+            signed=True)
+        return parse_rows(Order, payload, endpoint="GET /orders")
+
+    def trades(self, market: str, *, start: datetime | None = None,
+               end: datetime | None = None, limit: int = 1000) -> list[AccountTrade]:
+        """GET /trades: the account's fills on the market in [start, end], each naming its order
+        (orderId, clientOrderId), newest first, at most `limit` (1..1000). Weight 5."""
+        payload = self._transport.request(
+            "GET", "/trades", params=_history_params(market, start, end, limit), weight=5,
+            signed=True)
+        return parse_rows(AccountTrade, payload, endpoint="GET /trades")
+
     def _place(self, request: OrderRequest) -> Order:
         # Sent once. No retry, whatever happens (G10); whatever is raised names the order.
         with naming_order(request.market, request.client_order_id):
@@ -238,3 +267,24 @@ class BitvavoTrade(TransportClient):
 
     def balance(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise refuse_market_data(_CLIENT, "read balances")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _history_params(market: str, start: datetime | None, end: datetime | None,
+                    limit: int) -> dict[str, Any]:
+    """GET /orders and /trades' query: the market, start/end in integer milliseconds, limit."""
+    if not MARKET_PATTERN.fullmatch(market):
+        raise InvalidOrderRequest("market is not like BTC-EUR")
+    if not 1 <= limit <= 1000:
+        raise ValueError("limit must be within 1..1000")
+
+    def ms(moment: datetime | None) -> int | None:
+        if moment is None:
+            return None
+        if moment.tzinfo is None:
+            raise ValueError("start/end must be timezone-aware")
+        return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+    return {"market": market, "limit": limit, "start": ms(start), "end": ms(end)}

@@ -19,16 +19,22 @@ passed since the claim):
     MAX_CLAIM_AGE_SECONDS (5)        an order is sent only within this many seconds (monotonic)
                                      of the claim RPC's answer; later → `failed`, never sent
     BITVAVO_ACCESS_WINDOW_MS (10000) Bitvavo refuses a signed request older than this (304)
-    RECONCILE_MARGIN_SECONDS (15)    covers the claim RPC's own latency, the server-clock error
-                                     and the exchange's order-lookup lag
+    RECONCILE_MARGIN_SECONDS (120)   covers how late the exchange may still execute a request it
+                                     received inside its window (Bitvavo does not say; the
+                                     sandbox's latency fault goes up to 120 s), the claim RPC's own
+                                     latency, the server-clock error and the order-lookup lag
 
-    not_found_failed_after = MAX_CLAIM_AGE + access window + margin   (30 s with the defaults)
+    not_found_failed_after = MAX_CLAIM_AGE + access window + margin   (135 s with the defaults)
 
-An order can reach the exchange's book no later than `claimed_at + MAX_CLAIM_AGE + window` (the
-last moment it may be signed, plus the window within which Bitvavo still accepts that signature).
-So /reconcile calls an order the exchange does not know `failed` (certainly not placed) only once
-its claim is older than `not_found_failed_after`; a slow process can never place an order after
-the reconciler called it not placed.
+The send time is not recorded (that would be a third database round trip per order); it is bounded
+instead: an order leaves no later than `claimed_at + MAX_CLAIM_AGE` (plus the claim answer's way
+back, inside the margin), and Bitvavo accepts it only inside its access window after that. So
+/reconcile calls an order `failed` (certainly not placed) only when GET /order by clientOrderId, the
+market's orders and fills around the claim (GET /orders, GET /trades) all come back without it AND
+its claim is older than `not_found_failed_after`, judged by the database's clock; until then it
+stays `unknown` and counts toward cooldown, anti-flip and limits. If the exchange executes it later
+all the same, the sweep (RECONCILE_SWEEP_WINDOW_SECONDS, below) records what happened and the
+discrepancy, and `oracle verify` fails until an operator has looked at it.
 """
 
 from __future__ import annotations
@@ -64,13 +70,16 @@ class ExecutionSettings(BaseSettings):
     exchange_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     exchange_connect_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
     bitvavo_access_window_ms: int = Field(default=10_000, ge=100, le=60_000)
-    reconcile_margin_seconds: float = Field(default=15.0, ge=0, le=3600)
+    reconcile_margin_seconds: float = Field(default=120.0, ge=0, le=3600)
     # /reconcile looks at open executions claimed at least this long ago (in-flight requests of
     # the last seconds are left to themselves).
     reconcile_min_age_seconds: int = Field(default=10, ge=0, le=86_400)
     reconcile_batch_size: int = Field(default=50, ge=1, le=500)
     # A market order still open this long after its claim is stuck: /reconcile cancels the rest.
     reconcile_cancel_open_after_seconds: int = Field(default=120, ge=1, le=86_400)
+    # The orphan sweep: every order and fill of the account created this far back, on every market
+    # of market_allowlist (and of the open executions), is matched to an execution by clientOrderId.
+    reconcile_sweep_window_seconds: int = Field(default=3600, ge=60, le=604_800)
     market_catalog_ttl_seconds: float = Field(default=300.0, gt=0, le=86_400)
 
     @property

@@ -62,6 +62,8 @@ class Venue:
         else:
             self.orders = PaperTrade(self._paper_price, markets=self.lookup,
                                      operator_id=exchange.bitvavo_operator_id)
+        # The live account, whose order history and fills /reconcile searches and sweeps.
+        self.trade = self.orders if isinstance(self.orders, BitvavoTrade) else None
 
     # -- start-up -----------------------------------------------------------------------------
     def warm(self) -> dict[str, Any]:

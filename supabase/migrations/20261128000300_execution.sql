@@ -11,6 +11,12 @@
  *                              service caller, auto-approved proposals only (SPEC §4)
  *   record_execution_result    service-only; the state machine, the ledger write, the proposal outcome
  *   list_unsettled_executions  service-only; the reconciler's work list (G10)
+ *   private.exchange_discrepancies   what the exchange did that the executions did not say: an order
+ *                              with no execution, or one whose execution says otherwise (G9, G10)
+ *   list_sweep_markets         service-only; the markets and the window the reconciler's sweep reads
+ *   record_exchange_orders     service-only; the sweep: every order of the account matched to its
+ *                              execution by clientOrderId, each discrepancy recorded and audited
+ *   acknowledge_exchange_discrepancy  service-only; the operator closes a discrepancy they handled
  *   private.uuid_v7            the time-ordered ids of the three tables, so they grow cheaply
  *   private.order_cap,         the order room: the smallest order cap and its source, today's
  *   private.daily_executions   (UTC) counting executions — read by the claim's order_limits and
@@ -27,7 +33,9 @@
  *   claimed   → submitted | unknown | filled | partially_filled | canceled | rejected | failed
  *   submitted → unknown | filled | partially_filled | canceled | rejected | failed
  *   unknown   → submitted | filled | partially_filled | canceled | rejected | failed
- *   filled, partially_filled, canceled, rejected, failed: final, never change
+ *   filled, partially_filled, canceled, rejected, failed: final, never change — with one exception:
+ *   failed | rejected | canceled without a fill → submitted | filled | partially_filled | canceled,
+ *     once, by record_exchange_orders only, when the exchange has the order (corrected_at set)
  *
  * `unknown` means "the last exchange call's outcome is not known" (timeout, 5xx, 101/107/109, crash);
  * it may follow `submitted` (a status poll timed out) and may become `submitted` again (the
@@ -35,6 +43,15 @@
  * certainly not placed. Repeating a final result is a no-op (`unchanged`); repeating an open status
  * records the facts it adds (exchange order id, a growing fill, error details). Anything else on a
  * final execution is the outcome `illegal_transition`, never an exception.
+ *
+ * `failed` is a belief, however careful: the reconciler records it only after GET /order by
+ * clientOrderId, the market's orders and fills (GET /orders, GET /trades) around the send time all
+ * came back empty and the request's access window plus a margin has long passed (shared/execution/
+ * reconcile.py). If the exchange executes the order all the same, the sweep finds it, records what
+ * happened against the execution (the one exception above; the ledger gets the fill once, the
+ * proposal follows) and records the contradiction in private.exchange_discrepancies, which `oracle
+ * verify` fails on until an operator acknowledges it. An order with no execution at all is recorded
+ * there too; no ledger row is invented for it (it belongs to no user).
  *
  * A fill is never erased: once a report carried filled_amount > 0, money moved. A later `failed` or
  * `rejected`, or a smaller filled_amount, contradicts that fact and is refused (`illegal_transition`,
@@ -162,6 +179,10 @@ begin
        (old.status = 'pending' and new.status in ('approved', 'rejected', 'expired'))
     or (old.status = 'approved' and new.status in ('executing', 'expired'))
     or (old.status = 'executing' and new.status in ('executed', 'failed'))
+    -- The exchange placed the order of an execution recorded as never placed (record_exchange_orders).
+    or (old.status = 'failed' and new.status in ('executing', 'executed')
+        and exists (select from public.trade_executions e
+                     where e.proposal_id = old.id and e.corrected_at is not null))
   ) then
     raise exception 'trade_proposals: % → % is not allowed (proposal %)', old.status, new.status, old.id
       using errcode = '42501';
@@ -206,6 +227,9 @@ create table public.trade_executions (
   submitted_at timestamptz,
   completed_at timestamptz,
   updated_at timestamptz not null default now(),
+  -- When record_exchange_orders recorded what the exchange did against a final result that said
+  -- no order was ever filled (failed, rejected, canceled without a fill); null otherwise.
+  corrected_at timestamptz,
   -- What cooldown, anti-flip and daily limits count (G5, G6): every execution that may have moved
   -- money — in flight, filled, or canceled after a partial fill. One definition, used by the
   -- validators and by the partial indexes below.
@@ -256,6 +280,10 @@ create table public.trade_executions (
   -- record_execution_result refuses the report that would make it so; this is the backstop.
   constraint trade_executions_no_fill_unless_placed check (
     status not in ('rejected', 'failed') or coalesce(filled_amount, 0) = 0
+  ),
+  -- A correction records the exchange's order: never `failed`/`rejected` again.
+  constraint trade_executions_corrected_placed check (
+    corrected_at is null or status not in ('rejected', 'failed')
   )
 );
 
@@ -302,6 +330,21 @@ end;
 $$;
 revoke all on function private.execution_transition_allowed(text, text) from public, anon, authenticated;
 
+-- The one way out of a final state: a result that said no order ever filled (failed, rejected,
+-- canceled without a fill) becomes what the exchange's order shows (record_exchange_orders).
+create or replace function private.execution_correction_allowed(p_from text, p_from_filled numeric,
+                                                                p_to text) returns boolean
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  return (p_from in ('failed', 'rejected') or (p_from = 'canceled' and coalesce(p_from_filled, 0) = 0))
+     and p_to in ('submitted', 'filled', 'partially_filled', 'canceled');
+end;
+$$;
+revoke all on function private.execution_correction_allowed(text, numeric, text) from public, anon, authenticated;
+
 -- Backstop for the state machine, whoever writes: identity columns never change, status moves only
 -- along private.execution_transition_allowed, a final execution's result never changes, a recorded
 -- fill never shrinks and a known exchange order id never changes.
@@ -309,6 +352,9 @@ create or replace function private.guard_trade_execution_update() returns trigge
 language plpgsql
 set search_path = ''
 as $$
+declare
+  v_correction boolean := old.corrected_at is null and new.corrected_at is not null
+    and private.execution_correction_allowed(old.status, old.filled_amount, new.status);
 begin
   if (new.id, new.proposal_id, new.user_id, new.idempotency_key, new.client_order_id, new.mode,
       new.market, new.side, new.amount_quote)
@@ -318,7 +364,12 @@ begin
     raise exception 'trade_executions: what was claimed never changes (execution %)', old.id
       using errcode = '42501';
   end if;
-  if old.status in ('filled', 'partially_filled', 'canceled', 'rejected', 'failed')
+  if old.corrected_at is not null and new.corrected_at is distinct from old.corrected_at
+     or old.corrected_at is null and new.corrected_at is not null and not v_correction then
+    raise exception 'trade_executions: % → % is not a correction the exchange''s order allows (execution %)',
+      old.status, new.status, old.id using errcode = '42501';
+  end if;
+  if old.status in ('filled', 'partially_filled', 'canceled', 'rejected', 'failed') and not v_correction
      and (new.status, new.exchange_order_id, new.filled_amount, new.filled_amount_quote, new.price,
           new.fee_paid, new.fee_currency, new.error_code, new.error_message, new.completed_at)
          is distinct from
@@ -327,7 +378,8 @@ begin
     raise exception 'trade_executions: a % execution is final (execution %)', old.status, old.id
       using errcode = '42501';
   end if;
-  if new.status <> old.status and not private.execution_transition_allowed(old.status, new.status) then
+  if new.status <> old.status and not v_correction
+     and not private.execution_transition_allowed(old.status, new.status) then
     raise exception 'trade_executions: % → % is not allowed (execution %)', old.status, new.status, old.id
       using errcode = '42501';
   end if;
@@ -402,6 +454,88 @@ grant select on public.trade_history to service_role;
 create policy "users can read their own trade history"
   on public.trade_history for select to authenticated
   using (user_id = (select auth.uid()));
+
+-- =============================================================================================
+-- Section - private.exchange_discrepancies (what the exchange did that no execution says)
+-- =============================================================================================
+-- One row per (exchange order, kind) that record_exchange_orders found:
+--   orphan_order            an order on the account with no execution of that clientOrderId (or
+--                           none at all): placed behind the backend's back, or by another system
+--   execution_contradicted  the execution said no order ever filled (failed, rejected, canceled
+--                           without a fill) and the exchange has it: recorded_status is what the
+--                           execution says now (the correction)
+--   figures_differ          a final execution whose recorded fill, or order id, is not the
+--                           exchange's; the execution is left as it is (a fill is never erased)
+-- `facts` is the order as the exchange reported it. Operator data: not exposed through the API
+-- (schema private), read by `oracle status` / `oracle verify` as the database owner; it changes
+-- only when acknowledged (acknowledge_exchange_discrepancy), and nothing deletes it.
+create table private.exchange_discrepancies (
+  id uuid primary key default private.uuid_v7(),
+  kind text not null,
+  market text not null,
+  exchange_order_id text not null,
+  client_order_id text,
+  execution_id uuid references public.trade_executions (id) on delete restrict,
+  side text,
+  exchange_status text,
+  execution_status text,
+  recorded_status text,
+  facts jsonb not null,
+  detected_at timestamptz not null default now(),
+  acknowledged_at timestamptz,
+  acknowledged_note text,
+  -- Seen again by every later sweep of its window: recorded (and audited) once.
+  constraint exchange_discrepancies_order_kind_key unique (market, exchange_order_id, kind),
+  constraint exchange_discrepancies_kind check (
+    kind in ('orphan_order', 'execution_contradicted', 'figures_differ')
+  ),
+  constraint exchange_discrepancies_market_format check (market ~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$'),
+  constraint exchange_discrepancies_side check (side is null or side in ('buy', 'sell')),
+  constraint exchange_discrepancies_text_lengths check (
+    length(exchange_order_id) between 1 and 128
+    and (client_order_id is null or length(client_order_id) between 1 and 64)
+    and (exchange_status is null or length(exchange_status) between 1 and 64)
+    and (acknowledged_note is null or length(acknowledged_note) between 1 and 1000)
+  ),
+  -- An orphan has no execution; the other kinds are about one.
+  constraint exchange_discrepancies_execution check ((kind = 'orphan_order') = (execution_id is null)),
+  constraint exchange_discrepancies_acknowledged check ((acknowledged_at is null) = (acknowledged_note is null))
+);
+-- `oracle status` and `oracle verify`: the open ones, oldest first.
+create index exchange_discrepancies_open_idx
+  on private.exchange_discrepancies (detected_at) where acknowledged_at is null;
+-- The trade_executions foreign key.
+create index exchange_discrepancies_execution_idx
+  on private.exchange_discrepancies (execution_id) where execution_id is not null;
+
+alter table private.exchange_discrepancies enable row level security;
+
+-- Written and read only by the SECURITY DEFINER functions below (and the owner); no API role.
+revoke all on private.exchange_discrepancies from public, anon, authenticated, service_role;
+
+-- Evidence: only the acknowledgement may be added, once; nothing is deleted.
+create or replace function private.guard_exchange_discrepancy_change() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if tg_op = 'DELETE' then
+    raise exception 'exchange_discrepancies: a discrepancy is never deleted (%)', old.id
+      using errcode = '42501';
+  end if;
+  if old.acknowledged_at is not null
+     or (pg_catalog.to_jsonb(new) - array['acknowledged_at', 'acknowledged_note'])
+        is distinct from (pg_catalog.to_jsonb(old) - array['acknowledged_at', 'acknowledged_note']) then
+    raise exception 'exchange_discrepancies: only an open discrepancy''s acknowledgement may be added (%)',
+      old.id using errcode = '42501';
+  end if;
+  return new;
+end;
+$$;
+revoke all on function private.guard_exchange_discrepancy_change() from public, anon, authenticated;
+
+create trigger exchange_discrepancies_guard before update or delete on private.exchange_discrepancies
+  for each row execute function private.guard_exchange_discrepancy_change();
 
 -- =============================================================================================
 -- Section - execution helpers (private)
@@ -1303,3 +1437,326 @@ end;
 $$;
 revoke execute on function public.list_unsettled_executions(integer, integer) from public, anon, authenticated;
 grant execute on function public.list_unsettled_executions(integer, integer) to service_role;
+
+-- =============================================================================================
+-- Section - the orphan sweep (service-only): every order of the account maps to an execution
+-- =============================================================================================
+
+-- What the reconciler's sweep reads: every market of market_allowlist (claims need one) and of the
+-- open executions, and its window [since, now] by the database's clock, the one that stamps
+-- claimed_at. Reads only.
+create or replace function public.list_sweep_markets(p_window_seconds integer) returns jsonb
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := now();
+  v_markets text[];
+begin
+  if p_window_seconds is null or p_window_seconds not between 60 and 604800 then
+    raise exception 'p_window_seconds must be between 60 and 604800, got %',
+      coalesce(p_window_seconds::text, 'null') using errcode = '22023';
+  end if;
+  -- Index: trade_executions_unsettled_idx for the open executions.
+  select coalesce(array_agg(m.market order by m.market), '{}') into v_markets
+    from (select a.market from public.market_allowlist a
+          union
+          select e.market from public.trade_executions e
+           where e.status in ('claimed', 'submitted', 'unknown')) m;
+  return pg_catalog.jsonb_build_object('markets', pg_catalog.to_jsonb(v_markets),
+    'since', v_now - make_interval(secs => p_window_seconds), 'now', v_now);
+end;
+$$;
+revoke execute on function public.list_sweep_markets(integer) from public, anon, authenticated;
+grant execute on function public.list_sweep_markets(integer) to service_role;
+
+-- The sweep (G9, G10): each order the exchange lists, matched to its execution by clientOrderId
+-- (and market), is either what the execution says (`matched`), still being settled (`open`: the
+-- execution is claimed/submitted/unknown and the reconciler's own read settles it), or a
+-- discrepancy, recorded once in private.exchange_discrepancies and audited (`exchange.discrepancy`):
+--   no execution                                   orphan_order; nothing else is written (no user
+--                                                  owns it: no ledger row is invented)
+--   the execution says no order ever filled        execution_contradicted: the execution is corrected
+--   (failed, rejected, canceled without a fill)    to what the exchange did (the state machine's one
+--   and the exchange has it placed (open, a fill,  way out of a final state, corrected_at), the
+--   or canceled / expired for failed / rejected)   ledger gets the fill once, the proposal follows
+--                                                  (executed, or executing while the order is open),
+--                                                  and `execution.status_changed` is audited with
+--                                                  `corrected: true`
+--   a final execution whose fill or order id is    figures_differ: recorded, the execution is left
+--   not the exchange's                             as it is (a fill is never erased or rewritten)
+-- A `rejected` order without a fill agrees with any execution that says nothing filled. An order
+-- whose answer contradicts itself (result status `unknown`) is `skipped`.
+--
+-- p_orders: a JSON array (at most 10,000) of {"market", "exchange_order_id", "client_order_id"
+-- (null when the order has none), "side", "exchange_status" (null when only its fills were
+-- listed), "result"} where result is what record_execution_result would take for that order
+-- (shared.execution.results.order_result). Invalid input raises 22023 and records nothing.
+-- Executions are locked one at a time in clientOrderId order, so concurrent sweeps and reconciles
+-- queue instead of deadlocking; a second sweep of the same orders records nothing new (`known`).
+-- Answer: {"examined", "matched", "open", "orphans", "corrected", "figures_differ",
+-- "discrepancies" (new ones of every kind), "known", "skipped"}.
+create or replace function public.record_exchange_orders(p_orders jsonb) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  c_keys constant text[] := array['market', 'exchange_order_id', 'client_order_id', 'side',
+                                  'exchange_status', 'result'];
+  c_result_keys constant text[] := array['status', 'exchange_order_id', 'filled_amount',
+                                         'filled_amount_quote', 'price', 'fee_paid', 'fee_currency',
+                                         'error_code', 'error_message'];
+  c_uuid constant text := '^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$';
+  v_order jsonb;
+  v_result jsonb;
+  v_unknown_keys text[];
+  v_market text;
+  v_order_id text;
+  v_client_order_id text;
+  v_side text;
+  v_exchange_status text;
+  v_status text;
+  v_filled numeric;
+  v_filled_quote numeric;
+  v_price numeric;
+  v_fee numeric;
+  v_fee_currency text;
+  v_execution public.trade_executions;
+  v_kind text;
+  v_discrepancy_id uuid;
+  v_history boolean;
+  v_proposal_status text;
+  v_now timestamptz := pg_catalog.clock_timestamp();
+  v_examined integer := 0;
+  v_matched integer := 0;
+  v_open integer := 0;
+  v_orphans integer := 0;
+  v_corrected integer := 0;
+  v_differ integer := 0;
+  v_known integer := 0;
+  v_skipped integer := 0;
+begin
+  if p_orders is null or pg_catalog.jsonb_typeof(p_orders) <> 'array' then
+    raise exception 'p_orders must be a JSON array' using errcode = '22023';
+  end if;
+  if pg_catalog.jsonb_array_length(p_orders) > 10000 then
+    raise exception 'p_orders has % orders, at most 10000 per call', pg_catalog.jsonb_array_length(p_orders)
+      using errcode = '22023';
+  end if;
+
+  for v_order in
+    select o.value from pg_catalog.jsonb_array_elements(p_orders) o
+     order by o.value ->> 'client_order_id', o.value ->> 'market', o.value ->> 'exchange_order_id'
+  loop
+    v_examined := v_examined + 1;
+    if pg_catalog.jsonb_typeof(v_order) <> 'object' then
+      raise exception 'p_orders[] must be JSON objects, got %', v_order using errcode = '22023';
+    end if;
+    select array_agg(k order by k) into v_unknown_keys
+      from pg_catalog.jsonb_object_keys(v_order) k where k <> all (c_keys);
+    if v_unknown_keys is not null then
+      raise exception 'p_orders[] has unknown keys: %', array_to_string(v_unknown_keys, ', ')
+        using errcode = '22023', hint = 'allowed: ' || array_to_string(c_keys, ', ');
+    end if;
+    v_market := v_order ->> 'market';
+    if v_market is null or v_market !~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$' then
+      raise exception 'p_orders[].market must look like BTC-EUR, got %', coalesce(v_order -> 'market', 'null'::jsonb)
+        using errcode = '22023';
+    end if;
+    v_order_id := private.result_text(v_order, 'exchange_order_id', 128);
+    if v_order_id is null then
+      raise exception 'p_orders[].exchange_order_id is required' using errcode = '22023';
+    end if;
+    v_client_order_id := private.result_text(v_order, 'client_order_id', 64);
+    v_exchange_status := private.result_text(v_order, 'exchange_status', 64);
+    v_side := v_order ->> 'side';
+    if v_side is not null and v_side not in ('buy', 'sell') then
+      raise exception 'p_orders[].side must be buy or sell, got %', v_side using errcode = '22023';
+    end if;
+    v_result := v_order -> 'result';
+    if v_result is null or pg_catalog.jsonb_typeof(v_result) <> 'object' then
+      raise exception 'p_orders[].result must be a JSON object' using errcode = '22023';
+    end if;
+    select array_agg(k order by k) into v_unknown_keys
+      from pg_catalog.jsonb_object_keys(v_result) k where k <> all (c_result_keys);
+    if v_unknown_keys is not null then
+      raise exception 'p_orders[].result has unknown keys: %', array_to_string(v_unknown_keys, ', ')
+        using errcode = '22023', hint = 'allowed: ' || array_to_string(c_result_keys, ', ');
+    end if;
+    v_status := v_result ->> 'status';
+    if pg_catalog.jsonb_typeof(v_result -> 'status') is distinct from 'string' or v_status not in
+       ('submitted', 'filled', 'partially_filled', 'canceled', 'rejected', 'unknown') then
+      raise exception 'p_orders[].result.status must be one of submitted, filled, partially_filled, canceled, rejected, unknown; got %',
+        coalesce(v_result -> 'status', 'null'::jsonb) using errcode = '22023';
+    end if;
+    v_filled := coalesce(private.result_numeric(v_result, 'filled_amount'), 0);
+    v_filled_quote := private.result_numeric(v_result, 'filled_amount_quote');
+    v_price := nullif(private.result_numeric(v_result, 'price'), 0);
+    v_fee := private.result_numeric(v_result, 'fee_paid');
+    v_fee_currency := private.result_text(v_result, 'fee_currency', 16);
+    if v_filled > 0 then
+      if coalesce(v_filled_quote, 0) = 0 and v_price is null then
+        raise exception 'p_orders[].result: a fill needs filled_amount_quote or price' using errcode = '22023';
+      end if;
+      v_filled_quote := coalesce(nullif(v_filled_quote, 0), v_filled * v_price);
+      v_price := coalesce(v_price, v_filled_quote / v_filled);
+    elsif v_status in ('filled', 'partially_filled') then
+      raise exception 'p_orders[].result: a % order needs filled_amount > 0', v_status using errcode = '22023';
+    end if;
+    if v_status = 'unknown' then
+      v_skipped := v_skipped + 1;  -- the exchange's answer contradicts itself: nothing to compare
+      continue;
+    end if;
+
+    v_execution := null;
+    if v_client_order_id ~ c_uuid then
+      select * into v_execution from public.trade_executions e
+       where e.client_order_id = v_client_order_id::uuid and e.market = v_market;
+    end if;
+    v_kind := case
+      when v_execution.id is null then 'orphan_order'
+      when v_execution.status in ('claimed', 'submitted', 'unknown') then null
+      when v_execution.exchange_order_id <> v_order_id then 'figures_differ'
+      when not v_execution.counts_toward_limits then
+        case when v_filled > 0 or v_status = 'submitted'
+                  or (v_status = 'canceled' and v_execution.status <> 'canceled')
+             then 'execution_contradicted' end
+      when v_filled <> coalesce(v_execution.filled_amount, 0) or v_status = 'submitted'
+        then 'figures_differ'
+    end;
+    if v_execution.id is not null and v_execution.status in ('claimed', 'submitted', 'unknown') then
+      v_open := v_open + 1;
+      continue;
+    end if;
+    if v_kind is null then
+      v_matched := v_matched + 1;
+      continue;
+    end if;
+
+    v_history := false;
+    v_proposal_status := null;
+    if v_kind = 'execution_contradicted' then
+      -- Again under the row lock: a concurrent sweep may have corrected it meanwhile.
+      select * into v_execution from public.trade_executions e where e.id = v_execution.id for update;
+      if v_execution.corrected_at is not null or v_execution.counts_toward_limits then
+        v_known := v_known + 1;
+        continue;
+      end if;
+    end if;
+
+    insert into private.exchange_discrepancies (kind, market, exchange_order_id, client_order_id,
+      execution_id, side, exchange_status, execution_status, recorded_status, facts, detected_at)
+    values (v_kind, v_market, v_order_id, v_client_order_id, v_execution.id, v_side, v_exchange_status,
+            v_execution.status, case when v_kind = 'execution_contradicted' then v_status end,
+            v_order, v_now)
+    on conflict (market, exchange_order_id, kind) do nothing
+    returning id into v_discrepancy_id;
+    if v_discrepancy_id is null then
+      v_known := v_known + 1;  -- recorded (and audited) by an earlier sweep
+      continue;
+    end if;
+
+    if v_kind = 'execution_contradicted' then
+      update public.trade_executions e
+         set status = v_status,
+             exchange_order_id = v_order_id,
+             filled_amount = v_filled,
+             filled_amount_quote = case when v_filled > 0 then v_filled_quote end,
+             price = case when v_filled > 0 then v_price end,
+             fee_paid = coalesce(v_fee, e.fee_paid),
+             fee_currency = coalesce(v_fee_currency, e.fee_currency),
+             error_code = 'exchange_contradicted',
+             error_message = left(format('the exchange has order %s (%s) for this clientOrderId; the execution '
+                                         'had been recorded %s (%s)', v_order_id,
+                                         coalesce(v_exchange_status, 'listed by its fills'), e.status,
+                                         coalesce(e.error_code, 'no code')), 2000),
+             submitted_at = coalesce(e.submitted_at, v_now),
+             completed_at = case when v_status = 'submitted' then null else v_now end,
+             corrected_at = v_now
+       where e.id = v_execution.id;
+      if v_filled > 0 then
+        insert into public.trade_history (execution_id, proposal_id, user_id, market, side, amount,
+                                          amount_quote, price, fee_paid, fee_currency, mode, executed_at)
+        values (v_execution.id, v_execution.proposal_id, v_execution.user_id, v_execution.market,
+                v_execution.side, v_filled, v_filled_quote, v_price, coalesce(v_fee, 0),
+                v_fee_currency, v_execution.mode, v_now)
+        on conflict (execution_id) do nothing;
+        v_history := found;
+        v_proposal_status := 'executed';
+      elsif v_status = 'submitted' then
+        v_proposal_status := 'executing';
+      end if;
+      if v_proposal_status is not null then
+        update public.trade_proposals p set status = v_proposal_status
+         where p.id = v_execution.proposal_id and p.status in ('failed', 'executing')
+           and p.status <> v_proposal_status;
+      end if;
+      perform private.audit('execution.status_changed', v_execution.user_id, v_execution.proposal_id,
+        v_execution.id, pg_catalog.jsonb_build_object('from', v_execution.status, 'to', v_status,
+          'result', v_result, 'corrected', true, 'discrepancy_id', v_discrepancy_id,
+          'trade_history_written', v_history, 'proposal_status', v_proposal_status));
+      v_corrected := v_corrected + 1;
+    elsif v_kind = 'orphan_order' then
+      v_orphans := v_orphans + 1;
+    else
+      v_differ := v_differ + 1;
+    end if;
+    perform private.audit('exchange.discrepancy', v_execution.user_id, v_execution.proposal_id,
+      v_execution.id, pg_catalog.jsonb_build_object('kind', v_kind, 'discrepancy_id', v_discrepancy_id,
+        'market', v_market, 'exchange_order_id', v_order_id, 'client_order_id', v_client_order_id,
+        'exchange_status', v_exchange_status, 'execution_status', v_execution.status,
+        'recorded_status', case when v_kind = 'execution_contradicted' then v_status end,
+        'order', v_order));
+  end loop;
+
+  return pg_catalog.jsonb_build_object('examined', v_examined, 'matched', v_matched, 'open', v_open,
+    'orphans', v_orphans, 'corrected', v_corrected, 'figures_differ', v_differ,
+    'discrepancies', v_orphans + v_corrected + v_differ, 'known', v_known, 'skipped', v_skipped);
+end;
+$$;
+revoke execute on function public.record_exchange_orders(jsonb) from public, anon, authenticated;
+grant execute on function public.record_exchange_orders(jsonb) to service_role;
+
+-- The operator closes a discrepancy they have handled (`oracle verify` stops failing on it): once,
+-- with a note saying what was done; audited (`exchange.discrepancy_acknowledged`).
+create or replace function public.acknowledge_exchange_discrepancy(p_discrepancy_id uuid, p_note text)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_discrepancy private.exchange_discrepancies;
+begin
+  if p_discrepancy_id is null then
+    raise exception 'p_discrepancy_id is required' using errcode = '22023';
+  end if;
+  if p_note is null or length(btrim(p_note)) = 0 or length(p_note) > 1000 then
+    raise exception 'p_note must say what was done (1..1000 characters)' using errcode = '22023';
+  end if;
+  select * into v_discrepancy from private.exchange_discrepancies d
+   where d.id = p_discrepancy_id for update;
+  if not found then
+    return pg_catalog.jsonb_build_object('outcome', 'not_found', 'discrepancy_id', p_discrepancy_id);
+  end if;
+  if v_discrepancy.acknowledged_at is not null then
+    return pg_catalog.jsonb_build_object('outcome', 'already_acknowledged', 'discrepancy_id',
+      p_discrepancy_id, 'acknowledged_at', v_discrepancy.acknowledged_at);
+  end if;
+  update private.exchange_discrepancies d
+     set acknowledged_at = now(), acknowledged_note = p_note
+   where d.id = p_discrepancy_id
+  returning * into v_discrepancy;
+  perform private.audit('exchange.discrepancy_acknowledged', null, null, v_discrepancy.execution_id,
+    pg_catalog.jsonb_build_object('discrepancy_id', p_discrepancy_id, 'kind', v_discrepancy.kind,
+      'market', v_discrepancy.market, 'exchange_order_id', v_discrepancy.exchange_order_id,
+      'note', p_note, 'db_user', session_user, 'role', auth.role()));
+  return pg_catalog.jsonb_build_object('outcome', 'acknowledged', 'discrepancy_id', p_discrepancy_id,
+    'acknowledged_at', v_discrepancy.acknowledged_at);
+end;
+$$;
+revoke execute on function public.acknowledge_exchange_discrepancy(uuid, text) from public, anon, authenticated;
+grant execute on function public.acknowledge_exchange_discrepancy(uuid, text) to service_role;
