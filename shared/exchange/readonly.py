@@ -170,9 +170,6 @@ class BitvavoReadonly(TransportClient):
     def place_market_order(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise refuse_trading(_CLIENT, "place orders")
 
-    def place_limit_order(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise refuse_trading(_CLIENT, "place orders")
-
     def get_order(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise refuse_trading(_CLIENT, "read orders")
 

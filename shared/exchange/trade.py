@@ -21,7 +21,7 @@ import os
 import time
 import uuid
 from decimal import Decimal
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import httpx
 from pydantic import SecretStr
@@ -144,31 +144,6 @@ class BitvavoTrade(TransportClient):
             amount_quote=amount_quote,
             amount=amount,
             client_order_id=client_order_id,
-            operator_id=self.operator_id,
-        )
-        return self._place(request)
-
-    def place_limit_order(
-        self,
-        market: str,
-        side: Side,
-        amount: Decimal,
-        price: Decimal,
-        *,
-        client_order_id: uuid.UUID | str,
-        time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC",
-        post_only: bool = False,
-    ) -> Order:
-        """`amount` rounded down, `price` snapped to the tick on the safe side (a buy down,
-        a sell up)."""
-        request = OrderRequest.limit_order(
-            market,
-            side,
-            amount,
-            price,
-            client_order_id=client_order_id,
-            time_in_force=time_in_force,
-            post_only=post_only,
             operator_id=self.operator_id,
         )
         return self._place(request)
