@@ -10,6 +10,8 @@ official SDK and ccxt work against it, plus a loopback-only control surface unde
                         default: the view key and trade key in `sandbox.auth`.
 - `SANDBOX_BALANCES`    JSON like {"EUR": "10000"} (the default), the one account's balances.
 - `SANDBOX_RATE_LIMIT`  weight points per minute per key/IP (default 1000).
+- `SANDBOX_RATE_LIMIT_ERROR_CODE`  the errorCode of a rate-limit ban: 110 (default, Bitvavo's
+                        rate-limit page) or 105 (what the SDKs and ccxt know).
 - `SANDBOX_CLOCK_OFFSET_MS`  start the market clock this far ahead of wall time (default 0).
 
 On start it prints `SANDBOX_READY http://HOST:PORT` on stdout; it logs one line per request on
@@ -139,7 +141,8 @@ class Exchange:
         self.clock = MarketClock(self.initial_offset_ms)
         self.path = PricePath(seed)
         self.account = Account(self.path, self.initial_balances)
-        self.limiter = RateLimiter(int(env.get("SANDBOX_RATE_LIMIT", "1000")))
+        self.limiter = RateLimiter(int(env.get("SANDBOX_RATE_LIMIT", "1000")),
+                                   int(env.get("SANDBOX_RATE_LIMIT_ERROR_CODE", "110")))
         self.faults = FaultPlan()
 
     def reset(self, balances: dict[str, Decimal] | None = None) -> None:
@@ -460,7 +463,8 @@ class Handler(BaseHTTPRequestHandler):
             return Answer(404, NOT_FOUND_HTML, "text/html; charset=utf-8")
         query = Query(split.query)
         headers = {name.lower(): value for name, value in self.headers.items()}
-        now_wall = wall_ms()
+        now_wall = wall_ms()  # signatures are checked against real time ...
+        now_market = exchange.clock.now_ms()  # ... rate windows follow the market clock
         identity = f"ip:{self.client_address[0]}"
         quota: Quota | None = None
         try:
@@ -471,16 +475,16 @@ class Handler(BaseHTTPRequestHandler):
                         method=method, target=target, headers=headers, raw_body=raw_body,
                         now_ms=now_wall)
                 except ApiError:
-                    quota = exchange.limiter.charge(identity, route.cost(query), now_wall,
+                    quota = exchange.limiter.charge(identity, route.cost(query), now_market,
                                                     is_key=False)
                     raise
                 identity = f"key:{api_key.key}"
-                quota = exchange.limiter.charge(identity, route.cost(query), now_wall,
+                quota = exchange.limiter.charge(identity, route.cost(query), now_market,
                                                 is_key=True)
                 if route.permission is not None:
                     exchange.auth.require(api_key, route.permission)
             else:
-                quota = exchange.limiter.charge(identity, route.cost(query), now_wall,
+                quota = exchange.limiter.charge(identity, route.cost(query), now_market,
                                                 is_key=False)
             body = self._parse_body(method, raw_body)
             if (method, split.path) == ("POST", "/order"):
@@ -493,7 +497,7 @@ class Handler(BaseHTTPRequestHandler):
             return Answer(fault.http_status, fault.page(), "text/html; charset=utf-8",
                           quota.headers() if quota else None)
         except ApiError as error:
-            quota = quota or exchange.limiter.peek(identity, now_wall)
+            quota = quota or exchange.limiter.peek(identity, now_market)
             return _json_answer(error.http_status, error.body(), quota)
 
     @staticmethod

@@ -427,7 +427,7 @@ def test_rate_limit_ban_is_respected() -> None:
         with BitvavoReadonly(sandbox.rest_url) as client:
             with pytest.raises(RateLimitBanned) as first:
                 client.time()
-            assert first.value.error_code == 105 and first.value.http_status == 429
+            assert first.value.error_code == 110 and first.value.http_status == 429
             assert first.value.ban_expires_at is not None
             assert first.value.ban_expires_at > datetime.now(UTC) + timedelta(minutes=10)
             sent = sandbox.log().count("GET /v2/time ")

@@ -750,35 +750,75 @@ def test_311_key_without_view_cannot_read_balance(tight: SandboxServer) -> None:
     assert trade_only.order(amountQuote="10").status_code == 200
 
 
-def test_105_key_ban_after_exceeding_the_weight_budget(tight: SandboxServer) -> None:
+def start_of_a_window(sandbox: SandboxServer) -> int:
+    """Move the market clock (which the rate-limit windows follow) just past a minute boundary,
+    so a test has a whole window to itself; returns that window's end (ms)."""
+    now = sandbox.clock()["market_time"]
+    sandbox.advance_clock(60_000 - now % 60_000 + 100)
+    return int(now - now % 60_000 + 120_000)
+
+
+def ban_expiry(body: dict[str, Any]) -> int:
+    assert body["error"].startswith("Your IP or API key has been banned for not respecting the "
+                                    "rate limit. The ban expires at "), body
+    return int(body["error"].split(" at ")[1].rstrip("."))
+
+
+def test_110_key_ban_lasts_until_its_window_ends_plus_a_minute(tight: SandboxServer) -> None:
+    """Bitvavo's rate-limit page: HTTP 429, errorCode 110; over the limit at 12:00:15, allowed
+    again at 12:02:00 (the rest of the window, then one more minute)."""
+    window_end = start_of_a_window(tight)
     limited = Signer(tight, LIMITED_KEY, "limited-secret")
-    first = limited.get("/balance")  # weight 5
-    second = limited.get("/balance")
-    if int(second.headers["bitvavo-ratelimit-remaining"]) != 0:  # crossed a minute window
-        second = limited.get("/balance")
-    assert first.status_code == second.status_code == 200
-    assert second.headers["bitvavo-ratelimit-remaining"] == "0"
+    spent = [limited.get("/balance") for _ in range(2)]  # weight 5 each: the whole budget
+    assert [r.status_code for r in spent] == [200, 200]
+    assert spent[1].headers["bitvavo-ratelimit-remaining"] == "0"
+    assert int(spent[1].headers["bitvavo-ratelimit-resetat"]) == window_end
     banned = limited.get("/balance")
-    body = assert_error(banned, 429, 105)
-    expires = int(body["error"].split(" at ")[1].rstrip("."))
-    assert body["error"] == ("Your IP or API key has been banned for not respecting the rate "
-                             f"limit. The ban expires at {expires}.")
-    assert 55_000 < expires - time.time() * 1000 <= 60_000
+    assert ban_expiry(assert_error(banned, 429, 110)) == window_end + 60_000
     assert banned.headers["bitvavo-ratelimit-remaining"] == "0"
-    assert_error(limited.get("/account"), 429, 105)  # still banned, any endpoint
-    assert public(tight, "/time").status_code == 200  # the IP is not banned
+    assert_error(limited.get("/account"), 429, 110)  # still banned, any endpoint
+    assert public(tight, "/time").status_code == 200  # the IP's budget is its own
+    tight.advance_clock(60_000)  # the next window: still banned
+    assert_error(limited.get("/account"), 429, 110)
+    tight.advance_clock(60_000)  # a minute after the window's end
+    assert limited.get("/account").status_code == 200
 
 
-def test_105_ip_ban_for_unauthenticated_calls(tight: SandboxServer) -> None:
+def test_110_ip_ban_lasts_15_minutes_and_leaves_keys_alone(tight: SandboxServer) -> None:
+    start_of_a_window(tight)
     answers = [public(tight, "/time") for _ in range(12)]
     statuses = [a.status_code for a in answers]
-    assert 429 in statuses
-    body = assert_error(answers[statuses.index(429)], 429, 105)
-    expires = int(body["error"].split(" at ")[1].rstrip("."))
-    assert expires - time.time() * 1000 > 14 * 60_000  # IPs are banned ~15 minutes
-    assert_error(public(tight, "/markets"), 429, 105)
-    tight.reset()
+    assert statuses[:10] == [200] * 10 and statuses[10:] == [429, 429]
+    banned_at = tight.clock()["market_time"]
+    expires = ban_expiry(assert_error(answers[10], 429, 110))
+    assert 15 * 60_000 - 5_000 < expires - banned_at <= 15 * 60_000
+    assert_error(public(tight, "/markets"), 429, 110)
+    limited = Signer(tight, LIMITED_KEY, "limited-secret")
+    assert limited.get("/account").status_code == 200  # signed: the key's budget, not the IP's
+    tight.advance_clock(14 * 60_000)
+    assert_error(public(tight, "/time"), 429, 110)
+    tight.advance_clock(60_000)
     assert public(tight, "/time").status_code == 200
+
+
+def test_rate_limit_windows_follow_the_market_clock(tight: SandboxServer) -> None:
+    window_end = start_of_a_window(tight)
+    limited = Signer(tight, LIMITED_KEY, "limited-secret")
+    spent = [limited.get("/balance") for _ in range(2)]
+    assert spent[1].headers["bitvavo-ratelimit-remaining"] == "0"
+    tight.advance_clock(60_000)  # a minute passes on the sandbox's clock, none on the wall's
+    fresh = limited.get("/balance")
+    assert fresh.status_code == 200, fresh.text
+    assert fresh.headers["bitvavo-ratelimit-remaining"] == "5"
+    assert int(fresh.headers["bitvavo-ratelimit-resetat"]) == window_end + 60_000
+
+
+def test_the_ban_code_can_be_the_105_the_sdks_know() -> None:
+    with start_sandbox(env={"SANDBOX_RATE_LIMIT": "1",
+                            "SANDBOX_RATE_LIMIT_ERROR_CODE": "105"}) as sandbox:
+        start_of_a_window(sandbox)
+        assert public(sandbox, "/time").status_code == 200
+        ban_expiry(assert_error(public(sandbox, "/time"), 429, 105))
 
 
 def test_rate_limit_counts_endpoint_weights(tight: SandboxServer) -> None:
