@@ -13,6 +13,12 @@ official SDK and ccxt work against it, plus a loopback-only control surface unde
 - `SANDBOX_RATE_LIMIT_ERROR_CODE`  the errorCode of a rate-limit ban: 110 (default, Bitvavo's
                         rate-limit page) or 105 (what the SDKs and ccxt know).
 - `SANDBOX_CLOCK_OFFSET_MS`  start the market clock this far ahead of wall time (default 0).
+- `SANDBOX_MARKETS`     JSON like {"BTC-EUR": {"status": "halted", "maxOrderInQuoteAsset": "1000"}}:
+                        market statuses (trading | halted | auction) and maximum sizes.
+- `SANDBOX_INSUFFICIENT_FUNDS`  a market order the balance cannot cover: `reject` (216, default)
+                        or `expire` (accepted, ends `expired` without a fill).
+- `SANDBOX_AMOUNT_QUOTE_FEE`  a buy by amountQuote spends at most amountQuote fee `included`
+                        (default) or amountQuote plus the fee (`on_top`).
 
 On start it prints `SANDBOX_READY http://HOST:PORT` on stdout; it logs one line per request on
 stderr (method, path, status, duration) and never a header value.
@@ -43,6 +49,7 @@ from sandbox.clock import MarketClock, wall_ms
 from sandbox.errors import ApiError, invalid, required
 from sandbox.faults import FaultPlan
 from sandbox.limits import Quota, RateLimitBan, RateLimiter
+from sandbox.listings import Listings, load_listings
 from sandbox.market import (
     ASSETS,
     INTERVAL_MINUTES,
@@ -140,12 +147,17 @@ class Exchange:
         self.initial_offset_ms = int(env.get("SANDBOX_CLOCK_OFFSET_MS", "0"))
         self.clock = MarketClock(self.initial_offset_ms)
         self.path = PricePath(seed)
-        self.account = Account(self.path, self.initial_balances)
+        self.listings = Listings(load_listings(env))
+        self.account = Account(
+            self.path, self.initial_balances, self.listings,
+            insufficient_funds=env.get("SANDBOX_INSUFFICIENT_FUNDS", "reject"),
+            amount_quote_fee=env.get("SANDBOX_AMOUNT_QUOTE_FEE", "included"))
         self.limiter = RateLimiter(int(env.get("SANDBOX_RATE_LIMIT", "1000")),
                                    int(env.get("SANDBOX_RATE_LIMIT_ERROR_CODE", "110")))
         self.faults = FaultPlan()
 
     def reset(self, balances: dict[str, Decimal] | None = None) -> None:
+        self.listings.reset()
         self.account.reset(balances if balances is not None else self.initial_balances)
         self.limiter.reset()
         self.faults.reset()
@@ -159,8 +171,8 @@ class Exchange:
     def markets(self, query: Query, body: Any, now: int) -> Any:
         market = query.market(needed=False)
         if market is not None:
-            return MARKETS[market].listing()
-        return [spec.listing() for spec in MARKETS.values()]
+            return self.listings[market].row(MARKETS[market])
+        return [self.listings[name].row(spec) for name, spec in MARKETS.items()]
 
     def assets(self, query: Query, body: Any, now: int) -> Any:
         symbol = query.get("symbol")
@@ -566,6 +578,17 @@ class Handler(BaseHTTPRequestHandler):
                     return _json_answer(200, self._clock_state())
                 case ("GET", "/_sandbox/clock"):
                     return _json_answer(200, self._clock_state())
+                case ("POST", "/_sandbox/markets"):
+                    market = body.get("market")
+                    if market not in MARKETS:
+                        raise ValueError(f"market must be one of {', '.join(MARKETS)}")
+                    fields = {k: v for k, v in body.items() if k != "market"}
+                    exchange.account.change_listing(market, fields, exchange.clock.now_ms())
+                    return _json_answer(200, exchange.listings[market].row(MARKETS[market]))
+                case ("POST", "/_sandbox/account"):
+                    return _json_answer(200, exchange.account.configure(body))
+                case ("GET", "/_sandbox/account"):
+                    return _json_answer(200, exchange.account.rules())
                 case ("GET", "/_sandbox/price"):
                     return _json_answer(200, self._price(query))
             return _json_answer(404, {"error": f"no control endpoint {method} {split.path}"})

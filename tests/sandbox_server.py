@@ -69,6 +69,15 @@ class SandboxServer:
         `error_code`, `latency_ms`, `place` — for the next `times` POST /order requests."""
         return self._call("POST", "/_sandbox/faults", spec)
 
+    def set_market(self, market: str, **fields: str) -> dict[str, Any]:
+        """`status="trading"|"halted"|"auction"`, `maxOrderInBaseAsset`, `maxOrderInQuoteAsset`
+        (strings); answers the market's `/markets` row."""
+        return self._call("POST", "/_sandbox/markets", {"market": market, **fields})
+
+    def set_account(self, **rules: str) -> dict[str, Any]:
+        """`insufficient_funds="reject"|"expire"`, `amount_quote_fee="included"|"on_top"`."""
+        return self._call("POST", "/_sandbox/account", rules)
+
     def orders(self) -> list[dict[str, Any]]:
         """Every order the sandbox accepted (including ones whose answer was dropped)."""
         return self._call("GET", "/_sandbox/orders")

@@ -5,7 +5,7 @@ The names tell the caller what to do:
     ExchangeError                      the exchange (or the road to it) said no / said nothing
     ├── ExchangeRejected               a definitive answer: the request had no effect
     │   ├── AuthenticationError        300-399  (key, timestamp, window, signature, permission)
-    │   ├── InvalidRequest             102, 203-205, 214, 215
+    │   ├── InvalidRequest             102, 110 (not 429), 203-205, 210, 214, 215
     │   ├── BelowMinimumSize           212, 217
     │   ├── InsufficientBalance        216
     │   ├── ClientOrderIdConflict      220
@@ -21,15 +21,17 @@ The names tell the caller what to do:
     │   ├── ExchangeTransportError     connection reset / closed without an answer
     │   └── MalformedResponse          a success status with a body we cannot read
     ├── RateLimitWouldExceed           refused locally, nothing was sent
-    └── MarketListingUnavailable       the market listing to size an order could not be read;
-                                       the order was not sent
+    ├── MarketListingUnavailable       the market listing to size an order could not be read;
+    │                                  the order was not sent
+    └── MarketNotTrading               the market's status is not `trading`; not sent
 
     ExchangeUsageError                 our own code misused a client; nothing was sent
     ├── KeySeparationError             G3: the wrong role's method, or the wrong key
     │   └── MissingCredentials         the role's key/secret/operator id is not configured
     └── InvalidOrderRequest            an order that must not be sent (also a ValueError)
-        └── OrderBelowMinimum          rounded to the market's precision it is zero or below
-                                       the market's minimum size
+        ├── OrderBelowMinimum          rounded to the market's precision it is zero or below
+        │                              the market's minimum size
+        └── OrderAboveMaximum          above the market's maximum size
 
 `outcome_unknown` is True exactly for OutcomeUnknown (timeouts, transport errors, 5xx and codes
 101/107/108/109/400). `error_for` maps an HTTP answer to its exception with the two tables below.
@@ -236,6 +238,17 @@ class MarketListingUnavailable(ExchangeError):
     an order call never raises an OutcomeUnknown for a request other than its POST /order."""
 
 
+class MarketNotTrading(ExchangeError):
+    """The market's status (GET /markets, read just before) is not `trading`. Bitvavo's support
+    article on market statuses: a `halted` market still accepts orders and executes them when it
+    reopens — at a price nobody chose when the order was approved — and an `auction` refuses them;
+    ccxt counts only `trading` as active. Refused before anything was sent."""
+
+    def __init__(self, message: str, *, status: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.status = status
+
+
 # -- misuse of the clients (not an exchange answer) --------------------------------------------
 
 
@@ -274,6 +287,17 @@ class OrderBelowMinimum(InvalidOrderRequest):
         self.minimum = minimum
 
 
+class OrderAboveMaximum(InvalidOrderRequest):
+    """Above the market's maximum (maxOrderInBaseAsset / maxOrderInQuoteAsset). Refused before
+    anything was sent: the exchange would answer 210."""
+
+    def __init__(self, message: str, *, field: str, value: Decimal, maximum: Decimal) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+        self.maximum = maximum
+
+
 # -- mapping an HTTP answer to an exception ----------------------------------------------------
 
 # Bitvavo errorCode → exception class. Codes win over the HTTP status except that 5xx and
@@ -288,6 +312,7 @@ ERROR_CODES: dict[int, type[ExchangeError]] = {
     203: InvalidParameter,
     204: InvalidParameter,
     205: InvalidParameter,
+    210: InvalidParameter,  # amount above the market's maximum
     212: BelowMinimumSize,
     214: InvalidParameter,  # price off the tick size / too many significant digits
     215: InvalidParameter,  # price with more than 15 decimals

@@ -6,12 +6,17 @@ most `notionalDecimals`. Anything finer is refused by the exchange (205), so an 
 such as 10.123456789 EUR would fail live while a paper trader filled it. Hence, for BitvavoTrade
 and PaperTrade alike:
 
+- a market whose `status` is not `trading` is refused with MarketNotTrading (a `halted` market
+  accepts orders and fills them when it reopens, an `auction` refuses them; Bitvavo's support
+  article on market statuses) — the listing comes from a lookup that read the status moments ago
+  (shared.exchange.catalog);
 - amounts (`amount`, `amountQuote`) are rounded DOWN: never spend or sell more than proposed;
 - what is zero after rounding, or below `minOrderInBaseAsset` / `minOrderInQuoteAsset`, is
-  refused with OrderBelowMinimum — nothing is sent.
+  refused with OrderBelowMinimum, what is above `maxOrderInBaseAsset` / `maxOrderInQuoteAsset`
+  with OrderAboveMaximum (the exchange would answer 210) — nothing is sent.
 
-A market order placed by `amount` cannot be checked against the quote minimum here (its price is
-the exchange's); the exchange answers 217 then, a definitive refusal.
+A market order placed by `amount` cannot be checked against the quote minimum or maximum here (its
+price is the exchange's); the exchange answers 217 / 210 then, a definitive refusal.
 """
 
 from __future__ import annotations
@@ -23,9 +28,13 @@ from shared.exchange.errors import (
     ExchangeError,
     InvalidOrderRequest,
     MarketListingUnavailable,
+    MarketNotTrading,
+    OrderAboveMaximum,
     OrderBelowMinimum,
 )
 from shared.exchange.models import Market, OrderRequest
+
+TRADING = "trading"  # the one market status that takes orders and fills them now
 
 MarketLookup = Callable[[str], Market]
 """A market's listing by name (e.g. "BTC-EUR"). `MarketCatalog` (shared.exchange.catalog) is the
@@ -53,19 +62,29 @@ def listing(markets: MarketLookup, market: str) -> Market:
 
 
 def quantize_order(request: OrderRequest, market: Market) -> OrderRequest:
-    """`request` with its amounts rounded down, checked against the market's minimums. Raises
-    OrderBelowMinimum / InvalidOrderRequest."""
+    """`request` with its amounts rounded down, on a market that trades, checked against the
+    market's minimums and maximums. Raises MarketNotTrading / OrderBelowMinimum /
+    OrderAboveMaximum / InvalidOrderRequest."""
     if market.market != request.market:
         raise InvalidOrderRequest(f"{market.market}'s listing cannot size a {request.market} order")
+    if market.status != TRADING:
+        raise MarketNotTrading(
+            f"{market.market} is {market.status!r}, not {TRADING!r}: a halted market fills "
+            "orders only when it reopens and an auction refuses them; nothing was sent",
+            status=market.status,
+        )
     updates: dict[str, Decimal] = {}
     if request.amount is not None:
         amount = round_amount(market, request.amount)
         _at_least(market, "amount", amount, market.min_order_in_base_asset, market.base)
+        _at_most(market, "amount", amount, market.max_order_in_base_asset, market.base)
         updates["amount"] = amount
     if request.amount_quote is not None:
         amount_quote = round_amount_quote(market, request.amount_quote)
         minimum = market.min_order_in_quote_asset
         _at_least(market, "amountQuote", amount_quote, minimum, market.quote)
+        _at_most(market, "amountQuote", amount_quote, market.max_order_in_quote_asset,
+                 market.quote)
         updates["amount_quote"] = amount_quote
     return request.model_copy(update=updates)
 
@@ -117,4 +136,17 @@ def _at_least(
             field=field,
             value=value,
             minimum=minimum,
+        )
+
+
+def _at_most(
+    market: Market, field: str, value: Decimal, maximum: Decimal | None, unit: str
+) -> None:
+    if maximum is not None and value > maximum:
+        raise OrderAboveMaximum(
+            f"{field} {format(value, 'f')} {unit} is above {market.market}'s maximum of "
+            f"{format(maximum, 'f')} {unit}; nothing was sent",
+            field=field,
+            value=value,
+            maximum=maximum,
         )

@@ -72,6 +72,8 @@ class ExecutionSettings(BaseSettings):
     # A market order still open this long after its claim is stuck: /reconcile cancels the rest.
     reconcile_cancel_open_after_seconds: int = Field(default=120, ge=1, le=86_400)
     market_catalog_ttl_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    # An order is sent only on a market whose status (`trading`) was read this recently.
+    market_status_ttl_seconds: float = Field(default=3.0, gt=0, le=60)
 
     @property
     def not_found_failed_after_seconds(self) -> int:

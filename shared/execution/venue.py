@@ -12,10 +12,12 @@ the order client of the configured mode.
 - `paper`: PaperTrade, sized by the same lookup, filled at the public ticker price with Bitvavo's
   taker fee (0.25 %). Its orders live in this process's memory: after a restart they are gone.
 
-The catalog is read and the clock measured by `warm()` at start-up, never on the claim path; the
-clock is measured again after an AccessWindowError (`remeasure()`). Exchange errors propagate
-unchanged (shared.execution.results maps them); a ticker price that cannot be read for a paper fill
-is a MarketListingUnavailable — nothing was placed.
+The catalog is read and the clock measured by `warm()` at start-up; an order's lookup reads
+`/markets` again when the market's status is older than MARKET_STATUS_TTL_SECONDS (before the
+MAX_CLAIM_AGE check, never between it and POST /order), and refuses a market that is not
+`trading`. The clock is measured again after an AccessWindowError (`remeasure()`). Exchange errors
+propagate unchanged (shared.execution.results maps them); a ticker price that cannot be read for a
+paper fill is a MarketListingUnavailable — nothing was placed.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class Venue:
         transport_options: dict[str, Any] = {"timeout": timeout, "max_rate_limit_wait": 0.0,
                                              "http_transport": http_transport}
         self.readonly = BitvavoReadonly(exchange.bitvavo_rest_url, **transport_options)
-        self.catalog = MarketCatalog(self.readonly, ttl_seconds=knobs.market_catalog_ttl_seconds)
+        self.catalog = MarketCatalog(self.readonly, ttl_seconds=knobs.market_catalog_ttl_seconds,
+                                     status_ttl_seconds=knobs.market_status_ttl_seconds)
         self.clock = ServerClock()
         self.lookup = DeadlineLookup(self.catalog)
         self.orders: OrderClient
