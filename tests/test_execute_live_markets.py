@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -89,3 +90,31 @@ def test_an_order_above_the_markets_maximum_is_failed_and_never_sent(stack: Stac
     assert stack.proposal_status(proposal_id) == "failed"
     _, at_most = execute(stack, "SOL-EUR", "20")
     assert at_most["status"] == "filled"
+
+
+# -- fee headroom ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("fee", ["on_top", "included"])
+def test_a_buy_of_the_whole_free_balance_fits_with_the_taker_fee_on_top(
+        stack: Stack, fee: str) -> None:
+    """Whether Bitvavo takes the fee out of amountQuote or on top is undocumented; the sandbox
+    does either. The buy is sized to 40 / 1.0025 = 39.90 and fills both ways; on top, the 40 EUR
+    proposal as claimed is refused (216)."""
+    stack.sandbox.reset(balances={"EUR": "40"})
+    stack.sandbox.set_account(amount_quote_fee=fee)
+    proposal_id, execution = execute(stack, "BTC-EUR", "40")
+    assert execution["status"] == "filled", execution
+    [order] = stack.orders_for(execution["client_order_id"])
+    assert order["amountQuote"] == "39.9"
+    assert Decimal(execution["fee_paid"]) == Decimal(order["feePaid"])  # as reported
+    spent = Decimal(order["filledAmountQuote"]) + Decimal(order["feePaid"])
+    assert spent <= Decimal("40")
+    assert stack.proposal_status(proposal_id) == "executed"
+
+
+def test_a_free_balance_below_the_minimum_is_refused_like_the_exchange_and_sends_nothing(
+        stack: Stack) -> None:
+    stack.sandbox.reset(balances={"EUR": "5.01"})  # 5.01 / 1.0025 = 4.99, below the minimum 5
+    proposal_id, execution = execute(stack, "BTC-EUR", "10")
+    assert (execution["status"], execution["error_code"]) == ("rejected", "216")
+    assert stack.sandbox.orders() == []
+    assert stack.proposal_status(proposal_id) == "failed"

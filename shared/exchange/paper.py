@@ -41,6 +41,7 @@ from shared.exchange.errors import (
     datetime_from_ms,
     naming_order,
 )
+from shared.exchange.funds import DEFAULT_TAKER_FEE_RATE
 from shared.exchange.models import (
     Fill,
     Market,
@@ -53,7 +54,6 @@ from shared.exchange.precision import MarketLookup, listing, quantize_order
 from shared.exchange.ratelimit import Clock
 from shared.exchange.roles import Side
 
-DEFAULT_TAKER_FEE_RATE = Decimal("0.0025")
 DEFAULT_MAX_FINISHED_ORDERS = 500
 FEE_QUANTUM = Decimal("1e-8")  # fees (in quote) round up to 8 decimals, as the sandbox's
 
