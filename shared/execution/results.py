@@ -31,7 +31,10 @@ submitted_at/completed_at when it learns the result.
     ClientOrderIdConflict (220): an open order with  → unknown (220)
       this clientOrderId EXISTS
     any other ExchangeRejected: 216, 217, 205, 3xx,  → rejected (Bitvavo's code, or http_<status>)
-      105/110 answered by the exchange, 219/423/424 …
+      105/110 answered by the exchange, 219/423/424 …;
+      216 also when raised before sending (the free
+      balance with the fee on top cannot cover the
+      market's minimum: what the exchange would say)
     ClaimTooOld: MAX_CLAIM_AGE passed                → failed (claim_too_old)
     OrderBelowMinimum / OrderAboveMaximum after      → failed (order_below_minimum /
       quantizing                                        order_above_maximum)
