@@ -82,6 +82,15 @@ class SandboxServer:
         (as real Bitvavo may); until the next reset."""
         self._call("POST", "/_sandbox/order_lookup", {"completed_by_client_order_id": found})
 
+    def set_market(self, market: str, **fields: str) -> dict[str, Any]:
+        """`status="trading"|"halted"|"auction"`, `maxOrderInBaseAsset`, `maxOrderInQuoteAsset`
+        (strings); answers the market's `/markets` row."""
+        return self._call("POST", "/_sandbox/markets", {"market": market, **fields})
+
+    def set_account(self, **rules: str) -> dict[str, Any]:
+        """`insufficient_funds="reject"|"expire"`, `amount_quote_fee="included"|"on_top"`."""
+        return self._call("POST", "/_sandbox/account", rules)
+
     def orders(self) -> list[dict[str, Any]]:
         """Every order the sandbox accepted (including ones whose answer was dropped)."""
         return self._call("GET", "/_sandbox/orders")

@@ -35,10 +35,6 @@ TRADE_METHODS = {
         ("BTC-EUR", "buy"),
         {"amount_quote": Decimal("10"), "client_order_id": COID},
     ),
-    "place_limit_order": (
-        ("BTC-EUR", "buy", Decimal("1"), Decimal("1")),
-        {"client_order_id": COID},
-    ),
     "get_order": (("BTC-EUR",), {"order_id": "1"}),
     "cancel_order": (("BTC-EUR",), {"order_id": "1"}),
 }

@@ -51,8 +51,11 @@ FAILED_AFTER_S = 135  # not found → failed: MAX_CLAIM_AGE 5 + access window 10
 @pytest.fixture(scope="module")
 def stack(module_db: Database, bitvavo_sandbox_session: SandboxServer) -> Iterator[Stack]:
     set_controls(module_db, live_trading_allowed=True)
+    # BALANCE_CACHE_SECONDS=0: tests reset the sandbox's balances, which a balance read for one
+    # test's buy would otherwise carry into the next test's.
     with served(module_db, bitvavo_sandbox_session, "live",
-                EXCHANGE_TIMEOUT_SECONDS=str(READ_TIMEOUT_S)) as served_stack:
+                EXCHANGE_TIMEOUT_SECONDS=str(READ_TIMEOUT_S),
+                BALANCE_CACHE_SECONDS="0") as served_stack:
         yield served_stack
 
 

@@ -38,6 +38,7 @@ SETTINGS.register_secrets()
 steplog.configure()
 VERIFIER = Verifier(SETTINGS.auth)
 SCANNER = Scanner.from_settings(SETTINGS)
+StepLog(function="scan_scheduler").event("start", **SCANNER.market.signing())
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 Response = tuple[bytes | str, int, dict[str, str]]

@@ -12,7 +12,11 @@ here retries.
 
 Orders are sized to their market first (shared.exchange.precision) with the listing from the
 injected `markets` lookup — a MarketCatalog on a read-only client: this client never fetches
-market data itself (G3). What rounds to below the market minimum is refused before sending.
+market data itself (G3). What rounds to below the market minimum, what exceeds its maximum and
+any market that is not `trading` are refused before sending. With `fee_headroom`
+(shared.exchange.funds; trading_execute always passes it) a buy by amountQuote is also sized to fit
+the account's free quote balance with the taker fee on top: the one account read this client
+makes, GET /balance with the trade key (its own account, not market data), rarely.
 """
 
 from __future__ import annotations
@@ -22,20 +26,23 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import httpx
 from pydantic import SecretStr
 
 from shared.exchange.errors import (
+    ExchangeError,
     InvalidOrderRequest,
     KeySeparationError,
     MissingCredentials,
     naming_order,
 )
+from shared.exchange.funds import FeeHeadroom, FreeBalance, fit_buy
 from shared.exchange.models import (
     MARKET_PATTERN,
     AccountTrade,
+    Balance,
     Order,
     OrderCancellation,
     OrderReference,
@@ -74,6 +81,7 @@ class BitvavoTrade(TransportClient):
         operator_id: int | None,
         markets: MarketLookup,
         readonly_api_key: str | SecretStr | None = None,
+        fee_headroom: FeeHeadroom | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         http_transport: httpx.BaseTransport | None = None,
         clock: Clock = time.time,
@@ -105,6 +113,8 @@ class BitvavoTrade(TransportClient):
         assert key is not None and secret is not None
         self.operator_id: int = operator_id
         self._markets = markets
+        self._funds = (None if fee_headroom is None
+                       else FreeBalance(self._free_balance, fee_headroom, clock=clock))
         self._transport = BitvavoTransport(
             base_url,
             credentials=Credentials.of(key, secret),
@@ -153,31 +163,6 @@ class BitvavoTrade(TransportClient):
             amount_quote=amount_quote,
             amount=amount,
             client_order_id=client_order_id,
-            operator_id=self.operator_id,
-        )
-        return self._place(request)
-
-    def place_limit_order(
-        self,
-        market: str,
-        side: Side,
-        amount: Decimal,
-        price: Decimal,
-        *,
-        client_order_id: uuid.UUID | str,
-        time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC",
-        post_only: bool = False,
-    ) -> Order:
-        """`amount` rounded down, `price` snapped to the tick on the safe side (a buy down,
-        a sell up)."""
-        request = OrderRequest.limit_order(
-            market,
-            side,
-            amount,
-            price,
-            client_order_id=client_order_id,
-            time_in_force=time_in_force,
-            post_only=post_only,
             operator_id=self.operator_id,
         )
         return self._place(request)
@@ -233,11 +218,33 @@ class BitvavoTrade(TransportClient):
     def _place(self, request: OrderRequest) -> Order:
         # Sent once. No retry, whatever happens (G10); whatever is raised names the order.
         with naming_order(request.market, request.client_order_id):
-            request = quantize_order(request, listing(self._markets, request.market))
-            payload = self._transport.request(
-                "POST", "/order", body=request.to_body(), signed=True
-            )
-            return parse_answer(Order, payload, endpoint="POST /order")
+            # The free balance may be read (it may wait) before the listing's lookup, which is
+            # the last moment before sending that may wait (shared.execution.deadline).
+            free = self._funds.before(request) if self._funds is not None else None
+            market = listing(self._markets, request.market)
+            request = quantize_order(request, market)
+            if free is not None and self._funds is not None:
+                request = fit_buy(request, market, free, self._funds.headroom)
+            try:
+                payload = self._transport.request(
+                    "POST", "/order", body=request.to_body(), signed=True
+                )
+                order = parse_answer(Order, payload, endpoint="POST /order")
+            except ExchangeError as error:
+                if self._funds is not None:
+                    self._funds.after(request, error)
+                raise
+            if self._funds is not None:
+                self._funds.after(request, order)
+            return order
+
+    def _free_balance(self, symbol: str) -> Decimal:
+        """GET /balance?symbol= (weight 5): what is available of `symbol` (not in orders)."""
+        payload = self._transport.request(
+            "GET", "/balance", params={"symbol": symbol}, weight=5, signed=True
+        )
+        rows = parse_rows(Balance, payload, endpoint="GET /balance")
+        return sum((row.available for row in rows if row.symbol == symbol), Decimal(0))
 
     # -- the read-only role's methods: refused (G3) -----------------------------------------------
 

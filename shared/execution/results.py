@@ -31,9 +31,15 @@ submitted_at/completed_at when it learns the result.
     ClientOrderIdConflict (220): an open order with  → unknown (220)
       this clientOrderId EXISTS
     any other ExchangeRejected: 216, 217, 205, 3xx,  → rejected (Bitvavo's code, or http_<status>)
-      105 answered by the exchange, 219/423/424 …
+      105/110 answered by the exchange, 219/423/424 …;
+      216 also when raised before sending (the free
+      balance with the fee on top cannot cover the
+      market's minimum: what the exchange would say)
     ClaimTooOld: MAX_CLAIM_AGE passed                → failed (claim_too_old)
-    OrderBelowMinimum after quantizing               → failed (order_below_minimum)
+    OrderBelowMinimum / OrderAboveMaximum after      → failed (order_below_minimum /
+      quantizing                                        order_above_maximum)
+    MarketNotTrading: the market's status (read      → failed (market_not_trading)
+      just before) is halted, auction, …
     other InvalidOrderRequest / KeySeparationError   → failed (invalid_order / key_separation)
     RateLimitWouldExceed; RateLimitBanned raised     → failed (rate_limit_would_exceed /
       locally while a ban lasts                         rate_limit_banned)
@@ -70,6 +76,8 @@ from shared.exchange.errors import (
     KeySeparationError,
     MalformedResponse,
     MarketListingUnavailable,
+    MarketNotTrading,
+    OrderAboveMaximum,
     OrderBelowMinimum,
     OutcomeUnknown,
     RateLimitBanned,
@@ -128,6 +136,8 @@ def error_result(error: BaseException) -> Result:
     if isinstance(error, ExchangeUsageError):
         if isinstance(error, OrderBelowMinimum):
             code = "order_below_minimum"
+        elif isinstance(error, OrderAboveMaximum):
+            code = "order_above_maximum"
         elif isinstance(error, KeySeparationError):
             code = "key_separation"
         else:
@@ -150,6 +160,8 @@ def _exchange_error_result(error: ExchangeError) -> Result:
         return _failed("rate_limit_banned", message)  # refused locally while banned: not sent
     if isinstance(error, MarketListingUnavailable):
         return _failed("market_listing_unavailable", message)
+    if isinstance(error, MarketNotTrading):
+        return _failed("market_not_trading", message)
     if isinstance(error, ExchangeRejected):
         return {"status": "rejected", "error_code": _code(error), "error_message": message}
     return {"status": "unknown", "error_code": _code(error), "error_message": message}

@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -81,6 +82,14 @@ class ExecutionSettings(BaseSettings):
     # of market_allowlist (and of the open executions), is matched to an execution by clientOrderId.
     reconcile_sweep_window_seconds: int = Field(default=3600, ge=60, le=604_800)
     market_catalog_ttl_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    # An order is sent only on a market whose status (`trading`) was read this recently.
+    market_status_ttl_seconds: float = Field(default=3.0, gt=0, le=60)
+    # A live buy is sized so that amountQuote with this fee on top fits the free balance; paper
+    # fills charge it (shared.exchange.funds).
+    taker_fee_rate: Decimal = Field(default=Decimal("0.0025"), ge=0, lt=Decimal("0.05"))
+    # How long a free balance read with GET /balance (weight 5) is trusted for a buy that does
+    # not fit what is left of it (shared.exchange.funds); 0 reads again for every such buy.
+    balance_cache_seconds: float = Field(default=10.0, ge=0, le=3600)
 
     @property
     def not_found_failed_after_seconds(self) -> int:
