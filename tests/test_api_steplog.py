@@ -118,6 +118,23 @@ def test_registered_secrets_are_scrubbed_and_objects_never_stringified(
     assert line["word"] == "short"
 
 
+@pytest.mark.parametrize("reason", [
+    "missing bearer token", "the bearer token is not a valid JWT", "the bearer token is too long",
+    "the Authorization header must be 'Bearer <token>'", "Bearer error=\"invalid_token\""])
+def test_redact_leaves_our_own_401_reasons_readable(reason: str) -> None:
+    """The redactor took the word after "bearer" in our own messages for a credential: 401
+    details read "missing Bearer [redacted]"."""
+    assert redact(reason) == reason
+
+
+@pytest.mark.parametrize("credential", [
+    "opaque-token-0123456789abcdef", "sb_secret_abcDEF123_-xyz", "A" * 16, JWT, HEX_KEY,
+    "dXNlcjpwYXNzd29yZC1sb25nLWVub3VnaA=="])
+def test_redact_still_hides_every_real_credential(credential: str) -> None:
+    for text in (f"Authorization: Bearer {credential}", f"bearer\t{credential} sent"):
+        assert credential not in redact(text), text
+
+
 def test_redact_leaves_ordinary_text_alone() -> None:
     text = ("claimed BTC-EUR 10.50 EUR for 6f1c1e7e-3b7a-4c52-9d55-0b6f2c4b8a11 at "
             "https://api.bitvavo.com/v2/order?market=BTC-EUR, sha1 " + "a" * 40)

@@ -19,10 +19,10 @@ the step had set another outcome) with `error` (the exception's class), `error_c
 traceback. `duration_ms` is measured with the monotonic clock.
 
 Redaction is the safety net, applied to every string in every line (keys and values): Bearer
-tokens, JWT-shaped strings, runs of 64+ hex digits (Bitvavo keys, secrets, signatures), Supabase
-`sb_secret_…`/`sb_publishable_…` keys, passwords in URLs, and any exact secret registered with
-`register_secret` at start-up. Code should not log secrets in the first place; this catches the
-mistake when it does.
+credentials (16 characters or more), JWT-shaped strings, runs of 64+ hex digits (Bitvavo keys,
+secrets, signatures), Supabase `sb_secret_…`/`sb_publishable_…` keys, passwords in URLs, and any
+exact secret registered with `register_secret` at start-up. Code should not log secrets in the
+first place; this catches the mistake when it does.
 """
 
 from __future__ import annotations
@@ -46,8 +46,11 @@ from pydantic import SecretStr
 LOGGER_NAME = "aio.steps"
 MAX_ERROR_MESSAGE = 300
 
+# A bearer credential is a token68 of 16 characters or more (every real one is far longer: keys,
+# JWTs, opaque tokens). Shorter words after "bearer" are prose — "missing bearer token", "the bearer
+# token is not a valid JWT" — which a 401 must be able to say.
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [redacted]"),
+    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{16,}"), "Bearer [redacted]"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
     (re.compile(r"\bsb_(?:secret|publishable)_[A-Za-z0-9_-]+"), "[redacted-key]"),
     (re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{64,}(?![0-9A-Za-z])"), "[redacted-hex]"),
