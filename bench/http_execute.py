@@ -1,7 +1,8 @@
 """HTTP execute: executions/second and p50/p99 through the functions-framework server.
 
-trading_execute is served as in production — the functions-framework CLI, gunicorn with its
-defaults (one gthread worker, THREADS = 4 × CPU cores, no request timeout) — against a throwaway
+trading_execute is served as `make run` serves it — functions-framework's app and gunicorn server
+with this project's settings (shared.api.server: one gthread worker, THREADS = 4 × CPU cores, read
+deadlines) — against a throwaway
 PostgreSQL 15 cluster (the test cluster's fsync=off settings) and the Bitvavo sandbox, in both
 modes:
 
@@ -147,7 +148,7 @@ def start_function(mode: str, cluster: Cluster, sandbox: Service, logs: Path) ->
                    BITVAVO_TRADE_API_SECRET=DEFAULT_TRADE_SECRET, BITVAVO_OPERATOR_ID=OPERATOR_ID)
     source = ROOT / "functions" / "trading_execute" / "main.py"
     server = Service(f"trading_execute ({mode})",
-                     [sys.executable, "-m", "functions_framework", "--target", "trading_execute",
+                     [sys.executable, "-m", "shared.api.server", "--target", "trading_execute",
                       "--source", str(source), "--host", "127.0.0.1", "--port", str(port)],
                      env=_base_env(env), port=port, log_path=logs / f"trading_execute-{mode}.log",
                      cwd=ROOT, ready_path="/health")
@@ -333,7 +334,7 @@ def machine(cluster: Cluster) -> str:
             break
     threads = int(os.environ.get("THREADS", (os.cpu_count() or 1) * 4))
     return (f"nproc {os.cpu_count()} ({cpu}); PostgreSQL {version[0] if version else '?'} "
-            f"(fsync=off); gunicorn 1 worker × {threads} threads (functions-framework defaults); "
+            f"(fsync=off); gunicorn 1 worker × {threads} threads (shared.api.server); "
             f"load average before the run {os.getloadavg()[0]:.2f}")
 
 

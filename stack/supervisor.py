@@ -6,8 +6,9 @@
                     added since the last run applied and recorded by the Supabase CLI, the seed
                     applied once); pg_cron inside it runs run_maintenance every minute
     sandbox         python -m sandbox.bitvavo on 127.0.0.1 (a seeded, deterministic price path)
-    trading_execute functions-framework on 127.0.0.1, TRADING_MODE=paper
-    scan_scheduler  functions-framework on 127.0.0.1, ORACLE=rules, EXECUTE_FUNCTION_URL → above
+    trading_execute python -m shared.api.server on 127.0.0.1, TRADING_MODE=paper
+    scan_scheduler  python -m shared.api.server on 127.0.0.1, ORACLE=rules,
+                    EXECUTE_FUNCTION_URL → above
 
 `run()` then plays Supabase Cron (stack.cron: a scanner tick every few seconds, /reconcile every
 minute) and shows the system live (stack.live). Ctrl+C, SIGTERM or SIGHUP stops every process it
@@ -266,7 +267,7 @@ class Stack:
 
     def _function(self, name: str, port: int, env: dict[str, str]) -> Service:
         source = ROOT / "functions" / name / "main.py"
-        return self._service(name, [sys.executable, "-m", "functions_framework",
+        return self._service(name, [sys.executable, "-m", "shared.api.server",
                                     "--target", name, "--source", str(source),
                                     "--host", local.HOST, "--port", str(port)], env)
 

@@ -8,8 +8,8 @@ What runs (real processes, real HTTP):
                       reached by the functions through two relays (scripts/wireturns.py: one
                       for trading_execute, one for the scanners) that can cut an answer
     sandbox           python -m sandbox.bitvavo: the exchange, faults switched at run time
-    trading_execute   functions-framework, TRADING_MODE=live against the sandbox
-    scan_scheduler ×2 functions-framework, ORACLE=rules and ORACLE=openai (→ the fake below),
+    trading_execute   python -m shared.api.server, TRADING_MODE=live against the sandbox
+    scan_scheduler ×2 python -m shared.api.server, ORACLE=rules and ORACLE=openai (→ the fake),
                       both auto-executing through trading_execute, both on the same scan jobs
     fake model        an OpenAI-compatible /v1/chat/completions (tests/scan_support.py's
                       RecordingServer) that checks G7 at every call it receives
@@ -346,7 +346,7 @@ class FakeModel:
 
 # -- the processes --------------------------------------------------------------------------------
 class Function:
-    """One functions-framework server (stack.services.Service) that can be SIGKILLed as a group and
+    """One function server (stack.services.Service) that can be SIGKILLed as a group and
     restarted on the same port."""
 
     def __init__(self, name: str, target: str, port: int, env: dict[str, str],
@@ -355,7 +355,7 @@ class Function:
                                                             "TMPDIR")}
         source = REPO_ROOT / "functions" / target / "main.py"
         self.service = Service(
-            name, [sys.executable, "-m", "functions_framework", "--target", target,
+            name, [sys.executable, "-m", "shared.api.server", "--target", target,
                    "--source", str(source), "--host", "127.0.0.1", "--port", str(port)],
             env={**base, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT), **env},
             port=port, log_path=logs / f"{name}.log", cwd=REPO_ROOT,

@@ -35,7 +35,8 @@ from shared.exchange.errors import (
 )
 from shared.exchange.models import Order
 from shared.execution.deadline import ClaimTooOld
-from shared.execution.results import error_result, http_status, not_at_exchange_result, order_result
+from shared.execution.replies import http_status
+from shared.execution.results import error_result, not_at_exchange_result, order_result
 from shared.execution.settings import load_execute_settings
 from shared.settings import ConfigurationError
 from tests.exchange_doubles import order_json

@@ -27,9 +27,9 @@ from pydantic import SecretStr
 from pytest_httpx import HTTPXMock
 
 from shared.api.problems import ProblemError
-from shared.api.steplog import redact
 from shared.exchange.errors import InvalidParameter
 from shared.exchange.models import Candle, TickerPrice
+from shared.redaction import redact
 from shared.rpc.errors import RpcUnavailable
 from shared.scanning.autoexecute import ExecuteClient, ExecuteUnavailable
 from shared.scanning.lease import Heartbeat, Lease, LeaseLost
@@ -171,11 +171,13 @@ def test_g3_the_scheduler_process_exits_before_serving_with_a_trade_key() -> Non
 
 
 def test_every_configured_secret_is_scrubbed_from_logs(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = load(monkeypatch, ORACLE="openai", OPENAI_API_KEY="sk-unit-scrub-me-4242",
-                    BITVAVO_READONLY_API_KEY="v" * 64, BITVAVO_READONLY_API_SECRET="ro-secret-99")
-    settings.register_secrets()
-    line = redact("sk-unit-scrub-me-4242 ro-secret-99 sb_secret_unit-test-service-key-000")
+    """Loading the settings registers them (the database password too), nothing else to call."""
+    load(monkeypatch, ORACLE="openai", OPENAI_API_KEY="sk-unit-scrub-me-4242",
+         BITVAVO_READONLY_API_KEY="v" * 64, BITVAVO_READONLY_API_SECRET="ro-secret-99")
+    line = redact("sk-unit-scrub-me-4242 ro-secret-99 sb_secret_unit-test-service-key-000 "
+                  "hunter2-password")
     assert "scrub-me" not in line and "ro-secret" not in line and "unit-test" not in line
+    assert "hunter2" not in line
 
 
 # -- leases ---------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """POST / — a user executes an own approved proposal, or the scanner (the service) a user's
 auto-approved one (SPEC §4).
 
-One request: parse → authenticate → claim RPC → exchange → record RPC → respond, each step one JSON
-log line. The claim is `claim_trade_execution`: the seven validators and the idempotent claim in
+One request: parse → claim RPC → exchange → record RPC, each step one JSON log line; the edge
+(shared.api.edge) has authenticated the caller and read the body before, and answers after. The
+claim is `claim_trade_execution`: the seven validators and the idempotent claim in
 one transaction (G1, G4–G6). The order goes out at most once: the claim's clientOrderId names it,
 nothing here retries (G10), and it is sent only within MAX_CLAIM_AGE of the claim's answer.
 
@@ -22,65 +23,44 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
+from shared.api.edge import Call, Reply, internal_error, refused
 from shared.api.problems import ProblemError
-from shared.api.steplog import Step, StepLog
-from shared.auth import AuthError, Principal
+from shared.api.steplog import Step
 from shared.exchange.errors import AccessWindowError
 from shared.exchange.models import Order
 from shared.execution import replies
-from shared.execution.replies import Reply
 from shared.execution.results import Result, error_result, order_result
 from shared.execution.runtime import Runtime
-from shared.execution.submission import HttpRequest, parse_submission
+from shared.execution.submission import parse_submission
 from shared.rpc.errors import RpcError, RpcInvalidArgument, RpcUnavailable
 
-T = TypeVar("T")
 
-
-def execute(request: HttpRequest, runtime: Runtime) -> Reply:
-    log = runtime.step_log(request)
-    try:
-        with log.step("parse") as step:
-            submission = refused(step, parse_submission, request)
-        with log.step("auth") as step:
-            principal = refused(step, authenticate, runtime, request)
-            user_id = refused(step, submission.owner, principal)
-            step.set(caller=principal.role)
-        log.bind(user_id=user_id, proposal_id=submission.proposal_id)
-        with log.step("claim") as step:
-            claim = claim_execution(step, runtime, user_id, submission.proposal_id,
-                                    submission.idempotency_key,
-                                    require_auto_approval=principal.is_service)
-            claim_answered_at = time.monotonic()
-        execution = claim.get("execution") or {}
-        log.bind(execution_id=execution.get("id"), client_order_id=execution.get("client_order_id"))
-        if claim["outcome"] != "claimed":
-            return respond(log, lambda: replies.claim_reply(claim))
-        with log.step("exchange") as step:
-            result = place_order(step, runtime, execution, claim_answered_at)
-        with log.step("record") as step:
-            recorded = record_result(step, runtime, execution, result)
-        return respond(log, lambda: recorded)
-    except ProblemError as problem:
-        return respond(log, problem.response)
-    except Exception:  # noqa: BLE001 - our bug: the step that raised logged it (no traceback)
-        return respond(log, internal_error().response)
+def execute(call: Call, runtime: Runtime) -> Reply:
+    log, principal = call.log, call.principal
+    with log.step("parse") as step:
+        submission = refused(step, parse_submission, call.request)
+        user_id = refused(step, submission.owner, principal)
+        step.set(caller=principal.role)
+    log.bind(user_id=user_id, proposal_id=submission.proposal_id)
+    with log.step("claim") as step:
+        claim = claim_execution(step, runtime, user_id, submission.proposal_id,
+                                submission.idempotency_key,
+                                require_auto_approval=principal.is_service)
+        claim_answered_at = time.monotonic()
+    execution = claim.get("execution") or {}
+    log.bind(execution_id=execution.get("id"), client_order_id=execution.get("client_order_id"))
+    if claim["outcome"] != "claimed":
+        return replies.claim_reply(claim)
+    with log.step("exchange") as step:
+        result = place_order(step, runtime, execution, claim_answered_at)
+    with log.step("record") as step:
+        return record_result(step, runtime, execution, result)
 
 
 # -- the steps ------------------------------------------------------------------------------------
-def authenticate(runtime: Runtime, request: HttpRequest) -> Principal:
-    try:
-        return runtime.verifier.verify(request.header("authorization"))
-    except AuthError as error:
-        slug = "unauthorized" if error.status == 401 else "signing-keys-unavailable"
-        headers = {"WWW-Authenticate": error.www_authenticate} if error.status == 401 else \
-            {"Retry-After": "5"}
-        raise ProblemError(error.status, slug, error.reason, headers=headers) from None
-
-
 def claim_execution(step: Step, runtime: Runtime, user_id: uuid.UUID, proposal_id: uuid.UUID,
                     key: str, *, require_auto_approval: bool) -> Mapping[str, Any]:
     """The claim RPC. `require_auto_approval` for the service caller: it may execute a user's
@@ -165,32 +145,3 @@ def unrecorded(execution: Mapping[str, Any], result: Result) -> Reply:
     """202: what the claim and the exchange said, the database's state unknown to us."""
     return replies.json_reply({"execution": {**execution, "status": "unknown"},
                                "exchange_result": result, "recorded": False}, 202)
-
-
-def respond(log: StepLog, reply: Callable[[], Reply]) -> Reply:
-    """Build the answer (a ProblemError raised while building it is the answer) and log it."""
-    with log.step("respond") as step:
-        try:
-            body, status, headers = reply()
-        except ProblemError as problem:
-            body, status, headers = problem.response()
-        step.set(str(status), status=status,
-                 severity="ERROR" if status >= 500 else "WARNING" if status >= 400 else None)
-    return replies.with_request_id((body, status, headers), log.request_id)
-
-
-# -- helpers --------------------------------------------------------------------------------------
-def refused(step: Step, call: Callable[..., T], *args: Any) -> T:
-    """`call(*args)`; a ProblemError it raises is a refusal of the client's request: logged as the
-    step's outcome (its status), not as an error of ours."""
-    try:
-        return call(*args)
-    except ProblemError as problem:
-        step.set(str(problem.problem.status), severity="WARNING", problem=problem.problem.type,
-                 reason=problem.problem.detail)
-        raise
-
-
-def internal_error() -> ProblemError:
-    return ProblemError(500, "internal-error", "an internal error occurred; nothing about it is "
-                        "shown here, the logs have the request id")

@@ -52,6 +52,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.api.edge import Call, HttpRequest, Reply, refused
 from shared.api.problems import ProblemError
 from shared.api.steplog import Step, StepLog
 from shared.exchange.errors import (
@@ -63,8 +64,6 @@ from shared.exchange.errors import (
 )
 from shared.exchange.models import Order
 from shared.execution import replies
-from shared.execution.execute import authenticate, internal_error, refused, respond
-from shared.execution.replies import Reply
 from shared.execution.results import (
     FINAL_EXECUTION_STATUSES,
     OPEN_ORDER_STATUSES,
@@ -73,7 +72,7 @@ from shared.execution.results import (
     order_result,
 )
 from shared.execution.runtime import Runtime
-from shared.execution.submission import HttpRequest, invalid_body, json_object
+from shared.execution.submission import invalid_body, json_object
 from shared.execution.sweep import History, read_history, sweep, windows
 from shared.rpc.errors import RpcError
 
@@ -82,33 +81,24 @@ COUNTS = ("examined", "settled", "failed", "still_open", "unchanged", "conflicts
 NOT_FOUND = "not_found"  # settle(): GET /order did not find it; the account's history decides
 
 
-def reconcile(request: HttpRequest, runtime: Runtime) -> Reply:
-    log = runtime.step_log(request)
-    try:
-        with log.step("parse") as step:
-            limit = refused(step, batch_size, request, runtime)
-        with log.step("auth") as step:
-            principal = refused(step, authenticate, runtime, request)
-            if not principal.is_service:
-                refused(step, forbidden)
-            step.set(caller=principal.role)
-        with log.step("list") as step:
-            work, old_enough = unsettled(step, runtime, limit)
-        counts: Counter[str] = Counter(dict.fromkeys(COUNTS, 0))
-        missing = []
-        for execution in work:
-            counts["examined"] += 1
-            count = settle(log, runtime, execution, may_fail=execution["id"] in old_enough)
-            if count == NOT_FOUND:
-                missing.append(execution)
-            else:
-                counts[count] += 1
-        counts.update(search_and_sweep(log, runtime, missing, old_enough))
-        return respond(log, lambda: replies.json_reply(dict(counts), 200))
-    except ProblemError as problem:
-        return respond(log, problem.response)
-    except Exception:  # noqa: BLE001 - our bug: the step that raised logged it (no traceback)
-        return respond(log, internal_error().response)
+def reconcile(call: Call, runtime: Runtime) -> Reply:
+    """The service's call (the edge admits no one else)."""
+    log = call.log
+    with log.step("parse") as step:
+        limit = refused(step, batch_size, call.request, runtime)
+    with log.step("list") as step:
+        work, old_enough = unsettled(step, runtime, limit)
+    counts: Counter[str] = Counter(dict.fromkeys(COUNTS, 0))
+    missing = []
+    for execution in work:
+        counts["examined"] += 1
+        count = settle(log, runtime, execution, may_fail=execution["id"] in old_enough)
+        if count == NOT_FOUND:
+            missing.append(execution)
+        else:
+            counts[count] += 1
+    counts.update(search_and_sweep(log, runtime, missing, old_enough))
+    return replies.json_reply(dict(counts), 200)
 
 
 def batch_size(request: HttpRequest, runtime: Runtime) -> int:
@@ -120,10 +110,6 @@ def batch_size(request: HttpRequest, runtime: Runtime) -> int:
     if unknown:
         raise invalid_body(unknown)
     return int(limit)
-
-
-def forbidden() -> None:
-    raise ProblemError(403, "forbidden", "only the service role may reconcile executions")
 
 
 def unsettled(step: Step, runtime: Runtime,

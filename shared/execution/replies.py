@@ -3,8 +3,12 @@
     Reply = (body, status, headers)      what functions-framework / Flask return as a tuple
 
 Money travels as strings (SPEC §3): every Decimal is rendered in plain notation, never as a JSON
-number a client might read into a float. Every answer carries `X-Request-Id`, the id the step log
-lines of the request share.
+number a client might read into a float. The edge (shared.api.edge) adds `X-Request-Id`.
+
+    execution status                       new claim   replay (same Idempotency-Key)
+    claimed (no result yet: in flight)     —           409 /problems/in-flight, Retry-After: 1
+    unknown                                202         202 + Idempotent-Replayed: true
+    submitted, or final (failed too)       201         200 + Idempotent-Replayed: true
 """
 
 from __future__ import annotations
@@ -16,11 +20,9 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from shared.api.edge import Reply
 from shared.api.problems import ProblemError
-from shared.execution.results import http_status
 
-Reply = tuple[bytes, int, dict[str, str]]
-REQUEST_ID_HEADER = "X-Request-Id"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
@@ -70,9 +72,13 @@ def in_flight(execution: Mapping[str, Any]) -> ProblemError:
                         execution_id=execution.get("id"))
 
 
-def with_request_id(reply: Reply, request_id: str) -> Reply:
-    body, status, headers = reply
-    return body, status, {**headers, REQUEST_ID_HEADER: request_id}
+def http_status(status: str, *, replayed: bool) -> int:
+    """The answer's status for an execution (the table above); 409 for one still in flight."""
+    if status == "claimed":
+        return 409
+    if status == "unknown":
+        return 202
+    return 200 if replayed else 201
 
 
 def _plain(value: Any) -> Any:

@@ -2,7 +2,6 @@
 
     order_result(order)      an Order (POST /order's answer, or GET /order's)  → p_result
     error_result(error)      whatever placing the order raised                  → p_result
-    http_status(status, replayed=…)                                            → 201/200/202/409
 
 ## Exchange order status → execution status
 
@@ -49,14 +48,8 @@ submitted_at/completed_at when it learns the result.
     anything else (our bug, perhaps after sending)   → unknown (internal_error)
 
 `failed` means certainly not placed (SPEC §3): every `failed` row above is raised before POST
-/order leaves. `unknown` is never re-sent (G10): /reconcile settles it by clientOrderId.
-
-## HTTP
-
-    execution status                       new claim   replay (same Idempotency-Key)
-    claimed (no result yet: in flight)     —           409 /problems/in-flight, Retry-After: 1
-    unknown                                202         202 + Idempotent-Replayed: true
-    submitted, or final (failed too)       201         200 + Idempotent-Replayed: true
+/order leaves. `unknown` is never re-sent (G10): /reconcile settles it by clientOrderId. How an
+execution status answers over HTTP is shared.execution.replies'.
 """
 
 from __future__ import annotations
@@ -64,7 +57,6 @@ from __future__ import annotations
 from decimal import ROUND_DOWN, Context, Decimal
 from typing import Any, Final
 
-from shared.api.steplog import redact
 from shared.exchange.errors import (
     ClientOrderIdConflict,
     ExchangeError,
@@ -85,6 +77,7 @@ from shared.exchange.errors import (
 )
 from shared.exchange.models import Order
 from shared.execution.deadline import ClaimTooOld
+from shared.redaction import redact
 
 Result = dict[str, Any]
 """record_execution_result's p_result: `status` and the keys SPEC §3 names."""
@@ -173,15 +166,6 @@ def not_at_exchange_result(age_seconds: int) -> Result:
     return _failed("not_found_at_exchange",
                    f"the exchange has no order with this clientOrderId {age_seconds} s or more "
                    "after the claim; it was never placed")
-
-
-def http_status(status: str, *, replayed: bool) -> int:
-    """The answer's status for an execution (the table above); 409 for one still in flight."""
-    if status == "claimed":
-        return 409
-    if status == "unknown":
-        return 202
-    return 200 if replayed else 201
 
 
 # -- helpers --------------------------------------------------------------------------------------

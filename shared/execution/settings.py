@@ -1,4 +1,5 @@
-"""trading_execute's configuration (SPEC §6): four models, loaded and checked together at start-up.
+"""trading_execute's configuration (SPEC §6): five models, loaded and checked together at start-up
+by the one loader (shared.settings).
 
     settings = load_execute_settings()     # ConfigurationError naming every bad variable
 
@@ -8,6 +9,7 @@
     TradeExchangeSettings  BITVAVO_REST_URL, BITVAVO_TRADE_API_KEY / _SECRET, BITVAVO_OPERATOR_ID
                            (shared.exchange.settings)
     ExecutionSettings      TRADING_MODE and this function's own knobs (below)
+    HttpSettings           REQUEST_READ_TIMEOUT_SECONDS (shared.api.edge)
 
 `TRADING_MODE=live` without BITVAVO_TRADE_API_KEY, BITVAVO_TRADE_API_SECRET or BITVAVO_OPERATOR_ID
 refuses to start, naming the missing variables; paper mode needs none of them. No message ever
@@ -40,22 +42,20 @@ discrepancy, and `oracle verify` fails until an operator has looked at it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal, TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.api.edge import HttpSettings
 from shared.auth import AuthSettings
 from shared.exchange.settings import TradeExchangeSettings
 from shared.rpc.settings import RpcSettings
-from shared.settings import ConfigurationError, load_settings
+from shared.settings import FunctionSettings
 
 TradingMode = Literal["paper", "live"]
-S = TypeVar("S", bound=BaseSettings)
 
 
 class ExecutionSettings(BaseSettings):
@@ -99,63 +99,33 @@ class ExecutionSettings(BaseSettings):
 
 
 @dataclass(frozen=True)
-class ExecuteSettings:
+class ExecuteSettings(FunctionSettings):
+    function: ClassVar[str] = "trading_execute"
+
     rpc: RpcSettings
     auth: AuthSettings
     exchange: TradeExchangeSettings
     execution: ExecutionSettings
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     @property
     def mode(self) -> TradingMode:
         return self.execution.trading_mode
 
-    def secrets(self) -> Iterator[str]:
-        """Every configured secret value (for steplog.register_secret), the DB password too."""
-        values = (self.rpc.database_url, self.rpc.supabase_service_role_key,
-                  self.auth.supabase_jwt_secret, self.auth.supabase_service_role_key,
-                  self.exchange.bitvavo_trade_api_key, self.exchange.bitvavo_trade_api_secret,
-                  self.exchange.bitvavo_readonly_api_key)
-        for value in values:
-            if value is not None and value.get_secret_value():
-                yield value.get_secret_value()
-        if self.rpc.database_url is not None:
-            password = _url_password(self.rpc.database_url.get_secret_value())
-            if password:
-                yield password
+    def problems(self) -> list[str]:
+        if self.execution.trading_mode != "live":
+            return []
+        missing = [name for name, value in (
+            ("BITVAVO_TRADE_API_KEY", self.exchange.bitvavo_trade_api_key),
+            ("BITVAVO_TRADE_API_SECRET", self.exchange.bitvavo_trade_api_secret),
+            ("BITVAVO_OPERATOR_ID", self.exchange.bitvavo_operator_id)) if value is None]
+        if not missing:
+            return []
+        return [f"TRADING_MODE=live needs {', '.join(missing)} (not set); paper mode needs none "
+                "of them"]
 
 
 def load_execute_settings() -> ExecuteSettings:
-    """All four models from the environment; one ConfigurationError listing every problem, each
-    naming its variable and never its value."""
-    problems: list[str] = []
-
-    def load(model: type[S]) -> S | None:
-        try:
-            return load_settings(model)
-        except ConfigurationError as error:
-            problems.append(str(error))
-            return None
-
-    rpc, auth = load(RpcSettings), load(AuthSettings)
-    exchange, execution = load(TradeExchangeSettings), load(ExecutionSettings)
-    if exchange is not None and execution is not None and execution.trading_mode == "live":
-        missing = [name for name, value in (
-            ("BITVAVO_TRADE_API_KEY", exchange.bitvavo_trade_api_key),
-            ("BITVAVO_TRADE_API_SECRET", exchange.bitvavo_trade_api_secret),
-            ("BITVAVO_OPERATOR_ID", exchange.bitvavo_operator_id)) if value is None]
-        if missing:
-            problems.append(f"TRADING_MODE=live needs {', '.join(missing)} (not set); "
-                            "paper mode needs none of them")
-    if problems:
-        raise ConfigurationError("trading_execute cannot start:\n" + "\n".join(problems))
-    assert rpc is not None and auth is not None and exchange is not None
-    assert execution is not None
-    return ExecuteSettings(rpc=rpc, auth=auth, exchange=exchange, execution=execution)
-
-
-def _url_password(url: str) -> str | None:
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        return None
-    return unquote(password) if password else None
+    """Every model from the environment; one ConfigurationError listing every problem, each
+    naming its variable and never its value. Registers every secret with the log redaction."""
+    return ExecuteSettings.load()

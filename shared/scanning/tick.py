@@ -45,8 +45,9 @@ from typing import Any
 
 from shared.api.body import InvalidJson, json_object
 from shared.api.problems import ProblemError
-from shared.api.steplog import StepLog, redact
+from shared.api.steplog import StepLog
 from shared.exchange.readonly import BitvavoReadonly
+from shared.redaction import redact
 from shared.rpc.errors import RpcError
 from shared.rpc.port import RpcPort
 from shared.rpc.settings import connect_rpc
