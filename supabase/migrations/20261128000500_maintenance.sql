@@ -40,8 +40,8 @@ set search_path = ''
 as $$
 declare
   v_expired_locks integer;
-  v_expired_proposals integer;
-  v_released_reservations integer;
+  v_expired_proposals bigint;  -- count(*)'s type: no hidden cast
+  v_released_reservations bigint;
 begin
   v_expired_locks := public.cleanup_expired_locks();
 
