@@ -120,6 +120,11 @@ def test_a_definite_error_stays_definite_and_names_no_cause(code: str, message: 
     assert not error.outcome_unknown and error.cause is None
 
 
+def test_a_client_error_without_a_code_that_quotes_a_pooler_stays_definite() -> None:
+    assert error_for("pgbouncer and query_wait_timeout", http_status=400).cause is None
+    assert error_for("query_wait_timeout", http_status=502).cause == "pooler_timeout"
+
+
 # -- the PostgREST road ------------------------------------------------------------------------
 @pytest.mark.parametrize("case", list(POSTGREST_UNAVAILABLE))
 def test_postgrest_answers_of_a_failing_pool_or_pooler_are_unavailable_with_their_cause(

@@ -175,8 +175,8 @@ _POOLER_ERROR = re.compile(
     r"|\bpgbouncer\b|\bmax_client_conn\b|\bserver login has been failing\b"
     r"|\bserver conn crashed\b|\bno more connections allowed\b|\bclient_login_timeout\b",
     re.IGNORECASE)
-# The codes a pooler's error may come with: checking only these keeps a message of ours (P0001,
-# 22023, …) that happens to quote such a text a definite error.
+# The codes a pooler's error may come with (or none, from a gateway's 5xx): checking only these
+# keeps a message of ours (P0001, 22023, …) that happens to quote such a text a definite error.
 _POOLER_CODES = frozenset({"XX000", "08P01", "PGRST000", "PGRST001"})
 _CAUSE_BY_CODE: dict[str, Cause] = {
     "PGRST000": "connect_failed", "PGRST001": "connection_lost", "PGRST003": "pool_timeout",
@@ -189,7 +189,7 @@ def unavailable_cause(message: str, *, code: str | None = None, details: str | N
                       severity: str | None = None) -> Cause | None:
     """Why a failure gave no definite answer, or None when it is a definite error."""
     fatal = (severity or "").upper() in ("FATAL", "PANIC")
-    if fatal or code is None or code in _POOLER_CODES:
+    if fatal or code in _POOLER_CODES or (code is None and (http_status or 500) >= 500):
         text = f"{message}\n{details or ''}"
         if _POOLER_TIMEOUT.search(text):
             return "pooler_timeout"
