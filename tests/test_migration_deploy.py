@@ -169,7 +169,7 @@ def busy_project() -> Iterator[tuple[Cluster, Path]]:
 def test_a_ddl_lock_queued_behind_a_long_transaction_fails_the_deploy_instead_of_waiting(
         busy_project: tuple[Cluster, Path]) -> None:
     """A transaction that signed a user up and has not committed holds auth.users against the
-    foundation's trigger. Both roads give up after the lock timeout, with nothing applied by the
+    foundation's foreign keys and trigger on it. Both roads give up after the lock timeout, with nothing applied by the
     push (one transaction per file), and succeed once the transaction is over; its user gets the
     safe settings too."""
     cluster, root = busy_project
