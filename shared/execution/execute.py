@@ -72,8 +72,8 @@ def claim_execution(step: Step, runtime: Runtime, user_id: uuid.UUID, proposal_i
     except RpcInvalidArgument as error:
         step.set("invalid_argument", severity="WARNING")
         raise ProblemError(400, "invalid-argument", error.message) from None
-    except RpcUnavailable:
-        step.set("database_unavailable", severity="ERROR")
+    except RpcUnavailable as error:
+        step.set("database_unavailable", severity="ERROR", cause=error.cause)
         raise ProblemError(503, "database-unavailable",
                            "the database did not answer; nothing was sent to the exchange. "
                            "Retrying with the same Idempotency-Key is safe",

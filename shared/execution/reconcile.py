@@ -121,8 +121,8 @@ def unsettled(step: Step, runtime: Runtime,
             "p_older_than_seconds": knobs.reconcile_min_age_seconds, "p_limit": limit})
         old = runtime.rpc.rows("list_unsettled_executions", {
             "p_older_than_seconds": knobs.not_found_failed_after_seconds, "p_limit": limit})
-    except RpcError:
-        step.set("database_unavailable", severity="ERROR")
+    except RpcError as error:
+        step.set("database_unavailable", severity="ERROR", cause=error.cause)
         raise ProblemError(503, "database-unavailable", "the database did not answer; nothing "
                            "was changed", headers={"Retry-After": "5"}) from None
     step.set(count=len(work), old_enough=len(old))

@@ -257,7 +257,8 @@ class Tick:
                 # again after its lease expires.
                 self.report.claim_error = _error_text(exc)
                 step.set("error", severity="ERROR", error=type(exc).__name__,
-                         error_code=exc.code, error_message=self.report.claim_error)
+                         error_code=exc.code, cause=exc.cause,
+                         error_message=self.report.claim_error)
                 return None
             step.set(claimed=len(rows), job_ids=[str(r["id"]) for r in rows])
         return [(row, sent) for row in rows]
@@ -294,7 +295,8 @@ class Tick:
                 # already made is handed on again, never made twice.
                 report.release_error = _error_text(exc)
                 step.set("error", severity="ERROR", error=type(exc).__name__,
-                         error_code=exc.code, error_message=report.release_error)
+                         error_code=exc.code, cause=exc.cause,
+                         error_message=report.release_error)
                 return
             report.released = int(answer.get("released_count", 0))
             not_released = [r["job_id"] for r in answer.get("results", [])

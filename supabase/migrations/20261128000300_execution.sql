@@ -68,6 +68,8 @@
  * through the SECURITY DEFINER functions below.
  */
 
+set lock_timeout = '5s';  -- a queued DDL lock fails the push instead of blocking writes
+
 -- =============================================================================================
 -- Section - ids
 -- =============================================================================================

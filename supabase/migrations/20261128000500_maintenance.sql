@@ -20,6 +20,8 @@
  * each job is unscheduled by name first, so re-applying the file leaves exactly one of each.
  */
 
+set lock_timeout = '5s';  -- a queued DDL lock fails the push instead of blocking writes
+
 -- In pg_catalog, as Supabase installs it (its Cron docs), never in public where the advisor flags
 -- it (extension_in_public); the job tables live in schema `cron` either way.
 create extension if not exists pg_cron with schema pg_catalog;
@@ -38,8 +40,8 @@ set search_path = ''
 as $$
 declare
   v_expired_locks integer;
-  v_expired_proposals integer;
-  v_released_reservations integer;
+  v_expired_proposals bigint;  -- count(*)'s type: no hidden cast
+  v_released_reservations bigint;
 begin
   v_expired_locks := public.cleanup_expired_locks();
 

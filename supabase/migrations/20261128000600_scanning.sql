@@ -28,6 +28,8 @@
  * Both RPCs are service-only.
  */
 
+set lock_timeout = '5s';  -- a queued DDL lock fails the push instead of blocking writes
+
 -- =============================================================================================
 -- Section - private.scan_period_proposals
 -- =============================================================================================
