@@ -25,14 +25,13 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from shared.api import steplog
-from shared.execution.execute import execute
 from shared.execution.runtime import Runtime
 from shared.rpc.direct import DirectRpc, _translate
 from shared.rpc.errors import RpcError, RpcUnavailable, error_for
 from shared.rpc.postgrest import PostgrestRpc
 from tests.pg import Database
 from tests.pgbouncer import PgBouncer
-from tests.test_execute_path import FakeExchange, ScriptedRpc, request, runtime
+from tests.test_execute_path import FakeExchange, ScriptedRpc, execute, request, runtime
 from tests.test_execution_support import (  # one database per module
     _fresh_db_fixture,  # noqa: F401
     _module_db_fixture,  # noqa: F401
