@@ -343,7 +343,9 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
                                   # default false: the sweep's claims of these user-approved
                                   # proposals may succeed
                                   "p_require_auto_approval": Param(st.booleans(), bool_values(),
-                                                                   False, BOOL_EDGES)},
+                                                                   False, BOOL_EDGES),
+                                  "p_order_budget": int_param(800, 1, 1000),
+                                  "p_order_budget_window_seconds": int_param(77, 1, 86400)},
         "cleanup_expired_locks": {},
         "clear_todays_budget": {"p_user_id": user},
         "create_scan_proposal": {
@@ -363,6 +365,7 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
         "get_scan_context": {"p_job_id": job, "p_worker_id": worker, "p_mode": mode},
         "heartbeat_scan_job": {"p_job_id": job, "p_worker_id": worker,
                                "p_lock_seconds": int_param(10, 300, 3600)},
+        "list_auto_approved_proposals": {"p_limit": int_param(1, 100, 1000)},
         "list_unsettled_executions": {"p_older_than_seconds": int_param(0, 30),
                                       "p_limit": int_param(1, 50, 500)},
         "record_execution_result": {"p_execution_id": execution,
@@ -408,11 +411,13 @@ BUDGET = {"record_execution_result": 300, "release_job_locks": 200, "create_trad
 SERVICE_RPCS = ("check_gpt_budget", "claim_due_scan_jobs", "claim_trade_execution",
                 "cleanup_expired_locks", "clear_todays_budget", "create_scan_proposal",
                 "create_trade_proposal", "debug_check_locks", "get_budget_analytics",
-                "get_scan_context", "heartbeat_scan_job", "list_unsettled_executions",
+                "get_scan_context", "heartbeat_scan_job", "list_auto_approved_proposals",
+                "list_unsettled_executions",
                 "record_execution_result", "release_job_lock", "release_job_locks",
                 "reserve_gpt_budget", "run_maintenance", "set_trading_halted", "settle_gpt_usage")
 USER_RPCS = ("decide_trade_proposal", "get_budget_analytics")
-SETOF = {"claim_due_scan_jobs", "debug_check_locks", "list_unsettled_executions"}
+SETOF = {"claim_due_scan_jobs", "debug_check_locks", "list_auto_approved_proposals",
+         "list_unsettled_executions"}
 
 
 def call_and_check(world: World, fn: str, args: dict[str, Any], *,

@@ -50,11 +50,13 @@ values ('6a000000-0000-4000-8000-000000000001', 'a0000000-0000-4000-8000-0000000
 -- =============================================================================================
 create temp table rpcs (ord serial, fn text, args text[], returns text, callers text, call text);
 insert into rpcs (fn, args, returns, callers, call) values
-  ('claim_trade_execution', '{uuid,uuid,text,text,boolean}', 'jsonb', 'service', null),
+  ('claim_trade_execution', '{uuid,uuid,text,text,boolean,integer,integer}', 'jsonb', 'service', null),
   ('record_execution_result', '{uuid,jsonb}', 'jsonb', 'service',
    $$select public.record_execution_result('ea000000-0000-4000-8000-000000000002', '{"status": "failed", "error_code": "x"}')$$),
   ('list_unsettled_executions', '{integer,integer}', 'setof trade_executions', 'service',
    $$select * from public.list_unsettled_executions(0, 50)$$),
+  ('list_auto_approved_proposals', '{integer}', 'setof record', 'service',
+   $$select * from public.list_auto_approved_proposals(100)$$),
   ('create_trade_proposal', '{uuid,text,text,numeric,numeric,text,text,text,numeric,uuid,integer}', 'jsonb', 'service',
    $$select public.create_trade_proposal('a0000000-0000-4000-8000-000000000001', 'TAPA-EUR', 'buy', 10, 1, 'x', 'manual')$$),
   ('claim_due_scan_jobs', '{text,integer,integer}', 'setof scan_jobs', 'service',
