@@ -365,9 +365,12 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
         "get_scan_context": {"p_job_id": job, "p_worker_id": worker, "p_mode": mode},
         "heartbeat_scan_job": {"p_job_id": job, "p_worker_id": worker,
                                "p_lock_seconds": int_param(10, 300, 3600)},
-        "list_auto_approved_proposals": {"p_limit": int_param(1, 100, 1000)},
+        "lease_auto_approved_proposals": {"p_dispatcher": worker,
+                                          "p_limit": int_param(1, 100, 1000),
+                                          "p_lease_seconds": int_param(30, 1, 3600)},
         "list_unsettled_executions": {"p_older_than_seconds": int_param(0, 30),
                                       "p_limit": int_param(1, 50, 500)},
+        "release_auto_execution_leases": {"p_dispatcher": worker},
         "record_execution_result": {"p_execution_id": execution,
                                     "p_result": execution_result_param()},
         "release_job_lock": {"p_job_id": job, "p_worker_id": worker, "p_succeeded": bool_param(),
@@ -411,12 +414,12 @@ BUDGET = {"record_execution_result": 300, "release_job_locks": 200, "create_trad
 SERVICE_RPCS = ("check_gpt_budget", "claim_due_scan_jobs", "claim_trade_execution",
                 "cleanup_expired_locks", "clear_todays_budget", "create_scan_proposal",
                 "create_trade_proposal", "debug_check_locks", "get_budget_analytics",
-                "get_scan_context", "heartbeat_scan_job", "list_auto_approved_proposals",
-                "list_unsettled_executions",
-                "record_execution_result", "release_job_lock", "release_job_locks",
+                "get_scan_context", "heartbeat_scan_job", "lease_auto_approved_proposals",
+                "list_unsettled_executions", "record_execution_result",
+                "release_auto_execution_leases", "release_job_lock", "release_job_locks",
                 "reserve_gpt_budget", "run_maintenance", "set_trading_halted", "settle_gpt_usage")
 USER_RPCS = ("decide_trade_proposal", "get_budget_analytics")
-SETOF = {"claim_due_scan_jobs", "debug_check_locks", "list_auto_approved_proposals",
+SETOF = {"claim_due_scan_jobs", "debug_check_locks", "lease_auto_approved_proposals",
          "list_unsettled_executions"}
 
 

@@ -1,5 +1,5 @@
 """The trade key's order budget in SQL (claim_trade_execution's p_order_budget, taken by
-private.take_order_budget), the auto-execute queue (list_auto_approved_proposals) and why
+private.take_order_budget), the auto-execute queue (lease_auto_approved_proposals) and why
 run_maintenance expires an approved proposal.
 
 Every test that takes slots has a database of its own (`fresh_db`): the budget is one for all
@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.execute_harness import fingerprint
-from tests.pg import Database
+from tests.pg import Database, claims_for
 from tests.test_execution_support import (  # the database fixtures: db, module_db, fresh_db
     _fresh_db_fixture,  # noqa: F401
     _module_db_fixture,  # noqa: F401
@@ -170,9 +170,18 @@ def test_an_invalid_budget_is_22023_and_changes_nothing(db: Database, budget: in
 
 
 # -- the auto-execute queue ----------------------------------------------------------------------
-def queue(db: Database, limit: int = 1000) -> list[uuid.UUID]:
-    return [row["proposal_id"] for row in db.rpc_rows("list_auto_approved_proposals",
-                                                      p_limit=limit)]
+def lease(db: Database, dispatcher: str = "dispatcher-a", limit: int = 1000,
+          conn: psycopg.Connection[Any] | None = None) -> list[uuid.UUID]:
+    """lease_auto_approved_proposals as the scanner's dispatch calls it; the proposal ids."""
+    with db.as_role("service_role", claims_for("service_role"), conn=conn) as cur:
+        cur.execute("select proposal_id from public.lease_auto_approved_proposals(%s, %s, 30)",
+                    (dispatcher, limit))
+        return [row[0] for row in cur.fetchall()]
+
+
+def end_leases(db: Database) -> None:
+    """Pretend every dispatch lease has run out."""
+    sql(db, "update private.auto_execution_leases set leased_until = now() - interval '1 second'")
 
 
 def test_the_queue_holds_auto_approved_unexecuted_unexpired_proposals_oldest_first(
@@ -189,9 +198,9 @@ def test_the_queue_holds_auto_approved_unexecuted_unexpired_proposals_oldest_fir
     low = propose(db, a, confidence="0.1", approve=False)  # below min_confidence: pending
     assert status_of(db, low) == "pending" and status_of(db, by_hand) == "approved"
 
-    assert queue(db) == [first, second, third]
-    assert queue(db, limit=2) == [first, second]
-    row = db.rpc_rows("list_auto_approved_proposals", p_limit=1)[0]
+    assert lease(db, limit=2) == [first, second]
+    assert lease(db) == [first, second, third]  # a dispatcher leases its own again
+    row = db.rpc_rows("lease_auto_approved_proposals", p_dispatcher="dispatcher-a", p_limit=1)[0]
     assert (row["user_id"], row["market"], row["side"], row["amount_quote"]) == (
         a, scalar(db, "select market from public.trade_proposals where id = %s", (first,)),
         "buy", Decimal(10))
@@ -206,13 +215,58 @@ def test_the_queue_holds_auto_approved_unexecuted_unexpired_proposals_oldest_fir
     sql(db, "insert into private.order_budget_seconds (second, weight) "
             "values (date_trunc('second', now()), 1)")
     assert budget_claim(db, b, second, 1)["outcome"] == "rate_limited"
-    assert queue(db) == [second, third]
+    assert lease(db) == [second, third]
 
 
-@pytest.mark.parametrize("limit", [0, 1001, None])
-def test_the_queue_s_limit_is_checked(db: Database, limit: int | None) -> None:
+def test_a_leased_proposal_goes_to_another_dispatcher_only_when_the_lease_ran_out(
+        fresh_db: Database) -> None:
+    db = fresh_db
+    user = auto_trader(db)
+    proposals = [propose(db, user) for _ in range(4)]
+    assert lease(db, "a", limit=3) == proposals[:3]
+    assert lease(db, "b") == proposals[3:]
+    assert lease(db, "c") == []
+    end_leases(db)
+    assert lease(db, "c") == proposals
+    # A dispatcher that stops gives back what it did not send: the next one has it at once.
+    assert db.rpc("release_auto_execution_leases", p_dispatcher="c") == 4
+    assert db.rpc("release_auto_execution_leases", p_dispatcher="c") == 0
+    assert lease(db, "d", limit=2) == proposals[:2]
+    # Maintenance deletes the leases that ran out.
+    end_leases(db)
+    db.rpc("run_maintenance")
+    assert scalar(db, "select count(*) from private.auto_execution_leases") == 0
+
+
+def test_8_concurrent_dispatchers_lease_disjoint_proposals_and_all_of_them(
+        fresh_db: Database) -> None:
+    db = fresh_db
+    users = [auto_trader(db) for _ in range(10)]
+    proposals = {propose(db, u) for u in users for _ in range(20)}
+    leased = race(db, 8, lambda conn, i: lease(db, f"dispatcher-{i}", limit=20, conn=conn))
+    taken = [p for batch in leased for p in batch]
+    assert len(taken) == len(set(taken)) and set(taken) <= proposals  # never one twice
+    assert Counter(d for (d,) in sql(db, "select dispatcher from private.auto_execution_leases")
+                   ) == {f"dispatcher-{i}": len(batch) for i, batch in enumerate(leased) if batch}
+    # What the racers did not take (a racer skips what another is leasing) is still there.
+    rest = lease(db, "latecomer")
+    assert set(rest) == proposals - set(taken) and len(rest) == len(proposals) - len(taken)
+
+
+@pytest.mark.parametrize("dispatcher", ["", None, "x" * 201])
+def test_a_release_s_dispatcher_is_checked(db: Database, dispatcher: str | None) -> None:
     with pytest.raises(psycopg.errors.InvalidParameterValue):
-        db.rpc_rows("list_auto_approved_proposals", p_limit=limit)
+        db.rpc("release_auto_execution_leases", p_dispatcher=dispatcher)
+
+
+@pytest.mark.parametrize(("dispatcher", "limit", "seconds"), [
+    ("d", 0, 30), ("d", 1001, 30), ("d", None, 30), ("", 10, 30), (None, 10, 30),
+    ("x" * 201, 10, 30), ("d", 10, 0), ("d", 10, 3601), ("d", 10, None)])
+def test_the_lease_s_arguments_are_checked(db: Database, dispatcher: str | None,
+                                           limit: int | None, seconds: int | None) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.rpc_rows("lease_auto_approved_proposals", p_dispatcher=dispatcher, p_limit=limit,
+                    p_lease_seconds=seconds)
 
 
 # -- expiry with its reason ---------------------------------------------------------------------
@@ -238,4 +292,4 @@ def test_maintenance_records_why_each_proposal_expired(fresh_db: Database) -> No
     assert details[undecided]["reason"] == "not_decided_before_expiry"
     assert details[undecided]["status_was"] == "pending"
     assert {status_of(db, p) for p in (waited, never_sent, undecided)} == {"expired"}
-    assert queue(db) == []
+    assert lease(db) == []

@@ -1,8 +1,8 @@
 """The auto-execute dispatch (shared.scanning.dispatch) against a queue held by a fake RPC port and
 trading_execute answered by pytest-httpx: which requests it sends, when it stops, when it waits.
 
-The queue behaves as list_auto_approved_proposals does: a proposal leaves it once it has been
-executed or rejected; after a 429 (nothing claimed) or no answer it stays.
+The queue behaves as lease_auto_approved_proposals does for a single dispatcher: a proposal leaves
+it once it has been executed or rejected; after a 429 (nothing claimed) or no answer it stays.
 """
 
 from __future__ import annotations
@@ -28,20 +28,24 @@ TIMEOUT = 5.0
 
 
 class Queue:
-    """list_auto_approved_proposals over an in-memory queue, oldest first."""
+    """lease_auto_approved_proposals over an in-memory queue, oldest first."""
 
     def __init__(self, size: int) -> None:
         self.waiting = [{"proposal_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4())}
                      for _ in range(size)]
         self.lists: list[int] = []
+        self.releases = 0
         self.fail = False
         self.lock = threading.Lock()
 
     def call(self, fn: str, args: Mapping[str, Any] | None = None) -> Any:
-        raise AssertionError(fn)
+        assert fn == "release_auto_execution_leases" and (args or {})["p_dispatcher"]
+        self.releases += 1
+        return 0
 
     def rows(self, fn: str, args: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        assert fn == "list_auto_approved_proposals"
+        assert fn == "lease_auto_approved_proposals"
+        assert (args or {})["p_lease_seconds"] == TIMEOUT + 10 and (args or {})["p_dispatcher"]
         if self.fail:
             raise RpcUnavailable("the database did not answer")
         limit = int((args or {})["p_limit"])
@@ -115,6 +119,7 @@ def test_the_queue_is_drained_oldest_first_in_batches(httpx_mock: HTTPXMock) -> 
     assert sent == order
     assert (report.requested, report.executed, report.stopped) == (250, 250, "drained")
     assert queue.lists == [100, 100, 100] and queue.waiting == []
+    assert queue.releases == 1
 
 
 def test_the_first_429_stops_new_requests_and_leaves_the_rest_queued(
@@ -198,8 +203,9 @@ def test_a_definite_answer_that_leaves_the_proposal_listed_is_not_repeated_in_a_
     assert (report.conflicts, report.stopped, len(sent)) == (3, "drained", 3)
 
 
-def test_a_list_that_fails_is_reported(httpx_mock: HTTPXMock) -> None:
+def test_a_lease_that_fails_is_reported(httpx_mock: HTTPXMock) -> None:
     queue = Queue(3)
     queue.fail = True
     report = dispatcher(queue).run(StepLog(), plenty)
-    assert (report.stopped, report.requested) == ("list_failed", 0)
+    assert (report.stopped, report.requested) == ("lease_failed", 0)
+    assert queue.releases == 1  # whatever happened, the run gives its leases back

@@ -9,8 +9,10 @@ the one trade key, whose budget (Bitvavo: 1,000 weight a minute, POST /order wei
 key is banned until its window ends plus a minute) every trading_execute instance shares. So the
 scanner does not send each proposal as its job makes it; it drains a queue kept in the database:
 
-1. `list_auto_approved_proposals(p_limit)` — auto-approved, unexpired proposals that have no
-   execution yet and whose claim was never rejected, oldest first (first come, first served).
+1. `lease_auto_approved_proposals(p_dispatcher, p_limit, p_lease_seconds)` — auto-approved,
+   unexpired proposals that have no execution yet and whose claim was never rejected, oldest first
+   (first come, first served), each leased to this run for a moment: ticks that dispatch at the
+   same time (one per scanner instance) send disjoint proposals instead of each sending all.
 2. Each goes to trading_execute (shared.scanning.autoexecute) with `Idempotency-Key:
    auto:<proposal_id>`, at most `concurrency` requests at once. trading_execute's claim takes a
    slot of the trade key's order budget — kept in the database for every instance, sized below
@@ -31,7 +33,11 @@ last claim answer, e.g. `claim.rate_limited`).
 
 from __future__ import annotations
 
+import math
+import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -47,7 +53,11 @@ from shared.scanning.autoexecute import (
     idempotency_key,
 )
 
-LIST_BATCH = 100  # proposals per list_auto_approved_proposals call
+LIST_BATCH = 100  # proposals per lease_auto_approved_proposals call
+# A lease covers its batch's requests at their usual pace (a few seconds for a hundred) plus one
+# request's timeout; one that runs out only lets another dispatcher repeat a request, which the
+# claim's idempotency answers (a replay or 409).
+LEASE_MARGIN_SECONDS = 10
 
 # How each answer counts (ExecuteAnswer.outcome → DispatchReport field).
 _TALLY = {"created": "executed", "accepted": "executed", "ok": "executed", "replayed": "executed",
@@ -67,7 +77,7 @@ class DispatchReport:
     refused: int = 0  # any other answer (400: a bug of ours); counted, never repeated in a run
     waited_ms: int = 0
     retry_after_seconds: int | None = None
-    # drained | rate_limited | time_budget | unavailable | list_failed
+    # drained | rate_limited | time_budget | unavailable | lease_failed
     stopped: str = "drained"
 
     def as_json(self) -> dict[str, Any]:
@@ -94,43 +104,52 @@ class Dispatcher:
         self._sleep = sleep
         self._clock = clock
 
-    def close(self) -> None:
-        self.client.close()
-
     def run(self, log: StepLog, time_left: Callable[[], float]) -> DispatchReport:
         """Send the queued auto-approved proposals until the queue is empty, the order budget is
         used up (longer than max_wait_seconds), trading_execute does not answer, or the caller's
         time (`time_left()`, seconds) no longer fits a request."""
         report = DispatchReport()
-        answered: set[str] = set()  # a proposal is sent at most once per run unless it got a 429
-        with log.step("dispatch") as step, ThreadPoolExecutor(
+        dispatcher_id = f"{socket.gethostname()[:100]}:{os.getpid()}:dispatch:{uuid.uuid4().hex}"
+        with log.step("dispatch", dispatcher=dispatcher_id) as step, ThreadPoolExecutor(
                 max_workers=self.concurrency, thread_name_prefix="dispatch") as pool:
-            while True:
-                rows = self._list(log, report)
-                if rows is None:
-                    report.stopped = "list_failed"
-                    break
-                fresh = [row for row in rows if str(row["proposal_id"]) not in answered]
-                if not fresh:
-                    break
-                report.retry_after_seconds = None  # this round's, if it meets the budget
-                stop = self._send(pool, fresh, answered, log, report, time_left)
-                if stop == "rate_limited" and self._wait(report, time_left):
-                    continue
-                if stop is not None:
-                    report.stopped = stop
-                    break
-                if len(rows) < self.batch:
-                    break
+            try:
+                self._drain(pool, dispatcher_id, log, report, time_left)
+            finally:
+                self._release(dispatcher_id, log)
             step.set(report.stopped, severity="WARNING" if report.stopped in (
-                "unavailable", "list_failed") else None, **report.as_json())
+                "unavailable", "lease_failed") else None, **report.as_json())
         return report
 
+    def _drain(self, pool: ThreadPoolExecutor, dispatcher_id: str, log: StepLog,
+               report: DispatchReport, time_left: Callable[[], float]) -> None:
+        answered: set[str] = set()  # a proposal is sent at most once per run unless it got a 429
+        while True:
+            rows = self._lease(dispatcher_id, log, report)
+            if rows is None:
+                report.stopped = "lease_failed"
+                return
+            fresh = [row for row in rows if str(row["proposal_id"]) not in answered]
+            if not fresh:
+                return
+            report.retry_after_seconds = None  # this round's, if it meets the budget
+            stop = self._send(pool, fresh, answered, log, report, time_left)
+            if stop == "rate_limited" and self._wait(report, time_left):
+                continue
+            if stop is not None:
+                report.stopped = stop
+                return
+            if len(rows) < self.batch:
+                return
+
     # -- the steps ------------------------------------------------------------------------------
-    def _list(self, log: StepLog, report: DispatchReport) -> list[dict[str, Any]] | None:
-        with log.step("dispatch_list", limit=self.batch) as step:
+    def _lease(self, dispatcher_id: str, log: StepLog,
+               report: DispatchReport) -> list[dict[str, Any]] | None:
+        lease_seconds = math.ceil(self.client.timeout) + LEASE_MARGIN_SECONDS
+        with log.step("dispatch_lease", limit=self.batch, lease_seconds=lease_seconds) as step:
             try:
-                rows = self.rpc.rows("list_auto_approved_proposals", {"p_limit": self.batch})
+                rows = self.rpc.rows("lease_auto_approved_proposals", {
+                    "p_dispatcher": dispatcher_id, "p_limit": self.batch,
+                    "p_lease_seconds": lease_seconds})
             except RpcError as exc:
                 step.set("error", severity="ERROR", error=type(exc).__name__,
                          error_code=exc.code)
@@ -138,6 +157,19 @@ class Dispatcher:
             step.set(listed=len(rows))
         report.listed += len(rows)
         return rows
+
+    def _release(self, dispatcher_id: str, log: StepLog) -> None:
+        """Give back the proposals leased but not sent, so the next dispatcher has them at once
+        (if this fails they go when the lease runs out)."""
+        with log.step("dispatch_release") as step:
+            try:
+                released = self.rpc.call("release_auto_execution_leases",
+                                         {"p_dispatcher": dispatcher_id})
+            except RpcError as exc:
+                step.set("error", severity="WARNING", error=type(exc).__name__,
+                         error_code=exc.code)
+                return
+            step.set(released=released)
 
     def _send(self, pool: ThreadPoolExecutor, rows: Iterable[Mapping[str, Any]],
               answered: set[str], log: StepLog, report: DispatchReport,

@@ -12,7 +12,9 @@
  *                              trade key's order budget when given one
  *   record_execution_result    service-only; the state machine, the ledger write, the proposal outcome
  *   list_unsettled_executions  service-only; the reconciler's work list (G10)
- *   list_auto_approved_proposals  service-only; the scanner's auto-execute queue, oldest first
+ *   lease_auto_approved_proposals  service-only; the scanner's auto-execute queue, oldest first,
+ *                              leased briefly to one dispatcher at a time
+ *   release_auto_execution_leases  service-only; a dispatcher gives back what it did not send
  *   private.order_budget_seconds, private.take_order_budget
  *                              the trade key's order budget, shared by every trading_execute instance
  *   private.uuid_v7            the time-ordered ids of the three tables, so they grow cheaply
@@ -138,7 +140,7 @@ create index trade_proposals_open_expiry_idx
 -- The scan_jobs foreign key's ON DELETE SET NULL.
 create index trade_proposals_scan_job_idx
   on public.trade_proposals (scan_job_id) where scan_job_id is not null;
--- list_auto_approved_proposals: the auto-execute queue, oldest first.
+-- lease_auto_approved_proposals: the auto-execute queue, oldest first.
 create index trade_proposals_auto_approved_idx
   on public.trade_proposals (created_at, id) where status = 'approved' and decided_by = 'auto';
 
@@ -1437,12 +1439,41 @@ $$;
 revoke execute on function public.list_unsettled_executions(integer, integer) from public, anon, authenticated;
 grant execute on function public.list_unsettled_executions(integer, integer) to service_role;
 
--- The auto-execute queue: auto-approved proposals not yet executed (status `approved`: a claim moves
--- a proposal to `executing` in the transaction that creates its execution) and not expired, oldest
--- first, at most p_limit (1..1000). A proposal whose claim was rejected (an audited
+-- =============================================================================================
+-- Section - the auto-execute queue (service-only)
+-- =============================================================================================
+-- The scanner's dispatch (shared/scanning/dispatch.py) drains the auto-approved proposals through
+-- trading_execute. Several ticks may dispatch at once (cron starts one per scanner instance); a
+-- short lease gives each proposal to one dispatcher at a time, so they send disjoint sets instead
+-- of every one sending everything (each repeat would only be a replay or a 409, but a request, a
+-- claim and an audit row each). The lease is an efficiency, not a guarantee: when it runs out with
+-- a request still on its way, another dispatcher may send the same proposal, and the claim's
+-- idempotency (G1) answers it. Expired leases are deleted by run_maintenance.
+create table private.auto_execution_leases (
+  proposal_id uuid primary key references public.trade_proposals (id) on delete cascade,
+  dispatcher text not null,
+  leased_until timestamptz not null,
+  constraint auto_execution_leases_dispatcher_length check (length(dispatcher) between 1 and 200)
+);
+
+alter table private.auto_execution_leases enable row level security;
+
+-- Written and read only by lease_auto_approved_proposals, release_auto_execution_leases and
+-- run_maintenance.
+revoke all on private.auto_execution_leases from public, anon, authenticated, service_role;
+
+-- Leases to p_dispatcher, for p_lease_seconds, up to p_limit (1..1000) auto-approved proposals
+-- that are not executed yet (status `approved`: a claim moves a proposal to `executing` in the
+-- transaction that creates its execution), not expired, and not leased to another dispatcher,
+-- oldest first; returns them in that order. A proposal whose claim was rejected (an audited
 -- `claim.rejected`) has had its definite answer and is left out: it waits for its expiry, or for
--- its user. One refused for the order budget (`claim.rate_limited`) stays in the queue.
-create or replace function public.list_auto_approved_proposals(p_limit integer default 100)
+-- its user. One refused for the order budget (`claim.rate_limited`) stays in the queue, and a
+-- dispatcher may lease its own proposals again (after waiting for the budget).
+create or replace function public.lease_auto_approved_proposals(
+  p_dispatcher text,
+  p_limit integer default 100,
+  p_lease_seconds integer default 30
+)
 returns table (
   proposal_id uuid,
   user_id uuid,
@@ -1453,25 +1484,73 @@ returns table (
   expires_at timestamptz
 )
 language plpgsql
-stable
 security definer
 set search_path = ''
 as $$
 begin
+  if p_dispatcher is null or length(p_dispatcher) not between 1 and 200 then
+    raise exception 'p_dispatcher must be 1..200 characters' using errcode = '22023';
+  end if;
   if p_limit is null or p_limit not between 1 and 1000 then
     raise exception 'p_limit must be 1..1000, got %', coalesce(p_limit::text, 'null')
       using errcode = '22023';
   end if;
+  if p_lease_seconds is null or p_lease_seconds not between 1 and 3600 then
+    raise exception 'p_lease_seconds must be 1..3600, got %', coalesce(p_lease_seconds::text, 'null')
+      using errcode = '22023';
+  end if;
+  -- The proposal rows a concurrent dispatcher is leasing right now are skipped, not waited for;
+  -- the lease row's own conflict check decides between two that saw it free.
   return query
+    with candidates as (
+      select p.id
+        from public.trade_proposals p
+        left join private.auto_execution_leases l on l.proposal_id = p.id
+       where p.status = 'approved' and p.decided_by = 'auto'
+         and p.expires_at > pg_catalog.now()
+         and (l.proposal_id is null or l.leased_until <= pg_catalog.now()
+              or l.dispatcher = p_dispatcher)
+         and not exists (select from public.execution_audit_log a
+                          where a.proposal_id = p.id and a.event = 'claim.rejected')
+       order by p.created_at, p.id
+       limit p_limit
+         for update of p skip locked
+    ), leased as (
+      insert into private.auto_execution_leases as l (proposal_id, dispatcher, leased_until)
+      select c.id, p_dispatcher,
+             pg_catalog.now() + pg_catalog.make_interval(secs => p_lease_seconds::double precision)
+        from candidates c
+      on conflict on constraint auto_execution_leases_pkey do update
+         set dispatcher = excluded.dispatcher, leased_until = excluded.leased_until
+       where l.leased_until <= pg_catalog.now() or l.dispatcher = excluded.dispatcher
+      returning l.proposal_id
+    )
     select p.id, p.user_id, p.market, p.side, p.amount_quote, p.created_at, p.expires_at
       from public.trade_proposals p
-     where p.status = 'approved' and p.decided_by = 'auto'
-       and p.expires_at > pg_catalog.now()
-       and not exists (select from public.execution_audit_log a
-                        where a.proposal_id = p.id and a.event = 'claim.rejected')
-     order by p.created_at, p.id
-     limit p_limit;
+      join leased x on x.proposal_id = p.id
+     order by p.created_at, p.id;
 end;
 $$;
-revoke execute on function public.list_auto_approved_proposals(integer) from public, anon, authenticated;
-grant execute on function public.list_auto_approved_proposals(integer) to service_role;
+revoke execute on function public.lease_auto_approved_proposals(text, integer, integer) from public, anon, authenticated;
+grant execute on function public.lease_auto_approved_proposals(text, integer, integer) to service_role;
+
+-- Ends every lease p_dispatcher holds (a dispatch run calls it when it stops, so the proposals it
+-- leased but did not send go to the next dispatcher at once); returns how many.
+create or replace function public.release_auto_execution_leases(p_dispatcher text) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_released integer;
+begin
+  if p_dispatcher is null or length(p_dispatcher) not between 1 and 200 then
+    raise exception 'p_dispatcher must be 1..200 characters' using errcode = '22023';
+  end if;
+  delete from private.auto_execution_leases l where l.dispatcher = p_dispatcher;
+  get diagnostics v_released = row_count;
+  return v_released;
+end;
+$$;
+revoke execute on function public.release_auto_execution_leases(text) from public, anon, authenticated;
+grant execute on function public.release_auto_execution_leases(text) to service_role;

@@ -4,7 +4,8 @@
  *
  *   run_maintenance          every minute: frees expired scan-job leases, expires stale trade
  *                            proposals, releases GPT reservations older than their lifetime
- *                            (private.gpt_reservation_lifetime: 15 minutes)
+ *                            (private.gpt_reservation_lifetime: 15 minutes), deletes run-out
+ *                            auto-execute dispatch leases
  *   cron 'run-maintenance'   * * * * *  select public.run_maintenance()
  *   cron 'purge-cron-history' daily: pg_cron's own run log older than 7 days
  *   cron 'invoke-scan-scheduler' (hosted Supabase only, when pg_net's net.http_post and Vault
@@ -97,6 +98,9 @@ begin
     returning 1
   )
   select count(*) into v_released_reservations from audited;
+
+  -- A dispatch lease that ran out means nothing any more (lease_auto_approved_proposals).
+  delete from private.auto_execution_leases l where l.leased_until <= now();
 
   return jsonb_build_object(
     'expired_locks', v_expired_locks,
