@@ -169,6 +169,31 @@ def test_a_long_retry_after_or_too_little_time_left_is_not_waited(httpx_mock: HT
     assert (report.stopped, slept) == ("rate_limited", [])  # 30 s left: no request after a wait
 
 
+def test_the_waits_of_a_run_stay_within_max_wait_seconds_in_all(httpx_mock: HTTPXMock) -> None:
+    queue = Queue(50)
+    calls = {"n": 0}
+
+    def one_slot_at_a_time(request: httpx.Request, n: int) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:
+            return httpx.Response(429, headers={"Retry-After": "4"}, json={})
+        return created(request, n)
+
+    slept: list[float] = []
+    clock = {"now": 0.0}
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock["now"] += seconds
+
+    serve(httpx_mock, queue, one_slot_at_a_time)
+    report = Dispatcher(queue, ExecuteClient(URL, KEY, TIMEOUT), concurrency=1,
+                        max_wait_seconds=10, sleep=sleep, clock=lambda: clock["now"]
+                        ).run(StepLog(), plenty)
+    assert slept == [4.0, 4.0] and report.waited_ms == 8000  # a third wait would make 12 s
+    assert (report.executed, report.rate_limited, report.stopped) == (3, 3, "rate_limited")
+
+
 def test_no_request_starts_without_the_time_for_its_timeout(httpx_mock: HTTPXMock) -> None:
     queue = Queue(5)
     sent = serve(httpx_mock, queue, created)

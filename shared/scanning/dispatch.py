@@ -1,6 +1,6 @@
 """Auto-execute dispatch: the database is the queue, trading_execute the only executor.
 
-    dispatcher = Dispatcher(rpc, client, concurrency=4, max_wait_seconds=20)
+    dispatcher = Dispatcher(rpc, client, concurrency=4, max_wait_seconds=30)
     dispatcher.run(log, time_left) -> DispatchReport      # once per tick
 
 A tick calls `run` once, after its jobs have written their proposals. One market's signal can make
@@ -18,9 +18,14 @@ scanner does not send each proposal as its job makes it; it drains a queue kept 
    slot of the trade key's order budget — kept in the database for every instance, sized below
    the key's limit — or answers 429 with Retry-After, having claimed and sent nothing.
 3. The first 429 stops new requests (those already sent finish). If the budget has room again
-   within `max_wait_seconds` and the tick still has time for a request after the wait, the
-   dispatcher waits and lists again; otherwise it stops, and what is left waits in the queue for
-   the next tick. No answer at all (trading_execute or the database down) stops it too.
+   soon enough — this run's waits stay within `max_wait_seconds` in all, and the tick still has
+   time for a request after the wait — the dispatcher waits and leases again; otherwise it stops,
+   and what is left waits in the queue for the next tick. (A slot frees when its second leaves the
+   window, so after a burst the budget refills as fast as it was spent: the first wait is the long
+   one, the rounds after it are short. The bound is on the sum, so a tick never trickles along
+   for the whole window.) No answer at all (trading_execute or the database down) stops it too.
+   However it stops, it gives back the proposals it leased and did not send
+   (release_auto_execution_leases).
 
 Why nothing is lost or done twice: a proposal leaves the queue only when its claim exists (status
 `executing` and on) or was rejected (a definite answer, audited as `claim.rejected`); a 429 or a
@@ -106,8 +111,8 @@ class Dispatcher:
 
     def run(self, log: StepLog, time_left: Callable[[], float]) -> DispatchReport:
         """Send the queued auto-approved proposals until the queue is empty, the order budget is
-        used up (longer than max_wait_seconds), trading_execute does not answer, or the caller's
-        time (`time_left()`, seconds) no longer fits a request."""
+        used up (for longer than max_wait_seconds in all), trading_execute does not answer, or
+        the caller's time (`time_left()`, seconds) no longer fits a request."""
         report = DispatchReport()
         dispatcher_id = f"{socket.gethostname()[:100]}:{os.getpid()}:dispatch:{uuid.uuid4().hex}"
         with log.step("dispatch", dispatcher=dispatcher_id) as step, ThreadPoolExecutor(
@@ -224,10 +229,11 @@ class Dispatcher:
             return answer
 
     def _wait(self, report: DispatchReport, time_left: Callable[[], float]) -> bool:
-        """Wait out a 429's Retry-After when it is short enough and a request still fits after
-        it; False: stop now."""
+        """Wait out a 429's Retry-After when this run's waits stay within max_wait_seconds and a
+        request still fits after it; False: stop now."""
         seconds = float(report.retry_after_seconds or 1)
-        if seconds > self.max_wait_seconds or time_left() - seconds < self.client.timeout:
+        if (report.waited_ms / 1000 + seconds > self.max_wait_seconds
+                or time_left() - seconds < self.client.timeout):
             return False
         started = self._clock()
         self._sleep(seconds)

@@ -102,10 +102,10 @@ class ScannerSettings(BaseSettings):
     # -- auto-execute ----------------------------------------------------------------------------
     execute_function_url: str | None = None
     execute_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
-    # Execute requests in flight at once, and how long a tick may wait for the trade key's order
-    # budget to have room again after a 429 (shared.scanning.dispatch).
+    # Execute requests in flight at once, and how long in all a tick may wait for the trade key's
+    # order budget to have room again after 429s (shared.scanning.dispatch).
     dispatch_concurrency: int = Field(default=4, ge=1, le=32)
-    dispatch_max_wait_seconds: float = Field(default=20.0, ge=0, le=300)
+    dispatch_max_wait_seconds: float = Field(default=30.0, ge=0, le=300)
     trading_mode: Literal["paper", "live"] = "paper"
 
     # -- the tick --------------------------------------------------------------------------------
