@@ -80,8 +80,9 @@ def test_requests_racing_for_the_last_slots_get_exactly_the_slots_available(
         assert answer.headers["content-type"] == "application/problem+json"
         problem = answer.json()
         assert problem["type"] == "/problems/order-budget-exhausted"
+        # The slots were all taken a moment ago: they free a whole window (77 s) later.
         seconds = int(answer.headers["retry-after"])
-        assert seconds == problem["retry_after_seconds"] and 1 <= seconds <= 77
+        assert seconds == problem["retry_after_seconds"] and 60 <= seconds <= 77
         # Nothing claimed, nothing sent: the proposal is as it was.
         assert db.scalar("select status from public.trade_proposals where id = %s",
                          (item[0],)) == "approved"

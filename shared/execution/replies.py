@@ -10,6 +10,7 @@ lines of the request share.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -69,7 +70,12 @@ def claim_reply(claim: Mapping[str, Any]) -> Reply:
 def order_budget_exhausted(retry_after: Any) -> ProblemError:
     """429: the trade key's order budget is used up for now. Nothing was claimed or sent; the
     proposal is as it was, and the same request may be repeated after Retry-After."""
-    seconds = retry_after if isinstance(retry_after, int) and retry_after > 0 else 1
+    seconds = 1  # anything unusable means "soon"
+    # The RPC port reads every JSON number as a Decimal.
+    if isinstance(retry_after, int | Decimal) and not isinstance(retry_after, bool):
+        value = Decimal(retry_after)
+        if value.is_finite():
+            seconds = max(1, math.ceil(value))
     return ProblemError(429, "order-budget-exhausted", "the trade key's order budget is used up "
                         "for now; nothing was claimed or sent. Retry with the same "
                         f"Idempotency-Key in {seconds} s", headers={"Retry-After": str(seconds)},
