@@ -9,7 +9,9 @@ official SDK and ccxt work against it, plus a loopback-only control surface unde
 - `SANDBOX_KEYS`        JSON list of {"key": <64 chars>, "secret": …, "permissions": [...]};
                         default: the view key and trade key in `sandbox.auth`.
 - `SANDBOX_BALANCES`    JSON like {"EUR": "10000"} (the default), the one account's balances.
-- `SANDBOX_RATE_LIMIT`  weight points per minute per key/IP (default 1000).
+- `SANDBOX_RATE_LIMIT`  weight points per minute per key/IP (default 1000); a key's own
+                        `rate_limit` in SANDBOX_KEYS overrides it for that key.
+- `SANDBOX_RATE_WINDOW_MS`  the rate-limit window (default 60000: a minute; tests shorten it).
 - `SANDBOX_RATE_LIMIT_ERROR_CODE`  the errorCode of a rate-limit ban: 110 (default, Bitvavo's
                         rate-limit page) or 105 (what the SDKs and ccxt know).
 - `SANDBOX_CLOCK_OFFSET_MS`  start the market clock this far ahead of wall time (default 0).
@@ -152,8 +154,11 @@ class Exchange:
             self.path, self.initial_balances, self.listings,
             insufficient_funds=env.get("SANDBOX_INSUFFICIENT_FUNDS", "reject"),
             amount_quote_fee=env.get("SANDBOX_AMOUNT_QUOTE_FEE", "included"))
-        self.limiter = RateLimiter(int(env.get("SANDBOX_RATE_LIMIT", "1000")),
-                                   int(env.get("SANDBOX_RATE_LIMIT_ERROR_CODE", "110")))
+        self.limiter = RateLimiter(
+            int(env.get("SANDBOX_RATE_LIMIT", "1000")),
+            int(env.get("SANDBOX_RATE_LIMIT_ERROR_CODE", "110")),
+            int(env.get("SANDBOX_RATE_WINDOW_MS", "60000")),
+            {f"key:{k.key}": k.rate_limit for k in self.auth.keys.values() if k.rate_limit})
         self.faults = FaultPlan()
 
     def reset(self, balances: dict[str, Decimal] | None = None) -> None:
@@ -570,6 +575,8 @@ class Handler(BaseHTTPRequestHandler):
                         raise ValueError("completed_by_client_order_id must be a boolean")
                     exchange.account.completed_by_client_order_id = found
                     return _json_answer(200, {"completed_by_client_order_id": found})
+                case ("GET", "/_sandbox/limits"):
+                    return _json_answer(200, exchange.limiter.describe())
                 case ("GET", "/_sandbox/orders"):
                     return _json_answer(200, exchange.account.all_orders(
                         exchange.clock.now_ms()))

@@ -8,6 +8,9 @@ the limit at 12:00:15, allowed again at 12:02:00), an IP for 15 minutes. Signed 
 against their key, unsigned ones against the IP. Windows and bans run on the time the caller
 passes in: the sandbox passes its market clock, so a test can cross a minute boundary with
 `POST /_sandbox/clock` instead of waiting.
+`refused` counts those answers (GET /_sandbox/limits), so a test can show that a client never met
+one. Tests may shorten the window (SANDBOX_RATE_WINDOW_MS) and give a key its own limit
+(SANDBOX_KEYS' `rate_limit`), e.g. a small trade-key budget next to a large one for market data.
 """
 
 from __future__ import annotations
@@ -56,43 +59,57 @@ class RateLimitBan(ApiError):
 
 
 class RateLimiter:
-    def __init__(self, limit: int, error_code: int = 110) -> None:
+    def __init__(self, limit: int, error_code: int = 110, window_ms: int = WINDOW_MS,
+                 limits: dict[str, int] | None = None) -> None:
         if error_code not in BAN_ERROR_CODES:
             raise ValueError(f"the rate-limit error code must be one of {BAN_ERROR_CODES}")
         self.limit = limit
         self.error_code = error_code
+        self.window_ms = window_ms
+        self._limits = dict(limits or {})  # identity → its own limit
         self._lock = threading.Lock()
         self._usage: dict[str, _Usage] = {}
+        self.refused = 0
 
     def reset(self) -> None:
         with self._lock:
             self._usage.clear()
+            self.refused = 0
 
     def charge(self, identity: str, weight: int, now_ms: int, *, is_key: bool) -> Quota:
         """Count `weight` against `identity` (e.g. "key:…" or "ip:…"); raise on a ban."""
+        limit = self._limits.get(identity, self.limit)
         with self._lock:
             usage = self._usage.setdefault(identity, _Usage())
-            window_start = now_ms - now_ms % WINDOW_MS
+            window_start = now_ms - now_ms % self.window_ms
             if usage.window_start != window_start:
                 usage.window_start, usage.used = window_start, 0
             if usage.banned_until > now_ms:
-                raise self._ban(usage.banned_until)
-            if usage.used + weight > self.limit:
-                usage.banned_until = (window_start + WINDOW_MS + KEY_BAN_AFTER_WINDOW_MS
+                self.refused += 1
+                raise self._ban(limit, usage.banned_until)
+            if usage.used + weight > limit:
+                usage.banned_until = (window_start + self.window_ms + KEY_BAN_AFTER_WINDOW_MS
                                       if is_key else now_ms + IP_BAN_MS)
-                usage.used = self.limit
-                raise self._ban(usage.banned_until)
+                usage.used = limit
+                self.refused += 1
+                raise self._ban(limit, usage.banned_until)
             usage.used += weight
-            return Quota(self.limit, self.limit - usage.used, window_start + WINDOW_MS)
+            return Quota(limit, limit - usage.used, window_start + self.window_ms)
 
     def peek(self, identity: str, now_ms: int) -> Quota:
+        limit = self._limits.get(identity, self.limit)
         with self._lock:
             usage = self._usage.get(identity)
-            window_start = now_ms - now_ms % WINDOW_MS
+            window_start = now_ms - now_ms % self.window_ms
             if usage is not None and usage.banned_until > now_ms:
-                return Quota(self.limit, 0, usage.banned_until)
+                return Quota(limit, 0, usage.banned_until)
             used = usage.used if usage and usage.window_start == window_start else 0
-            return Quota(self.limit, self.limit - used, window_start + WINDOW_MS)
+            return Quota(limit, limit - used, window_start + self.window_ms)
 
-    def _ban(self, until_ms: int) -> RateLimitBan:
-        return RateLimitBan(self.error_code, until_ms, Quota(self.limit, 0, until_ms))
+    def describe(self) -> dict[str, int]:
+        """The default limit, the window and how many requests were refused (429) so far."""
+        with self._lock:
+            return {"limit": self.limit, "window_ms": self.window_ms, "refused": self.refused}
+
+    def _ban(self, limit: int, until_ms: int) -> RateLimitBan:
+        return RateLimitBan(self.error_code, until_ms, Quota(limit, 0, until_ms))

@@ -95,6 +95,10 @@ class SandboxServer:
         """Every order the sandbox accepted (including ones whose answer was dropped)."""
         return self._call("GET", "/_sandbox/orders")
 
+    def limits(self) -> dict[str, int]:
+        """{"limit", "window_ms", "refused"}: refused counts the 429 answers since the reset."""
+        return self._call("GET", "/_sandbox/limits")
+
     def reset(self, balances: dict[str, str] | None = None) -> None:
         self._call("POST", "/_sandbox/reset", {"balances": balances} if balances else {})
 

@@ -92,13 +92,13 @@ BREAKS = {
         ["create table public.verify_probe (id int)"], ["drop table public.verify_probe"],
         "rls", ["RLS is disabled on public.verify_probe"]),
     "execute granted to authenticated on a service-only rpc": (
-        ["grant execute on function "
-         "public.claim_trade_execution(uuid, uuid, text, text, boolean) to authenticated"],
-        ["revoke execute on function "
-         "public.claim_trade_execution(uuid, uuid, text, text, boolean) from authenticated"],
+        ["grant execute on function public.claim_trade_execution(uuid, uuid, text, text, "
+         "boolean, integer, integer) to authenticated"],
+        ["revoke execute on function public.claim_trade_execution(uuid, uuid, text, text, "
+         "boolean, integer, integer) from authenticated"],
         "function_privileges",
-        ["authenticated can execute public.claim_trade_execution(uuid,uuid,text,text,boolean), a "
-         "service-only SECURITY DEFINER function"]),
+        ["authenticated can execute public.claim_trade_execution(uuid,uuid,text,text,boolean,"
+         "integer,integer), a service-only SECURITY DEFINER function"]),
     "execute granted to anon on an api function": (
         ["grant execute on function public.decide_trade_proposal(uuid, text) to anon"],
         ["revoke execute on function public.decide_trade_proposal(uuid, text) from anon"],

@@ -382,7 +382,9 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
                                   # default false: the sweep's claims of these user-approved
                                   # proposals may succeed
                                   "p_require_auto_approval": Param(st.booleans(), bool_values(),
-                                                                   False, BOOL_EDGES)},
+                                                                   False, BOOL_EDGES),
+                                  "p_order_budget": int_param(800, 1, 1000),
+                                  "p_order_budget_window_seconds": int_param(77, 1, 86400)},
         "cleanup_expired_locks": {},
         "clear_todays_budget": {"p_user_id": user},
         "create_scan_proposal": {
@@ -402,6 +404,9 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
         "get_scan_context": {"p_job_id": job, "p_worker_id": worker, "p_mode": mode},
         "heartbeat_scan_job": {"p_job_id": job, "p_worker_id": worker,
                                "p_lock_seconds": int_param(10, 300, 3600)},
+        "lease_auto_approved_proposals": {"p_dispatcher": worker,
+                                          "p_limit": int_param(1, 100, 1000),
+                                          "p_lease_seconds": int_param(30, 1, 3600)},
         "list_unsettled_executions": {"p_older_than_seconds": int_param(0, 30),
                                       "p_limit": int_param(1, 50, 500)},
         "list_sweep_markets": {"p_window_seconds": int_param(60, 3600, 604800)},
@@ -411,6 +416,7 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
                 uuid_text([str(uuid.UUID(int=1))]), st.integers(0, 10), st.booleans()),
                 str(uuid.UUID(int=1)), UUID_EDGES),
             "p_note": text_param("handled by the operator", plain=True)},
+        "release_auto_execution_leases": {"p_dispatcher": worker},
         "record_execution_result": {"p_execution_id": execution,
                                     "p_result": execution_result_param()},
         "release_job_lock": {"p_job_id": job, "p_worker_id": worker, "p_succeeded": bool_param(),
@@ -456,12 +462,14 @@ SERVICE_RPCS = ("acknowledge_exchange_discrepancy", "check_gpt_budget", "claim_d
                 "claim_trade_execution",
                 "cleanup_expired_locks", "clear_todays_budget", "create_scan_proposal",
                 "create_trade_proposal", "debug_check_locks", "get_budget_analytics",
-                "get_scan_context", "heartbeat_scan_job", "list_sweep_markets",
-                "list_unsettled_executions", "record_exchange_orders", "record_execution_result",
-                "release_job_lock", "release_job_locks",
+                "get_scan_context", "heartbeat_scan_job", "lease_auto_approved_proposals",
+                "list_sweep_markets", "list_unsettled_executions", "record_exchange_orders",
+                "record_execution_result", "release_auto_execution_leases", "release_job_lock",
+                "release_job_locks",
                 "reserve_gpt_budget", "run_maintenance", "set_trading_halted", "settle_gpt_usage")
 USER_RPCS = ("decide_trade_proposal", "get_budget_analytics")
-SETOF = {"claim_due_scan_jobs", "debug_check_locks", "list_unsettled_executions"}
+SETOF = {"claim_due_scan_jobs", "debug_check_locks", "lease_auto_approved_proposals",
+         "list_unsettled_executions"}
 
 
 def call_and_check(world: World, fn: str, args: dict[str, Any], *,

@@ -3,14 +3,15 @@ database (tests/pg.py) and the Bitvavo sandbox over real HTTP.
 
 - G2: 208 due jobs over 52 users and 4 markets, 4 concurrent tick callers on 2 function processes
   → every job claimed and run exactly once for its due period, proposals written, jobs rescheduled;
-- G2: a worker SIGKILLed mid-job → its leases expire → a later tick completes each job once, and
-  the job that had already proposed and asked for execution hands on the same proposal with the
-  same Idempotency-Key (executed once);
+- G2: a worker SIGKILLed mid-job → its leases expire → a later tick completes each job once; the
+  job that had already proposed hands on the same proposal, and the dispatch executes it once
+  with its Idempotency-Key;
 - G2: the heartbeat extends the leases of running jobs; a job whose lease was taken over writes
   nothing;
 - a failing job (a market the sandbox does not know) backs off, the others are unaffected;
 - G7 with ORACLE=openai against an OpenAI-compatible fake served here over HTTP;
-- auto-execute: the request's headers and body, and a failed request retried with the same key;
+- auto-execute: the request's headers and body, and a failed request retried with the same key
+  by the next tick's dispatch (tests/test_scan_burst.py: a burst within the trade key's budget);
 - the HTTP contract (401/400/405) and the jobs/second of one tick (printed, never asserted).
 """
 
@@ -177,13 +178,15 @@ def test_jobs_per_second_of_one_tick(db: Database, bitvavo_sandbox: SandboxServe
 def test_g2_g1_a_sigkilled_worker_s_jobs_run_again_once_and_execute_once(
         db: Database, bitvavo_sandbox: SandboxServer) -> None:
     """The real chain, paper mode: scan_scheduler → the real trading_execute (through a recorder).
-    Worker A: BTC-EUR's job is held in its market data; ETH-EUR's job proposes, is auto-approved
-    and executed (201) — and A is SIGKILLed before its tick releases anything. After the leases
-    expire, a later tick completes both jobs once: ETH-EUR's job finds its period's proposal
-    already `executed` and neither proposes nor requests again; BTC-EUR's job proposes and is
-    executed. One execution per proposal, one paper fill each. A stalled scanner repeating the
-    ETH-EUR request (same key, same body) gets trading_execute's replay; any other key for that
-    proposal is refused (trade_executions: unique proposal_id)."""
+    Worker A: BTC-EUR's job is held in its market data; ETH-EUR's job proposes and is
+    auto-approved — and A is SIGKILLed before its tick releases or dispatches anything. The
+    proposal waits in the database: the next tick's dispatch executes it while the dead worker
+    still holds the jobs' leases. After the leases expire, a later tick completes both jobs once:
+    ETH-EUR's job finds its period's proposal and does not propose again; BTC-EUR's job proposes
+    and the tick's dispatch executes it. One execution per proposal, one
+    paper fill each. A stalled scanner repeating the ETH-EUR request (same key, same body) gets
+    trading_execute's replay; any other key for that proposal is refused (trade_executions: unique
+    proposal_id)."""
     build_world(db, users=1, markets=("BTC-EUR", "ETH-EUR"), settings=AUTO)
     job = jobs_by_market(db)
     executor_env = {"DATABASE_URL": db.authenticator_url, "SUPABASE_SERVICE_ROLE_KEY": SERVICE_KEY,
@@ -209,13 +212,14 @@ def test_g2_g1_a_sigkilled_worker_s_jobs_run_again_once_and_execute_once(
                         "order by market")
         assert [(m, alive) for m, _, alive in held] == [("BTC-EUR", True), ("ETH-EUR", True)]
         assert {w for _, w, _ in held} == {claim_line["worker_id"]}
-        assert db.query("select market, status from public.trade_proposals") == [
-            ("ETH-EUR", "executed")]
-        assert [status for status, _, _ in execute.answers] == [201]
+        assert db.query("select market, status, decided_by from public.trade_proposals") == [
+            ("ETH-EUR", "approved", "auto")]
+        assert execute.answers == []  # the dispatch comes after the jobs: it never ran
         proxy.release()
 
         with start_function("scan_scheduler", env=env) as b:
-            assert tick(b)["claimed"] == 0  # the dead worker's leases still hold
+            waiting = tick(b)  # the dead worker's leases still hold; its proposal is queued
+            assert (waiting["claimed"], waiting["executions_requested"]) == (0, 1)
             wait_for(lambda: db.scalar("select bool_and(lock_expires_at <= now()) "
                                        "from public.scan_jobs"), timeout=20,
                      what="the dead worker's leases to expire")
@@ -235,7 +239,8 @@ def test_g2_g1_a_sigkilled_worker_s_jobs_run_again_once_and_execute_once(
 
     assert (later["claimed"], later["succeeded"], later["failed"]) == (2, 2, 0)
     assert (later["proposals"], later["proposals_replayed"]) == (1, 1)
-    assert later["executions_requested"] == 1  # BTC-EUR's; ETH-EUR's proposal is executed
+    assert later["executions_requested"] == 1  # BTC-EUR's; ETH-EUR's was executed before
+    assert (later["dispatch"]["executed"], later["dispatch"]["stopped"]) == (1, "drained")
     # Completed once: one proposal per job, both released and rescheduled.
     assert db.query("select market, count(*) from public.trade_proposals group by market "
                     "order by market") == [("BTC-EUR", 1), ("ETH-EUR", 1)]
@@ -471,18 +476,17 @@ def test_auto_execute_requests_each_proposal_with_its_key_and_retries_with_the_s
     (user,) = build_world(db, users=1, markets=("BTC-EUR", "ETH-EUR"), settings=AUTO)
     with ExecuteStandIn(fail_first=1) as execute:
         env = scan_env(db, bitvavo_sandbox, EXECUTE_FUNCTION_URL=execute.url, SCAN_CONCURRENCY="1",
-                       **ALWAYS_SIGNAL)
+                       DISPATCH_CONCURRENCY="1", **ALWAYS_SIGNAL)
         with start_function("scan_scheduler", env=env) as fn:
             first = tick(fn)
-            failed_job = db.scalar("select id from public.scan_jobs where consecutive_failures = 1")
-            db.query("update public.scan_jobs set next_run_at = now() where id = %s", (failed_job,))
             second = tick(fn)
-            third = tick(fn)
 
-    assert (first["proposals"], first["executions_requested"], first["failed"]) == (2, 2, 1)
-    assert (second["claimed"], second["proposals"], second["proposals_replayed"]) == (1, 0, 1)
-    assert (second["executions_requested"], second["succeeded"]) == (1, 1)
-    assert third["claimed"] == 0
+    # The first request gets no definite answer (503): the dispatch stops, both proposals stay
+    # queued, and no job fails for it. The next tick's dispatch sends both.
+    assert (first["proposals"], first["failed"], first["executions_requested"]) == (2, 0, 1)
+    assert (first["dispatch"]["unavailable"], first["dispatch"]["stopped"]) == (1, "unavailable")
+    assert (second["claimed"], second["executions_requested"]) == (0, 2)
+    assert (second["dispatch"]["executed"], second["dispatch"]["stopped"]) == (2, "drained")
     proposals = {str(pid): str(uid) for pid, uid in db.query(
         "select id, user_id from public.trade_proposals where status = 'approved' "
         "and decided_by = 'auto'")}
@@ -499,8 +503,7 @@ def test_auto_execute_requests_each_proposal_with_its_key_and_retries_with_the_s
     keys = Counter(r.header("Idempotency-Key") for r in execute.requests)
     assert sorted(keys.values()) == [1, 2]
     assert sorted(execute.executed.values()) == sorted(proposals)
-    assert db.scalar("select consecutive_failures from public.scan_jobs where id = %s",
-                     (failed_job,)) == 0
+    assert db.scalar("select max(consecutive_failures) from public.scan_jobs") == 0
 
 
 # -- the HTTP contract ----------------------------------------------------------------------------

@@ -381,14 +381,25 @@ def test_definite_answers(httpx_mock: HTTPXMock, status: int, headers: dict[str,
                                                                    "user_id": uid}
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 401, 403, 429])
-def test_no_definite_answer_fails_the_job(httpx_mock: HTTPXMock, status: int) -> None:
+@pytest.mark.parametrize("status", [500, 502, 503, 401, 403])
+def test_no_definite_answer_is_unavailable(httpx_mock: HTTPXMock, status: int) -> None:
     httpx_mock.add_response(url=URL, status_code=status, json={})
     with pytest.raises(ExecuteUnavailable):
         ExecuteClient(URL, KEY, 5).request(str(uuid.uuid4()), str(uuid.uuid4()))
 
 
-def test_a_timeout_fails_the_job(httpx_mock: HTTPXMock) -> None:
+@pytest.mark.parametrize(("header", "seconds"), [("17", 17), ("0", 1), ("soon", 1), (None, 1)])
+def test_a_429_is_the_order_budget_with_its_retry_after(httpx_mock: HTTPXMock,
+                                                        header: str | None, seconds: int) -> None:
+    httpx_mock.add_response(url=URL, status_code=429,
+                            json={"type": "/problems/order-budget-exhausted"},
+                            headers={"Retry-After": header} if header is not None else {})
+    answer = ExecuteClient(URL, KEY, 5).request(str(uuid.uuid4()), str(uuid.uuid4()))
+    assert (answer.outcome, answer.http_status, answer.retry_after) == (
+        "rate_limited", 429, seconds)
+
+
+def test_a_timeout_is_unavailable(httpx_mock: HTTPXMock) -> None:
     httpx_mock.add_exception(httpx.ReadTimeout("slow"), url=URL)
     with pytest.raises(ExecuteUnavailable):
         ExecuteClient(URL, KEY, 5).request(str(uuid.uuid4()), str(uuid.uuid4()))

@@ -11,7 +11,9 @@ What can go wrong, and what the client is told:
 - before the claim commits (bad input 400/413, no valid token 401, the database unreachable during
   the claim 503 — nothing sent, the same Idempotency-Key may be retried);
 - the claim's own outcomes: replay (200/202 with the stored execution, 409 while still in flight),
-  409 already executed, 422 rejected with failed_checks or key reused, 404;
+  409 already executed, 422 rejected with failed_checks or key reused, 404, 429 the trade key's
+  order budget (shared by every instance, kept in the database) is used up for now — nothing
+  claimed or sent, Retry-After says when to send the same request again;
 - the exchange: whatever it answers or raises becomes the recorded status (shared.execution.results:
   201 for a result, 202 when the outcome is unknown);
 - the record RPC fails (connection dropped, …): the order is NOT re-sent; 202 with what is known,
@@ -64,11 +66,17 @@ def execute(call: Call, runtime: Runtime) -> Reply:
 def claim_execution(step: Step, runtime: Runtime, user_id: uuid.UUID, proposal_id: uuid.UUID,
                     key: str, *, require_auto_approval: bool) -> Mapping[str, Any]:
     """The claim RPC. `require_auto_approval` for the service caller: it may execute a user's
-    auto-approved proposal only (SPEC §4), which the claim's proposal_state validator enforces."""
+    auto-approved proposal only (SPEC §4), which the claim's proposal_state validator enforces.
+    The trade key's order budget, shared by every instance, is taken by the same claim once its
+    validators passed: with no slot free it claims nothing (`rate_limited`, answered 429 with
+    Retry-After) and the same Idempotency-Key may be sent again."""
+    knobs = runtime.settings.execution
     try:
         claim = runtime.rpc.call("claim_trade_execution", {
             "p_user_id": user_id, "p_proposal_id": proposal_id, "p_idempotency_key": key,
-            "p_mode": runtime.mode, "p_require_auto_approval": require_auto_approval})
+            "p_mode": runtime.mode, "p_require_auto_approval": require_auto_approval,
+            "p_order_budget": knobs.order_budget,
+            "p_order_budget_window_seconds": knobs.order_budget_window_seconds})
     except RpcInvalidArgument as error:
         step.set("invalid_argument", severity="WARNING")
         raise ProblemError(400, "invalid-argument", error.message) from None
@@ -87,6 +95,7 @@ def claim_execution(step: Step, runtime: Runtime, user_id: uuid.UUID, proposal_i
     execution = claim.get("execution") or {}
     step.set(claim["outcome"], reason=claim.get("reason"), execution_id=execution.get("id"),
              execution_status=execution.get("status"),
+             retry_after_seconds=claim.get("retry_after_seconds"),
              failed_checks=[c.get("check") for c in claim.get("failed_checks") or []] or None)
     return claim
 

@@ -14,6 +14,7 @@ number a client might read into a float. The edge (shared.api.edge) adds `X-Requ
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -63,7 +64,24 @@ def claim_reply(claim: Mapping[str, Any]) -> Reply:
                                claim.get("failed_checks") or []))
     if outcome == "not_found":
         raise ProblemError(404, "not-found", "no such proposal")
+    if outcome == "rate_limited":
+        raise order_budget_exhausted(claim.get("retry_after_seconds"))
     raise ProblemError(500, "internal-error", "the claim answered with an unexpected outcome")
+
+
+def order_budget_exhausted(retry_after: Any) -> ProblemError:
+    """429: the trade key's order budget is used up for now. Nothing was claimed or sent; the
+    proposal is as it was, and the same request may be repeated after Retry-After."""
+    seconds = 1  # anything unusable means "soon"
+    # The RPC port reads every JSON number as a Decimal.
+    if isinstance(retry_after, int | Decimal) and not isinstance(retry_after, bool):
+        value = Decimal(retry_after)
+        if value.is_finite():
+            seconds = max(1, math.ceil(value))
+    return ProblemError(429, "order-budget-exhausted", "the trade key's order budget is used up "
+                        "for now; nothing was claimed or sent. Retry with the same "
+                        f"Idempotency-Key in {seconds} s", headers={"Retry-After": str(seconds)},
+                        retry_after_seconds=seconds)
 
 
 def in_flight(execution: Mapping[str, Any]) -> ProblemError:

@@ -37,6 +37,21 @@ its claim is older than `not_found_failed_after`, judged by the database's clock
 stays `unknown` and counts toward cooldown, anti-flip and limits. If the exchange executes it later
 all the same, the sweep (RECONCILE_SWEEP_WINDOW_SECONDS, below) records what happened and the
 discrepancy, and `oracle verify` fails until an operator has looked at it.
+
+The trade key's order budget, shared by every instance through the database
+(private.take_order_budget, taken by the claim):
+
+    ORDER_BUDGET (800)                   orders all instances together may send per rate-limit
+                                         window; below Bitvavo's 1,000 weight a minute so that
+                                         /reconcile's reads and the transport's margin keep room
+    RATE_LIMIT_WINDOW_SECONDS (60)       the exchange's rate-limit window (Bitvavo: a minute)
+
+    order_budget_window = RATE_LIMIT_WINDOW + ceil(MAX_CLAIM_AGE + access window) + 2   (77 s)
+
+A slot counts from its claim for order_budget_window seconds: an order reaches the exchange at most
+MAX_CLAIM_AGE + access window after its claim, and the budget counts in whole seconds, so any span
+of the exchange's window — wherever the exchange starts its window — sees at most ORDER_BUDGET
+orders.
 """
 
 from __future__ import annotations
@@ -90,12 +105,22 @@ class ExecutionSettings(BaseSettings):
     # How long a free balance read with GET /balance (weight 5) is trusted for a buy that does
     # not fit what is left of it (shared.exchange.funds); 0 reads again for every such buy.
     balance_cache_seconds: float = Field(default=10.0, ge=0, le=3600)
+    # The trade key's order budget (see the module docstring).
+    order_budget: int = Field(default=800, ge=1, le=1_000_000)
+    rate_limit_window_seconds: int = Field(default=60, ge=1, le=3600)
 
     @property
     def not_found_failed_after_seconds(self) -> int:
         """How old a claim must be before an order the exchange does not know is `failed`."""
         return math.ceil(self.max_claim_age_seconds + self.bitvavo_access_window_ms / 1000
                          + self.reconcile_margin_seconds)
+
+    @property
+    def order_budget_window_seconds(self) -> int:
+        """How long a slot of the order budget counts (see the module docstring)."""
+        return (self.rate_limit_window_seconds
+                + math.ceil(self.max_claim_age_seconds + self.bitvavo_access_window_ms / 1000)
+                + 2)
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ checked last.
 
 Timing, one rule: a tick starts no job after TICK_TIME_BUDGET_SECONDS; a started job is bounded by
 its I/O timeouts (two market-data requests, at most one model call of OPENAI_TIMEOUT_SECONDS with
-no retry, at most one execute request of EXECUTE_TIMEOUT_SECONDS, a few RPCs), and it starts the
-model call or the execute request only while that call's timeout still fits before the tick's
-hard deadline (FUNCTION_TIMEOUT_SECONDS minus a reserve for the release). So a tick ends — its
-jobs released in one call — before the function's own timeout, and every lease outlives it
+no retry, a few RPCs), and it starts the model call only while that call's timeout still fits
+before the tick's hard deadline (FUNCTION_TIMEOUT_SECONDS minus a reserve for the release and the
+answer). After the release, the auto-execute dispatch (shared.scanning.dispatch) starts an execute
+request (EXECUTE_TIMEOUT_SECONDS) or waits out a 429 only while that still fits before the same
+deadline. So a tick ends before the function's own timeout, and every lease outlives it
 (TICK_TIME_BUDGET_SECONDS < JOB_LEASE_SECONDS; the heartbeat extends leases while jobs run).
 """
 
@@ -102,6 +103,10 @@ class ScannerSettings(BaseSettings):
     # -- auto-execute ----------------------------------------------------------------------------
     execute_function_url: str | None = None
     execute_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
+    # Execute requests in flight at once, and how long in all a tick may wait for the trade key's
+    # order budget to have room again after 429s (shared.scanning.dispatch).
+    dispatch_concurrency: int = Field(default=4, ge=1, le=32)
+    dispatch_max_wait_seconds: float = Field(default=30.0, ge=0, le=300)
     trading_mode: Literal["paper", "live"] = "paper"
 
     # -- the tick --------------------------------------------------------------------------------

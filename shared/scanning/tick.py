@@ -17,17 +17,19 @@ The tick, top to bottom:
 3. A heartbeat thread extends the lease of every claimed, unreleased job (lease.py); a job whose
    lease is lost stops before its next step and writes nothing (create_scan_proposal's fence).
 4. Each job: get_scan_context (lease, this period's proposal, the order room) → market data
-   (BitvavoReadonly) → oracle → create_scan_proposal → POST trading_execute when auto-approved.
-   A job never raises: its failure (any exception) becomes its outcome, with a redacted error, and
-   the other jobs go on.
+   (BitvavoReadonly) → oracle → create_scan_proposal. A job never raises: its failure (any
+   exception) becomes its outcome, with a redacted error, and the other jobs go on.
 5. One release_job_locks call with every claimed job: succeeded, or failed with its error (the
    database backs a failed job off: 30 s × 2^(failures − 1), at most its interval).
+6. One auto-execute dispatch (shared.scanning.dispatch): the auto-approved proposals waiting in the
+   database — this tick's and any earlier tick's left over — go to trading_execute within the
+   trade key's order budget; what does not fit waits for the next tick.
 
 Which job outcomes are failures (backoff, retried soon): market data errors, the model unreachable
-or answering an HTTP error, trading_execute unavailable, an RPC error, a lost lease. Not failures
-(the next run is one interval later): no signal, no room under the user's limits, the GPT budget
-denied (retrying sooner would only be denied again), an unusable model answer (malformed, refused:
-retrying sooner would only spend more).
+or answering an HTTP error, an RPC error, a lost lease. Not failures (the next run is one interval
+later): no signal, no room under the user's limits, the GPT budget denied (retrying sooner would
+only be denied again), an unusable model answer (malformed, refused: retrying sooner would only
+spend more).
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ from shared.redaction import redact
 from shared.rpc.errors import RpcError
 from shared.rpc.port import RpcPort
 from shared.rpc.settings import connect_rpc
-from shared.scanning.autoexecute import ExecuteClient, ExecuteUnavailable, idempotency_key
+from shared.scanning.autoexecute import ExecuteClient
 from shared.scanning.budget import GptBudget
+from shared.scanning.dispatch import Dispatcher, DispatchReport
 from shared.scanning.lease import Heartbeat, Lease, LeaseLost
 from shared.scanning.marketdata import read_market
 from shared.scanning.oracle import (
@@ -94,8 +97,6 @@ class JobOutcome:
     proposal_id: str | None = None
     proposal_status: str | None = None
     proposal: str | None = None  # created | replayed: counted even when a later step fails
-    executions_requested: int = 0
-    execution: str | None = None
 
 
 @dataclass
@@ -117,6 +118,7 @@ class TickReport:
     elapsed_ms: float = 0.0
     release_error: str | None = None
     claim_error: str | None = None
+    dispatch: DispatchReport | None = None
     outcomes: list[JobOutcome] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -129,6 +131,7 @@ class TickReport:
             "lease_lost": self.lease_lost, "released": self.released,
             "stopped": self.stopped, "worker_id": self.worker_id,
             "elapsed_ms": round(self.elapsed_ms),  # an integer: problem documents take no float
+            "dispatch": self.dispatch.as_json() if self.dispatch else None,
         }
 
 
@@ -136,13 +139,13 @@ class Scanner:
     """The long-lived parts of scan_scheduler (one per process); `tick` runs one tick."""
 
     def __init__(self, settings: ScannerSettings, rpc: RpcPort, market: BitvavoReadonly,
-                 oracle: Oracle, executor: ExecuteClient | None, *,
+                 oracle: Oracle, dispatcher: Dispatcher | None, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.rpc = rpc
         self.market = market
         self.oracle = oracle
-        self.executor = executor
+        self.dispatcher = dispatcher
         self.clock = clock
 
     @classmethod
@@ -157,11 +160,14 @@ class Scanner:
             oracle = OpenAIOracle(settings.scanner, GptBudget(rpc))
         else:
             oracle = RulesOracle(settings.scanner)
-        executor = None
+        dispatcher = None  # without EXECUTE_FUNCTION_URL auto-approved proposals wait for the user
         if settings.scanner.execute_function_url and settings.service_key is not None:
-            executor = ExecuteClient(settings.scanner.execute_function_url, settings.service_key,
-                                     settings.scanner.execute_timeout_seconds)
-        return cls(settings.scanner, rpc, market, oracle, executor)
+            client = ExecuteClient(settings.scanner.execute_function_url, settings.service_key,
+                                   settings.scanner.execute_timeout_seconds)
+            dispatcher = Dispatcher(rpc, client,
+                                    concurrency=settings.scanner.dispatch_concurrency,
+                                    max_wait_seconds=settings.scanner.dispatch_max_wait_seconds)
+        return cls(settings.scanner, rpc, market, oracle, dispatcher)
 
     def tick(self, max_jobs: int, *, request_id: str | None = None) -> TickReport:
         return Tick(self, max_jobs, request_id=request_id).run()
@@ -233,8 +239,15 @@ class Tick:
             pool.shutdown(wait=True)
             self._release()
             self.heartbeat.stop()
-            self.report.elapsed_ms = (self.clock() - self.started) * 1000
+        self._dispatch()
+        self.report.elapsed_ms = (self.clock() - self.started) * 1000
         return self.report
+
+    def _dispatch(self) -> None:
+        dispatcher = self.scanner.dispatcher
+        if dispatcher is not None:
+            self.report.dispatch = dispatcher.run(self.log, self.time_left)
+            self.report.executions_requested = self.report.dispatch.requested
 
     def _finish(self, job_id: str, future: Future[JobOutcome]) -> None:
         try:
@@ -280,7 +293,6 @@ class Tick:
             report.no_room += o.result == "no_room"
             report.oracle_unusable += o.result == "unusable"
             report.lease_lost += o.result == "lease_lost"
-            report.executions_requested += o.executions_requested
         if not outcomes:
             return
         results = [{"job_id": o.job_id, "succeeded": o.succeeded,
@@ -321,7 +333,7 @@ class Tick:
             step.set(outcome.result, severity=None if outcome.succeeded else "WARNING",
                      succeeded=outcome.succeeded, error_message=outcome.error,
                      proposal_id=outcome.proposal_id, proposal_status=outcome.proposal_status,
-                     execution=outcome.execution, finished_at=_now_iso())
+                     finished_at=_now_iso())
         return outcome
 
     def _scan(self, job_id: str, user_id: str, market: str, lease: Lease, log: StepLog,
@@ -343,15 +355,14 @@ class Tick:
 
         existing = context.get("proposal")
         if existing:
-            # This due period already proposed (an earlier run died before its release): hand
-            # the same proposal on, never propose twice.
+            # This due period already proposed (an earlier run died before its release): the same
+            # proposal stands (an auto-approved one waits in the dispatch queue); never propose
+            # twice.
             outcome.result = outcome.proposal = "replayed"
             outcome.proposal_id = str(existing["proposal_id"])
             outcome.proposal_status = existing.get("status")
             log.event("proposal", "replayed", proposal_id=outcome.proposal_id,
                       proposal_status=outcome.proposal_status)
-            if existing.get("status") == "approved" and existing.get("decided_by") == "auto":
-                self._execute(outcome.proposal_id, user_id, lease, log, outcome)
             return
 
         room = order_room(context.get("sizing") or {})
@@ -413,28 +424,6 @@ class Tick:
         outcome.proposal = "created" if created.get("outcome") == "created" else "replayed"
         outcome.proposal_id = str(created["proposal_id"])
         outcome.proposal_status = created.get("status")
-        if created.get("status") == "approved" and created.get("decided_by") == "auto":
-            self._execute(outcome.proposal_id, user_id, lease, log, outcome)
-
-    def _execute(self, proposal_id: str, user_id: str, lease: Lease, log: StepLog,
-                 outcome: JobOutcome) -> None:
-        executor = self.scanner.executor
-        if executor is None:
-            outcome.execution = "not_configured"
-            log.event("execute_request", "skipped", severity="WARNING", proposal_id=proposal_id,
-                      reason="EXECUTE_FUNCTION_URL is not set: auto-approved proposals wait")
-            return
-        lease.check()
-        if self.time_left() < executor.timeout:
-            raise ExecuteUnavailable("not enough time left in this tick for the execute request; "
-                                     "the job runs again after its backoff")
-        with log.step("execute_request", proposal_id=proposal_id,
-                      idempotency_key=idempotency_key(proposal_id)) as step:
-            outcome.executions_requested += 1
-            answer = executor.request(proposal_id, user_id, request_id=log.request_id)
-            outcome.execution = answer.outcome
-            step.set(answer.outcome, http_status=answer.http_status,
-                     execution_status=answer.execution_status, replayed=answer.replayed)
 
 
 # -- the request body -------------------------------------------------------------------------

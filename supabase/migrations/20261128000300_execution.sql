@@ -8,7 +8,8 @@
  *   decide_trade_proposal      authenticated; approve or reject an own pending proposal
  *   claim_trade_execution      service-only; the seven validators and the claim in one transaction
  *                              (G1 idempotency, G4 allowlist, G5 cooldown, G6 anti-flip); for the
- *                              service caller, auto-approved proposals only (SPEC §4)
+ *                              service caller, auto-approved proposals only (SPEC §4); within the
+ *                              trade key's order budget when given one
  *   record_execution_result    service-only; the state machine, the ledger write, the proposal outcome
  *   list_unsettled_executions  service-only; the reconciler's work list (G10)
  *   private.exchange_discrepancies   what the exchange did that the executions did not say: an order
@@ -17,6 +18,11 @@
  *   record_exchange_orders     service-only; the sweep: every order of the account matched to its
  *                              execution by clientOrderId, each discrepancy recorded and audited
  *   acknowledge_exchange_discrepancy  service-only; the operator closes a discrepancy they handled
+ *   lease_auto_approved_proposals  service-only; the scanner's auto-execute queue, oldest first,
+ *                              leased briefly to one dispatcher at a time
+ *   release_auto_execution_leases  service-only; a dispatcher gives back what it did not send
+ *   private.order_budget_seconds, private.take_order_budget
+ *                              the trade key's order budget, shared by every trading_execute instance
  *   private.uuid_v7            the time-ordered ids of the three tables, so they grow cheaply
  *   private.order_cap,         the order room: the smallest order cap and its source, today's
  *   private.daily_executions   (UTC) counting executions — read by the claim's order_limits and
@@ -153,6 +159,9 @@ create index trade_proposals_open_expiry_idx
 -- The scan_jobs foreign key's ON DELETE SET NULL.
 create index trade_proposals_scan_job_idx
   on public.trade_proposals (scan_job_id) where scan_job_id is not null;
+-- lease_auto_approved_proposals: the auto-execute queue, oldest first.
+create index trade_proposals_auto_approved_idx
+  on public.trade_proposals (created_at, id) where status = 'approved' and decided_by = 'auto';
 
 alter table public.trade_proposals enable row level security;
 
@@ -919,6 +928,99 @@ revoke execute on function public.decide_trade_proposal(uuid, text) from public,
 grant execute on function public.decide_trade_proposal(uuid, text) to authenticated;
 
 -- =============================================================================================
+-- Section - the trade key's order budget (private)
+-- =============================================================================================
+-- Bitvavo gives the trade key 1,000 weight points a minute (POST /order weighs 1) and bans a key
+-- that goes over until its window ends plus a minute (errorCode 105/110). Every trading_execute
+-- instance signs with the same key, so what each process sees in the rate-limit headers is not
+-- enough to share it: a burst of auto-approved proposals sent to several instances at once would
+-- overrun it between two answers. The budget is kept here instead, for all instances: a claim that
+-- passed its validators takes one slot (claim_trade_execution's p_order_budget) or, when none is
+-- free, claims nothing and answers `rate_limited` with the seconds until one frees up.
+--
+-- The window slides: a slot taken at second s counts until s + p_window_seconds. trading_execute
+-- passes the exchange's window (60 s) plus how long after its claim an order can still reach the
+-- exchange (MAX_CLAIM_AGE + the access window) plus 2 s for the one-second buckets, so any span of
+-- the exchange's window, wherever the exchange starts it and whatever its clock says, receives at
+-- most p_budget orders. The budget is set below the key's limit (trading_execute's ORDER_BUDGET,
+-- 800 by default) to leave /reconcile's reads (GET /order, /orders, /trades) their room.
+--
+-- One row per second in which slots were taken; rows that left every window are deleted by the
+-- next take, so the table holds at most one window of rows.
+create table private.order_budget_seconds (
+  second timestamptz primary key,
+  weight integer not null,
+  constraint order_budget_seconds_weight_positive check (weight > 0)
+);
+
+alter table private.order_budget_seconds enable row level security;
+
+-- Written and read only by private.take_order_budget; no API role touches it.
+revoke all on private.order_budget_seconds from public, anon, authenticated, service_role;
+
+-- Takes p_weight points of the trade key's budget when the last p_window_seconds seconds used at
+-- most p_budget - p_weight of it, atomically for every caller (one transaction-scoped lock, held to
+-- the caller's commit, so a claim that rolls back gives its slot back). Answers
+-- {"granted", "used", "budget", "window_seconds", "retry_after_seconds"}: `used` counts this
+-- take when granted; `retry_after_seconds` (refused only) is when enough weight leaves the window.
+create or replace function private.take_order_budget(
+  p_weight integer,
+  p_budget integer,
+  p_window_seconds integer
+) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_now timestamptz;
+  v_second timestamptz;
+  v_window interval;
+  v_used bigint;
+  v_frees_at timestamptz;
+begin
+  if p_budget is null or p_budget < 1 then
+    raise exception 'the order budget must be a positive integer, got %', coalesce(p_budget::text, 'null')
+      using errcode = '22023';
+  end if;
+  if p_weight is null or p_weight not between 1 and p_budget then
+    raise exception 'the weight must be between 1 and the budget (%), got %', p_budget,
+      coalesce(p_weight::text, 'null') using errcode = '22023';
+  end if;
+  if p_window_seconds is null or p_window_seconds not between 1 and 86400 then
+    raise exception 'the order budget window must be 1..86400 seconds, got %',
+      coalesce(p_window_seconds::text, 'null') using errcode = '22023';
+  end if;
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('order_budget', 0));
+  v_now := pg_catalog.clock_timestamp();
+  v_second := pg_catalog.date_trunc('second', v_now);
+  v_window := pg_catalog.make_interval(secs => p_window_seconds::double precision);
+
+  delete from private.order_budget_seconds b where b.second <= v_second - v_window;
+  select coalesce(sum(b.weight), 0) into v_used from private.order_budget_seconds b;
+
+  if v_used + p_weight <= p_budget then
+    insert into private.order_budget_seconds as b (second, weight) values (v_second, p_weight)
+    on conflict (second) do update set weight = b.weight + excluded.weight;
+    return pg_catalog.jsonb_build_object('granted', true, 'used', v_used + p_weight,
+      'budget', p_budget, 'window_seconds', p_window_seconds, 'retry_after_seconds', null);
+  end if;
+
+  -- The oldest seconds leave the window first: enough weight has left once the seconds up to the
+  -- first whose running total covers the excess have.
+  select t.second + v_window into v_frees_at
+    from (select b.second, sum(b.weight) over (order by b.second) as running
+            from private.order_budget_seconds b) t
+   where t.running >= v_used + p_weight - p_budget
+   order by t.second
+   limit 1;
+  return pg_catalog.jsonb_build_object('granted', false, 'used', v_used, 'budget', p_budget,
+    'window_seconds', p_window_seconds,
+    'retry_after_seconds', greatest(1, ceil(extract(epoch from v_frees_at - v_now))::integer));
+end;
+$$;
+revoke all on function private.take_order_budget(integer, integer, integer) from public, anon, authenticated;
+
+-- =============================================================================================
 -- Section - execution RPCs (service-only)
 -- =============================================================================================
 
@@ -932,12 +1034,21 @@ grant execute on function public.decide_trade_proposal(uuid, text) to authentica
 -- its user approved by hand is executed only by that user, and the check is made here, under the
 -- proposal's row lock, so a decision racing the claim cannot slip between check and claim.
 -- trading_execute passes true for a service-role bearer and false for a user's token.
+--
+-- p_order_budget / p_order_budget_window_seconds: the trade key's order budget shared by every
+-- trading_execute instance (private.take_order_budget). Taken last, once all seven validators
+-- passed, so a replay, a conflict or a rejection never spends a slot (a user cannot drain the budget
+-- with requests that place nothing). No slot free → outcome `rate_limited` with
+-- `retry_after_seconds`: nothing claimed, the proposal stays approved, and the same
+-- Idempotency-Key may be sent again. Null (the default): no budget is applied.
 create or replace function public.claim_trade_execution(
   p_user_id uuid,
   p_proposal_id uuid,
   p_idempotency_key text,
   p_mode text,
-  p_require_auto_approval boolean default false
+  p_require_auto_approval boolean default false,
+  p_order_budget integer default null,
+  p_order_budget_window_seconds integer default null
 ) returns jsonb
 language plpgsql
 security definer
@@ -961,6 +1072,7 @@ declare
   v_sum numeric;
   v_opposite text;
   v_detail jsonb;
+  v_slot jsonb;
 begin
   if p_user_id is null then
     raise exception 'p_user_id is required' using errcode = '22023';
@@ -978,6 +1090,15 @@ begin
   end if;
   if p_require_auto_approval is null then
     raise exception 'p_require_auto_approval must be true or false, got null' using errcode = '22023';
+  end if;
+  if p_order_budget is not null and p_order_budget < 1 then
+    raise exception 'p_order_budget must be a positive integer or null, got %', p_order_budget
+      using errcode = '22023';
+  end if;
+  if p_order_budget is not null and (p_order_budget_window_seconds is null
+                                     or p_order_budget_window_seconds not between 1 and 86400) then
+    raise exception 'p_order_budget_window_seconds must be 1..86400 with p_order_budget, got %',
+      coalesce(p_order_budget_window_seconds::text, 'null') using errcode = '22023';
   end if;
   -- Every statement below must see claims committed while we waited for the lock; a transaction
   -- snapshot (REPEATABLE READ / SERIALIZABLE) would hide them.
@@ -1166,6 +1287,19 @@ begin
       'failed_checks', v_failed, 'reason', 'validation_failed');
   end if;
 
+  -- The trade key's order budget, last: only a claim that will send an order takes a slot.
+  if p_order_budget is not null then
+    v_slot := private.take_order_budget(1, p_order_budget, p_order_budget_window_seconds);
+    if not (v_slot ->> 'granted')::boolean then
+      perform private.audit('claim.rate_limited', p_user_id, p_proposal_id, null,
+        v_detail || pg_catalog.jsonb_build_object('order_budget', v_slot,
+          'market', v_proposal.market, 'side', v_proposal.side, 'amount_quote', v_proposal.amount_quote));
+      return pg_catalog.jsonb_build_object('outcome', 'rate_limited', 'execution', null,
+        'failed_checks', '[]'::jsonb, 'reason', 'order_budget_exhausted',
+        'retry_after_seconds', v_slot -> 'retry_after_seconds');
+    end if;
+  end if;
+
   insert into public.trade_executions (proposal_id, user_id, idempotency_key, client_order_id, mode,
                                        market, side, amount_quote, status, claimed_at)
   values (v_proposal.id, p_user_id, p_idempotency_key, extensions.gen_random_uuid(), p_mode,
@@ -1179,13 +1313,14 @@ begin
       'checks', pg_catalog.jsonb_build_array('allowlist', 'proposal_state', 'order_limits', 'cooldown',
                                              'anti_flip', 'daily_limits', 'trading_enabled'),
       'failed_checks', '[]'::jsonb, 'client_order_id', v_execution.client_order_id,
-      'market', v_execution.market, 'side', v_execution.side, 'amount_quote', v_execution.amount_quote));
+      'market', v_execution.market, 'side', v_execution.side, 'amount_quote', v_execution.amount_quote,
+      'order_budget', v_slot));
   return pg_catalog.jsonb_build_object('outcome', 'claimed', 'execution', private.execution_json(v_execution),
     'failed_checks', '[]'::jsonb, 'reason', null);
 end;
 $$;
-revoke execute on function public.claim_trade_execution(uuid, uuid, text, text, boolean) from public, anon, authenticated;
-grant execute on function public.claim_trade_execution(uuid, uuid, text, text, boolean) to service_role;
+revoke execute on function public.claim_trade_execution(uuid, uuid, text, text, boolean, integer, integer) from public, anon, authenticated;
+grant execute on function public.claim_trade_execution(uuid, uuid, text, text, boolean, integer, integer) to service_role;
 
 -- Moves an execution along the state machine only; a fill, once reported, is never erased or
 -- reduced; a repeated open status adds the facts it brings; contradictions are the outcome
@@ -1762,3 +1897,119 @@ end;
 $$;
 revoke execute on function public.acknowledge_exchange_discrepancy(uuid, text) from public, anon, authenticated;
 grant execute on function public.acknowledge_exchange_discrepancy(uuid, text) to service_role;
+
+-- =============================================================================================
+-- Section - the auto-execute queue (service-only)
+-- =============================================================================================
+-- The scanner's dispatch (shared/scanning/dispatch.py) drains the auto-approved proposals through
+-- trading_execute. Several ticks may dispatch at once (cron starts one per scanner instance); a
+-- short lease gives each proposal to one dispatcher at a time, so they send disjoint sets instead
+-- of every one sending everything (each repeat would only be a replay or a 409, but a request, a
+-- claim and an audit row each). The lease is an efficiency, not a guarantee: when it runs out with
+-- a request still on its way, another dispatcher may send the same proposal, and the claim's
+-- idempotency (G1) answers it. Expired leases are deleted by run_maintenance.
+create table private.auto_execution_leases (
+  proposal_id uuid primary key references public.trade_proposals (id) on delete cascade,
+  dispatcher text not null,
+  leased_until timestamptz not null,
+  constraint auto_execution_leases_dispatcher_length check (length(dispatcher) between 1 and 200)
+);
+
+alter table private.auto_execution_leases enable row level security;
+
+-- Written and read only by lease_auto_approved_proposals, release_auto_execution_leases and
+-- run_maintenance.
+revoke all on private.auto_execution_leases from public, anon, authenticated, service_role;
+
+-- Leases to p_dispatcher, for p_lease_seconds, up to p_limit (1..1000) auto-approved proposals
+-- that are not executed yet (status `approved`: a claim moves a proposal to `executing` in the
+-- transaction that creates its execution), not expired, and not leased to another dispatcher,
+-- oldest first; returns them in that order. A proposal whose claim was rejected (an audited
+-- `claim.rejected`) has had its definite answer and is left out: it waits for its expiry, or for
+-- its user. One refused for the order budget (`claim.rate_limited`) stays in the queue, and a
+-- dispatcher may lease its own proposals again (after waiting for the budget).
+create or replace function public.lease_auto_approved_proposals(
+  p_dispatcher text,
+  p_limit integer default 100,
+  p_lease_seconds integer default 30
+)
+returns table (
+  proposal_id uuid,
+  user_id uuid,
+  market text,
+  side text,
+  amount_quote numeric,
+  created_at timestamptz,
+  expires_at timestamptz
+)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_dispatcher is null or length(p_dispatcher) not between 1 and 200 then
+    raise exception 'p_dispatcher must be 1..200 characters' using errcode = '22023';
+  end if;
+  if p_limit is null or p_limit not between 1 and 1000 then
+    raise exception 'p_limit must be 1..1000, got %', coalesce(p_limit::text, 'null')
+      using errcode = '22023';
+  end if;
+  if p_lease_seconds is null or p_lease_seconds not between 1 and 3600 then
+    raise exception 'p_lease_seconds must be 1..3600, got %', coalesce(p_lease_seconds::text, 'null')
+      using errcode = '22023';
+  end if;
+  -- The proposal rows a concurrent dispatcher is leasing right now are skipped, not waited for;
+  -- the lease row's own conflict check decides between two that saw it free.
+  return query
+    with candidates as (
+      select p.id
+        from public.trade_proposals p
+        left join private.auto_execution_leases l on l.proposal_id = p.id
+       where p.status = 'approved' and p.decided_by = 'auto'
+         and p.expires_at > pg_catalog.now()
+         and (l.proposal_id is null or l.leased_until <= pg_catalog.now()
+              or l.dispatcher = p_dispatcher)
+         and not exists (select from public.execution_audit_log a
+                          where a.proposal_id = p.id and a.event = 'claim.rejected')
+       order by p.created_at, p.id
+       limit p_limit
+         for update of p skip locked
+    ), leased as (
+      insert into private.auto_execution_leases as l (proposal_id, dispatcher, leased_until)
+      select c.id, p_dispatcher,
+             pg_catalog.now() + pg_catalog.make_interval(secs => p_lease_seconds::double precision)
+        from candidates c
+      on conflict on constraint auto_execution_leases_pkey do update
+         set dispatcher = excluded.dispatcher, leased_until = excluded.leased_until
+       where l.leased_until <= pg_catalog.now() or l.dispatcher = excluded.dispatcher
+      returning l.proposal_id
+    )
+    select p.id, p.user_id, p.market, p.side, p.amount_quote, p.created_at, p.expires_at
+      from public.trade_proposals p
+      join leased x on x.proposal_id = p.id
+     order by p.created_at, p.id;
+end;
+$$;
+revoke execute on function public.lease_auto_approved_proposals(text, integer, integer) from public, anon, authenticated;
+grant execute on function public.lease_auto_approved_proposals(text, integer, integer) to service_role;
+
+-- Ends every lease p_dispatcher holds (a dispatch run calls it when it stops, so the proposals it
+-- leased but did not send go to the next dispatcher at once); returns how many.
+create or replace function public.release_auto_execution_leases(p_dispatcher text) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_released integer;
+begin
+  if p_dispatcher is null or length(p_dispatcher) not between 1 and 200 then
+    raise exception 'p_dispatcher must be 1..200 characters' using errcode = '22023';
+  end if;
+  delete from private.auto_execution_leases l where l.dispatcher = p_dispatcher;
+  get diagnostics v_released = row_count;
+  return v_released;
+end;
+$$;
+revoke execute on function public.release_auto_execution_leases(text) from public, anon, authenticated;
+grant execute on function public.release_auto_execution_leases(text) to service_role;
