@@ -72,7 +72,10 @@ def execute_env(db: Database, sandbox: SandboxServer, **extra: str) -> dict[str,
             "ORDER_BUDGET": str(BUDGET), "RATE_LIMIT_WINDOW_SECONDS": str(WINDOW_SECONDS),
             # An order reaches the exchange within MAX_CLAIM_AGE + the access window of its claim:
             # a slot counts for 3 + ceil(2 + 2) + 2 = 9 s.
-            "MAX_CLAIM_AGE_SECONDS": "2", "BITVAVO_ACCESS_WINDOW_MS": "2000", **extra}
+            "MAX_CLAIM_AGE_SECONDS": "2", "BITVAVO_ACCESS_WINDOW_MS": "2000",
+            # The free balance (GET /balance, weight 5 on the trade key) is read once: the key's
+            # small limit here has room for the budget's orders and the transport's margin only.
+            "BALANCE_CACHE_SECONDS": "3600", **extra}
 
 
 def tick(fn: FunctionServer, max_jobs: int) -> dict[str, Any]:
