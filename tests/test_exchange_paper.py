@@ -8,7 +8,6 @@ from decimal import Decimal
 
 import pytest
 
-from shared.exchange import Order, PaperTrade
 from shared.exchange.errors import (
     BelowMinimumSize,
     ClientOrderIdConflict,
@@ -17,6 +16,8 @@ from shared.exchange.errors import (
     OrderNotCancellable,
     OrderNotFound,
 )
+from shared.exchange.models import Order
+from shared.exchange.paper import PaperTrade
 from tests.exchange_doubles import FakeClock, markets
 
 PRICE = Decimal("36000")

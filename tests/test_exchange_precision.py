@@ -12,7 +12,6 @@ from decimal import Decimal
 import pytest
 from pytest_httpx import HTTPXMock
 
-from shared.exchange import BitvavoReadonly, Market, OrderRequest, PaperTrade
 from shared.exchange.catalog import MarketCatalog
 from shared.exchange.errors import (
     ExchangeError,
@@ -24,12 +23,15 @@ from shared.exchange.errors import (
     OrderBelowMinimum,
     OutcomeUnknown,
 )
+from shared.exchange.models import Market, OrderRequest
+from shared.exchange.paper import PaperTrade
 from shared.exchange.precision import (
     listing,
     quantize_order,
     round_amount,
     round_amount_quote,
 )
+from shared.exchange.readonly import BitvavoReadonly
 from shared.exchange.trade import BitvavoTrade
 from tests.exchange_doubles import (
     BASE_URL,

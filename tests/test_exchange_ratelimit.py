@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 import pytest
 from pytest_httpx import HTTPXMock
 
-from shared.exchange import BitvavoReadonly
 from shared.exchange.errors import InvalidRequest, RateLimitBanned, RateLimitWouldExceed
+from shared.exchange.readonly import BitvavoReadonly
 from tests.exchange_doubles import BASE_URL, READONLY_KEY, READONLY_SECRET, FakeClock
 
 TIME_URL = BASE_URL + "/time"

@@ -13,7 +13,6 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from shared.exchange import BitvavoReadonly, Candle, Order, PaperTrade
 from shared.exchange.catalog import MarketCatalog
 from shared.exchange.errors import (
     AccessWindowError,
@@ -34,7 +33,9 @@ from shared.exchange.errors import (
     TradePermissionMissing,
     ViewPermissionMissing,
 )
-from shared.exchange.models import OrderRequest
+from shared.exchange.models import Candle, Order, OrderRequest
+from shared.exchange.paper import PaperTrade
+from shared.exchange.readonly import BitvavoReadonly
 from shared.exchange.trade import BitvavoTrade
 from tests.sandbox_server import SandboxServer, start_sandbox
 

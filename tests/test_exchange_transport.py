@@ -16,7 +16,6 @@ import pydantic
 import pytest
 from pytest_httpx import HTTPXMock
 
-from shared.exchange import BitvavoReadonly, OrderClient, PaperTrade
 from shared.exchange.errors import (
     ExchangeError,
     ExchangeServerError,
@@ -30,6 +29,9 @@ from shared.exchange.errors import (
     OutcomeUnknown,
     RateLimitBanned,
 )
+from shared.exchange.paper import PaperTrade
+from shared.exchange.readonly import BitvavoReadonly
+from shared.exchange.roles import OrderClient
 from shared.exchange.trade import BitvavoTrade
 from tests.exchange_doubles import (
     BASE_URL,
