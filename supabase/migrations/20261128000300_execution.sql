@@ -320,6 +320,20 @@ revoke all on public.trade_executions from public, anon, authenticated, service_
 grant select on public.trade_executions to authenticated;
 grant select on public.trade_executions to service_role;
 
+-- The final execution statuses, defined once: an execution that reached one never changes again
+-- (but for the one correction below), and every other status is still open. The state machine,
+-- the table's guard and record_execution_result all ask it.
+create or replace function private.execution_status_is_final(p_status text) returns boolean
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  return p_status in ('filled', 'partially_filled', 'canceled', 'rejected', 'failed');
+end;
+$$;
+revoke all on function private.execution_status_is_final(text) from public, anon, authenticated;
+
 -- The order state machine in one place; record_execution_result and the trigger below both ask it.
 -- PL/pgSQL like every helper on the claim and result paths (see "execution helpers" below).
 create or replace function private.execution_transition_allowed(p_from text, p_to text) returns boolean
@@ -329,12 +343,9 @@ set search_path = ''
 as $$
 begin
   return case p_from
-    when 'claimed' then p_to in ('submitted', 'unknown', 'filled', 'partially_filled', 'canceled',
-                                 'rejected', 'failed')
-    when 'submitted' then p_to in ('unknown', 'filled', 'partially_filled', 'canceled', 'rejected',
-                                   'failed')
-    when 'unknown' then p_to in ('submitted', 'filled', 'partially_filled', 'canceled', 'rejected',
-                                 'failed')
+    when 'claimed' then p_to in ('submitted', 'unknown') or private.execution_status_is_final(p_to)
+    when 'submitted' then p_to = 'unknown' or private.execution_status_is_final(p_to)
+    when 'unknown' then p_to = 'submitted' or private.execution_status_is_final(p_to)
     else false
   end;
 end;
@@ -380,7 +391,7 @@ begin
     raise exception 'trade_executions: % → % is not a correction the exchange''s order allows (execution %)',
       old.status, new.status, old.id using errcode = '42501';
   end if;
-  if old.status in ('filled', 'partially_filled', 'canceled', 'rejected', 'failed') and not v_correction
+  if private.execution_status_is_final(old.status) and not v_correction
      and (new.status, new.exchange_order_id, new.filled_amount, new.filled_amount_quote, new.price,
           new.fee_paid, new.fee_currency, new.error_code, new.error_message, new.completed_at)
          is distinct from
@@ -570,6 +581,23 @@ begin
 end;
 $$;
 revoke all on function private.execution_json(public.trade_executions) from public, anon, authenticated;
+
+-- claim_trade_execution's answer (SPEC §3), built in one place:
+-- {"outcome", "execution" (the row, or null), "failed_checks", "reason"}.
+create or replace function private.claim_answer(p_outcome text, p_execution public.trade_executions,
+                                                p_failed_checks jsonb, p_reason text) returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return pg_catalog.jsonb_build_object('outcome', p_outcome,
+    'execution', private.execution_json(p_execution),
+    'failed_checks', coalesce(p_failed_checks, '[]'::jsonb), 'reason', p_reason);
+end;
+$$;
+revoke all on function private.claim_answer(text, public.trade_executions, jsonb, text)
+  from public, anon, authenticated;
 
 -- A timestamp for a human-readable reason: ISO 8601 in UTC, whatever the session's TimeZone.
 create or replace function private.utc_text(p_at timestamptz) returns text
@@ -1118,14 +1146,12 @@ begin
   if found then
     if v_existing.proposal_id = p_proposal_id then
       perform private.audit('claim.replayed', p_user_id, p_proposal_id, v_existing.id, v_detail);
-      return pg_catalog.jsonb_build_object('outcome', 'replayed',
-        'execution', private.execution_json(v_existing), 'failed_checks', '[]'::jsonb, 'reason', null);
+      return private.claim_answer('replayed', v_existing, '[]', null);
     end if;
     perform private.audit('claim.conflict', p_user_id, p_proposal_id, v_existing.id,
       v_detail || pg_catalog.jsonb_build_object('reason', 'idempotency_key_reused',
                                                 'key_proposal_id', v_existing.proposal_id));
-    return pg_catalog.jsonb_build_object('outcome', 'conflict', 'execution', null,
-      'failed_checks', '[]'::jsonb, 'reason', 'idempotency_key_reused');
+    return private.claim_answer('conflict', null, '[]', 'idempotency_key_reused');
   end if;
 
   -- G1: the proposal already has an execution under another key (only the user's own are seen).
@@ -1135,9 +1161,7 @@ begin
   if found then
     perform private.audit('claim.conflict', p_user_id, p_proposal_id, v_existing.id,
       v_detail || pg_catalog.jsonb_build_object('reason', 'already_executed'));
-    return pg_catalog.jsonb_build_object('outcome', 'conflict',
-      'execution', private.execution_json(v_existing), 'failed_checks', '[]'::jsonb,
-      'reason', 'already_executed');
+    return private.claim_answer('conflict', v_existing, '[]', 'already_executed');
   end if;
 
   -- G8: a missing proposal and another user's proposal look the same. The row lock orders this
@@ -1148,8 +1172,7 @@ begin
      for update;
   if not found then
     perform private.audit('claim.not_found', p_user_id, p_proposal_id, null, v_detail);
-    return pg_catalog.jsonb_build_object('outcome', 'not_found', 'execution', null,
-      'failed_checks', '[]'::jsonb, 'reason', 'proposal_not_found');
+    return private.claim_answer('not_found', null, '[]', 'proposal_not_found');
   end if;
 
   select * into v_settings from public.trading_settings s where s.user_id = p_user_id;
@@ -1283,8 +1306,7 @@ begin
     perform private.audit('claim.rejected', p_user_id, p_proposal_id, null,
       v_detail || pg_catalog.jsonb_build_object('failed_checks', v_failed,
         'market', v_proposal.market, 'side', v_proposal.side, 'amount_quote', v_proposal.amount_quote));
-    return pg_catalog.jsonb_build_object('outcome', 'rejected', 'execution', null,
-      'failed_checks', v_failed, 'reason', 'validation_failed');
+    return private.claim_answer('rejected', null, v_failed, 'validation_failed');
   end if;
 
   -- The trade key's order budget, last: only a claim that will send an order takes a slot.
@@ -1294,9 +1316,8 @@ begin
       perform private.audit('claim.rate_limited', p_user_id, p_proposal_id, null,
         v_detail || pg_catalog.jsonb_build_object('order_budget', v_slot,
           'market', v_proposal.market, 'side', v_proposal.side, 'amount_quote', v_proposal.amount_quote));
-      return pg_catalog.jsonb_build_object('outcome', 'rate_limited', 'execution', null,
-        'failed_checks', '[]'::jsonb, 'reason', 'order_budget_exhausted',
-        'retry_after_seconds', v_slot -> 'retry_after_seconds');
+      return private.claim_answer('rate_limited', null, '[]', 'order_budget_exhausted')
+        || pg_catalog.jsonb_build_object('retry_after_seconds', v_slot -> 'retry_after_seconds');
     end if;
   end if;
 
@@ -1315,8 +1336,7 @@ begin
       'failed_checks', '[]'::jsonb, 'client_order_id', v_execution.client_order_id,
       'market', v_execution.market, 'side', v_execution.side, 'amount_quote', v_execution.amount_quote,
       'order_budget', v_slot));
-  return pg_catalog.jsonb_build_object('outcome', 'claimed', 'execution', private.execution_json(v_execution),
-    'failed_checks', '[]'::jsonb, 'reason', null);
+  return private.claim_answer('claimed', v_execution, '[]', null);
 end;
 $$;
 revoke execute on function public.claim_trade_execution(uuid, uuid, text, text, boolean, integer, integer) from public, anon, authenticated;
@@ -1348,7 +1368,6 @@ declare
   c_keys constant text[] := array['status', 'exchange_order_id', 'filled_amount', 'filled_amount_quote',
                                   'price', 'fee_paid', 'fee_currency', 'error_code', 'error_message',
                                   'submitted_at', 'completed_at'];
-  c_final constant text[] := array['filled', 'partially_filled', 'canceled', 'rejected', 'failed'];
   c_clock_skew constant interval := interval '1 minute';
   v_unknown_keys text[];
   v_status text;
@@ -1386,8 +1405,8 @@ begin
       using errcode = '22023', hint = 'allowed: ' || array_to_string(c_keys, ', ');
   end if;
   v_status := p_result ->> 'status';
-  if pg_catalog.jsonb_typeof(p_result -> 'status') is distinct from 'string' or v_status not in
-     ('submitted', 'filled', 'partially_filled', 'canceled', 'rejected', 'failed', 'unknown') then
+  if pg_catalog.jsonb_typeof(p_result -> 'status') is distinct from 'string'
+     or not (v_status in ('submitted', 'unknown') or private.execution_status_is_final(v_status)) then
     raise exception 'p_result.status must be one of submitted, filled, partially_filled, canceled, rejected, failed, unknown; got %',
       coalesce(p_result -> 'status', 'null'::jsonb) using errcode = '22023';
   end if;
@@ -1425,7 +1444,7 @@ begin
       v_old.claimed_at using errcode = '22023';
   end if;
 
-  if v_old.status = any (c_final) then
+  if private.execution_status_is_final(v_old.status) then
     v_refusal := case when v_old.status <> v_status then 'execution_final' end;
   elsif v_old.status <> v_status and not private.execution_transition_allowed(v_old.status, v_status) then
     v_refusal := 'transition_not_allowed';
@@ -1444,14 +1463,14 @@ begin
     return pg_catalog.jsonb_build_object('outcome', 'illegal_transition', 'reason', v_refusal,
       'execution', private.execution_json(v_old));
   end if;
-  if v_old.status = any (c_final) then
+  if private.execution_status_is_final(v_old.status) then
     -- Repeating the same final result: a no-op (final executions never change).
     perform private.audit('execution.result_unchanged', v_old.user_id, v_old.proposal_id, v_old.id,
       pg_catalog.jsonb_build_object('status', v_old.status, 'result', p_result));
     return pg_catalog.jsonb_build_object('outcome', 'unchanged', 'execution', private.execution_json(v_old));
   end if;
 
-  v_final := v_status = any (c_final);
+  v_final := private.execution_status_is_final(v_status);
   -- Figures reported earlier (e.g. with `submitted`) stay unless this report has newer ones.
   v_filled := coalesce(v_filled, v_old.filled_amount);
   v_filled_quote := coalesce(v_filled_quote, v_old.filled_amount_quote);
