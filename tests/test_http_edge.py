@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from scripts.pgcluster import free_port
 
 from shared.auth import dev_token
+from stack.cluster import free_port
 from tests.function_server import FunctionServer, start_function
 from tests.fuzz_support import Answer, parse_response
 
