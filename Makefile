@@ -9,7 +9,7 @@ SANDBOX_PORT ?= 54330
 TRADING_EXECUTE_PORT ?= 54331
 SCAN_SCHEDULER_PORT ?= 54332
 
-.PHONY: setup run demo test lint db db-down db-reset sandbox bench fuzz soak rls-matrix
+.PHONY: setup run demo test lint db db-down db-reset sandbox bench fuzz soak rls-matrix release
 
 setup: ## install what is missing (venv, PostgreSQL 15 + pg_cron + pgTAP, Supabase CLI)
 	@scripts/setup.sh
@@ -46,6 +46,13 @@ soak: setup ## the chaos soak: random traffic, exchange faults and SIGKILLs, the
 
 rls-matrix: setup ## observe the RLS matrix on a throwaway cluster and write it into README.md
 	$(PY) -m scripts.rls_matrix --readme README.md
+
+# Released migrations never change (scripts/release.py): a release lists every migration not
+# released yet, with the sha256 of its bytes, in supabase/released-migrations.json; `make test`
+# then fails if one of them changes or a new one sorts before them. Commit the manifest.
+release: setup ## release every migration not released yet as NAME (make release NAME=v1)
+	@if [ -z "$(NAME)" ]; then echo "usage: make release NAME=<name>  (e.g. NAME=v1)" >&2; exit 2; fi
+	$(PY) -m scripts.release cut "$(NAME)"
 
 lint: setup ## ruff, mypy and the import contracts
 	$(PY) -m ruff check .

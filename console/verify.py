@@ -23,8 +23,10 @@ live database with read-only catalog queries (as `postgres` on hosted Supabase, 
     expired_leases       no scan-job lease is held past its expiry (+ grace:     G2
                          run_maintenance frees them every minute)
     migrations           supabase_migrations.schema_migrations lists exactly     (the schema is the
-                         the files of supabase/migrations (skipped when the      one these checks
-                         table or the files are absent)                          were written for)
+                         the files of supabase/migrations, each applied as the   one these checks
+                         file reads now (its recorded statements are the         were written for)
+                         file's text: console.migrations), none renamed
+                         (skipped when the table or the files are absent)
 
 Each check reports `pass`, `fail` with one line per problem, or `skip` with why. `run_checks`
 never raises for a failing invariant; a query that cannot run (no privilege, missing schema) is a
@@ -34,7 +36,6 @@ also runs is defined here and imported there (the product owns the check, the te
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -42,6 +43,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
+
+from console import migrations
 
 REPOSITORY_MIGRATIONS = Path(__file__).resolve().parent.parent / "supabase" / "migrations"
 DEFAULT_RECONCILE_WINDOW = timedelta(minutes=10)
@@ -363,38 +366,34 @@ def check_expired_leases(conn: Cursor, options: Options) -> tuple[Status, str, l
     return "pass", (f"no lease held more than {_age(options.lease_grace)} past its expiry"), []
 
 
-_MIGRATION_FILE = re.compile(r"^(\d{14})_(.+)\.sql$")
-
-
-def migration_files(folder: Path) -> dict[str, str]:
-    """version → name of every `<YYYYMMDDHHMMSS>_<name>.sql` in the folder."""
-    found = {}
-    for path in sorted(folder.glob("*.sql")):
-        match = _MIGRATION_FILE.match(path.name)
-        if match:
-            found[match.group(1)] = match.group(2)
-    return found
-
-
 def check_migrations(conn: Cursor, options: Options) -> tuple[Status, str, list[str]]:
-    if conn.execute("select to_regclass('supabase_migrations.schema_migrations')"
-                    ).fetchone() == (None,):
+    applied = migrations.read_history(conn)
+    if applied is None:
         return "skip", ("no supabase_migrations.schema_migrations: not deployed with the Supabase "
                         "CLI (`supabase db push`)"), []
     folder = options.migrations_dir
-    files = migration_files(folder) if folder is not None and folder.is_dir() else {}
-    if not files:
+    files = migrations.migration_files(folder) if folder is not None and folder.is_dir() else []
+    if not files or folder is None:
         return "skip", f"no migration files to compare with ({folder or 'none given'})", []
-    applied = {version: name or "" for version, name in conn.execute(
-        "select m.version::text, m.name::text from supabase_migrations.schema_migrations m"
-    ).fetchall()}
-    problems = [f"migration {v}_{files[v]} is not applied (supabase db push)"
-                for v in sorted(set(files) - set(applied))]
-    problems += [f"migration {v} ({applied[v] or 'no name'}) is applied but has no file in "
+    found = migrations.compare_history(files, applied)
+    problems = [f"migration {f.version}_{f.name} is not applied (supabase db push)"
+                for f in found.pending]
+    problems += [f"migration {a.version} ({a.name or 'no name'}) is applied but has no file in "
                  f"{folder}: the database is ahead of (or diverged from) this checkout"
-                 for v in sorted(set(applied) - set(files))]
-    return _verdict(problems, f"the {len(files)} migrations of {folder.name if folder else ''} "
-                              "are applied, and nothing else")
+                 for a in found.unknown]
+    problems += [f"migration {a.version} was applied as {a.version}_{a.name}.sql, but the file is "
+                 f"now {f.filename}: an applied migration was renamed; give it back its name"
+                 for a, f in found.renamed]
+    problems += [f"migration {e.file.filename} was edited after it was applied: from line "
+                 f"{e.line} on, the file is not what `supabase db push` applied (recorded in "
+                 "supabase_migrations.schema_migrations). An applied migration never changes: "
+                 "restore the file as it was applied and make the change a new migration with a "
+                 "later timestamp" for e in found.edited]
+    unrecorded = (f"; {len(found.unrecorded)} recorded without statements, their text not "
+                  f"compared ({', '.join(a.version for a in found.unrecorded)})"
+                  if found.unrecorded else "")
+    return _verdict(problems, f"the {len(files)} migrations of {folder.name} are applied, each as "
+                              f"its file reads now, and nothing else{unrecorded}")
 
 
 CHECKS: tuple[tuple[str, str, CheckFn], ...] = (

@@ -155,7 +155,8 @@ class Cluster:
             try:
                 self.psql(database, file=f)
             except ClusterError as exc:
-                raise ClusterError(f"applying {f.relative_to(ROOT)} failed: {exc}") from exc
+                shown = f.relative_to(ROOT) if f.is_relative_to(ROOT) else f
+                raise ClusterError(f"applying {shown} failed: {exc}") from exc
 
 
 def project_data_dir(port: int) -> Path:

@@ -16,8 +16,10 @@ last run and nothing is re-created. The seed (`[db.seed]` of supabase/config.tom
 the CLI in `supabase_migrations.seed_files` and applied once per cluster.
 
 Refused, with the way out in the message: a cluster that has the schema but no migration history
-(built by an older `make db`, which applied the files with psql), and a history that lists versions
-this checkout has no file for (another branch's migrations).
+(built by an older `make db`, which applied the files with psql), a history that lists versions
+this checkout has no file for (another branch's migrations), and a migration applied as a text
+its file no longer has — edited or renamed since (console.migrations compares the statements the
+CLI recorded with the file). A push would not apply an edit: the CLI skips a recorded version.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ from typing import Any
 
 import psycopg
 
+from console.migrations import (
+    AppliedMigration,
+    HistoryComparison,
+    compare_history,
+    migration_files,
+    read_history,
+)
 from stack.cluster import LOCAL_SQL, ROOT, Cluster, ClusterError, sql_files
 
 SUPABASE_BIN = ROOT / "node_modules" / ".bin" / "supabase"
@@ -135,15 +144,11 @@ class LocalDatabase:
             report.local_applied = True
             before = self._history()
             assert before is not None
-        migrations, seeds = before
-        folder = self.workdir / "supabase" / "migrations"
-        files = {path.name.split("_", 1)[0]: path.stem for path in sorted(folder.glob("*.sql"))}
-        unknown = sorted(set(migrations) - set(files))
-        if unknown:
-            raise DatabaseError(
-                f"the database on port {self.port} has migrations this checkout has no file for: "
-                f"{', '.join(unknown)} (another branch's?). Check out a branch that has them, or "
-                f"rebuild the local database with `make db-reset` (its data is lost).")
+        history, seeds = before
+        listed = migration_files(self.workdir / "supabase" / "migrations")
+        self._refuse_a_changed_history(compare_history(listed, history))
+        files = {f.version: f"{f.version}_{f.name}" for f in listed}
+        migrations = [applied.version for applied in history]
         pending = [files[v] for v in sorted(set(files) - set(migrations))]
         seed_due = seed and (self.workdir / SEED_PATH).exists() and SEED_PATH not in seeds
         if pending or seed_due:
@@ -152,16 +157,37 @@ class LocalDatabase:
             self._push(seed=seed_due, should_stop=should_stop)
         after = self._history()
         assert after is not None
-        report.applied = [files[v] for v in sorted(set(after[0]) - set(migrations))]
-        report.recorded = len(after[0])
+        recorded = [applied.version for applied in after[0]]
+        report.applied = [files[v] for v in sorted(set(recorded) - set(migrations))]
+        report.recorded = len(recorded)
         report.seeded = sorted(set(after[1]) - set(seeds))
-        missing = [name for name in pending if name.split("_", 1)[0] not in after[0]]
+        missing = [name for name in pending if name.split("_", 1)[0] not in recorded]
         if missing:
             raise DatabaseError(f"supabase db push did not record {', '.join(missing)}")
         return report
 
-    def _history(self) -> tuple[list[str], list[str]] | None:
-        """(recorded migration versions, recorded seed paths), or None for a cluster without
+    def _refuse_a_changed_history(self, found: HistoryComparison) -> None:
+        if found.unknown:
+            raise DatabaseError(
+                f"the database on port {self.port} has migrations this checkout has no file for: "
+                f"{', '.join(a.version for a in found.unknown)} (another branch's?). Check out a "
+                "branch that has them, or rebuild the local database with `make db-reset` (its "
+                "data is lost).")
+        changed = [f"{e.file.filename} (from line {e.line} on)" for e in found.edited]
+        changed += [f"{f.filename} (applied as {a.version}_{a.name}.sql)"
+                    for a, f in found.renamed]
+        if changed:
+            raise DatabaseError(
+                f"the database on port {self.port} applied migrations that have changed since: "
+                f"{', '.join(changed)}. An applied migration was edited or renamed, and `supabase "
+                "db push` never applies a migration again, so this database would keep the old "
+                "text. A released migration never changes: restore it and make the change a new "
+                "migration with a later timestamp. While a migration is still unreleased and "
+                "edited on purpose, rebuild the local database with `make db-reset` (its data is "
+                "lost).")
+
+    def _history(self) -> tuple[list[AppliedMigration], list[str]] | None:
+        """(recorded migrations, recorded seed paths), or None for a cluster without
         supabase/local applied. Refuses a schema without history (see the module docstring)."""
         with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as conn:
             row = conn.execute(
@@ -179,13 +205,11 @@ class LocalDatabase:
                     "(supabase_migrations.schema_migrations): an older `make db` built it, "
                     "applying the migrations without recording them, so which ones it has is "
                     "unknown. Rebuild it with `make db-reset` (its data is lost).")
-            versions = [r[0] for r in conn.execute(
-                "select version from supabase_migrations.schema_migrations order by version"
-            ).fetchall()] if has_history else []
+            history = read_history(conn) or []
             seeds = [r[0] for r in conn.execute(
                 "select path from supabase_migrations.seed_files order by path"
             ).fetchall()] if has_seeds else []
-        return versions, seeds
+        return history, seeds
 
     def _push(self, *, seed: bool, should_stop: Callable[[], bool]) -> None:
         if not SUPABASE_BIN.exists():

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from psycopg.types.json import Jsonb
 
-from console import verify
+from console import migrations, verify
 from tests.cron_stand_ins import STAND_INS, reapply_maintenance
 from tests.oracle_console import Run, oracle
 from tests.pg import Database
@@ -220,29 +220,73 @@ def test_an_expired_lease_still_held(capsys: Capsys, db: Database) -> None:
 
 
 def test_recorded_migrations_must_match_the_files(capsys: Capsys, db: Database) -> None:
-    """As `supabase db push` records them (supabase_migrations.schema_migrations)."""
-    files = verify.migration_files(verify.REPOSITORY_MIGRATIONS)
+    """As `supabase db push` records them (supabase_migrations.schema_migrations): every file's
+    version, name and statements; here each file's whole text is one statement, which is what a
+    cut at no `;` would record (tests/test_migrations.py checks the CLI's real cuts)."""
+    files = migrations.migration_files(verify.REPOSITORY_MIGRATIONS)
     assert len(files) >= 6
     sql(db, "create schema supabase_migrations")
     sql(db, "create table supabase_migrations.schema_migrations "
             "(version text primary key, statements text[], name text)")
     try:
-        for version, name in files.items():
-            sql(db, "insert into supabase_migrations.schema_migrations values (%s, '{}', %s)",
-                (version, name))
+        for file in files:
+            sql(db, "insert into supabase_migrations.schema_migrations values (%s, %s, %s)",
+                (file.version, [file.text().strip()], file.name))
         run = run_verify(capsys, db)
         assert run.code == 0, run.out
         assert f"PASS  migrations           the {len(files)} migrations" in run.out
 
-        newest = max(files)
-        sql(db, "delete from supabase_migrations.schema_migrations where version = %s", (newest,))
+        newest = files[-1]
+        sql(db, "delete from supabase_migrations.schema_migrations where version = %s",
+            (newest.version,))
         assert_fails_only(run_verify(capsys, db), "migrations",
-                          f"migration {newest}_{files[newest]} is not applied")
+                          f"migration {newest.version}_{newest.name} is not applied")
         sql(db, "insert into supabase_migrations.schema_migrations values "
-                "(%s, '{}', %s), ('29991231000000', '{}', 'from_the_future')",
-            (newest, files[newest]))
+                "(%s, %s, %s), ('29991231000000', '{}', 'from_the_future')",
+            (newest.version, [newest.text().strip()], newest.name))
         assert_fails_only(run_verify(capsys, db), "migrations",
                           "migration 29991231000000 (from_the_future) is applied but has no file")
+        sql(db, "delete from supabase_migrations.schema_migrations "
+                "where version = '29991231000000'")
+    finally:
+        sql(db, "drop schema supabase_migrations cascade")
+
+
+def test_a_migration_edited_or_renamed_after_it_was_applied_fails(capsys: Capsys,
+                                                                   db: Database) -> None:
+    """Compared by content, not by version: what was applied (the recorded statements) must be
+    what the file reads now. A row without statements (an old CLI) cannot be compared, and
+    says so."""
+    files = migrations.migration_files(verify.REPOSITORY_MIGRATIONS)
+    sql(db, "create schema supabase_migrations")
+    sql(db, "create table supabase_migrations.schema_migrations "
+            "(version text primary key, statements text[], name text)")
+    try:
+        for file in files:
+            sql(db, "insert into supabase_migrations.schema_migrations values (%s, %s, %s)",
+                (file.version, [file.text().strip()], file.name))
+        edited = files[2]
+        text = edited.text().strip()
+        line = text.count("\n", 0, text.index("create table")) + 1
+        applied = text.replace("create table", "create unlogged table", 1)
+        sql(db, "update supabase_migrations.schema_migrations set statements = %s "
+                "where version = %s", ([applied], edited.version))
+        assert_fails_only(run_verify(capsys, db), "migrations",
+                          f"migration {edited.filename} was edited after it was applied: from "
+                          f"line {line} on, the file is not what `supabase db push` applied",
+                          "An applied migration never changes")
+        sql(db, "update supabase_migrations.schema_migrations set statements = %s, "
+                "name = 'an_older_name' where version = %s", ([text], edited.version))
+        assert_fails_only(run_verify(capsys, db), "migrations",
+                          f"migration {edited.version} was applied as "
+                          f"{edited.version}_an_older_name.sql, but the file is now "
+                          f"{edited.filename}: an applied migration was renamed")
+        sql(db, "update supabase_migrations.schema_migrations set statements = null, name = %s "
+                "where version = %s", (edited.name, edited.version))
+        run = run_verify(capsys, db, "--check", "migrations")
+        assert run.code == 0, run.out
+        assert f"1 recorded without statements, their text not compared ({edited.version})" \
+            in run.out
     finally:
         sql(db, "drop schema supabase_migrations cascade")
 

@@ -412,6 +412,34 @@ def test_migrations_added_since_the_last_run_are_applied_and_recorded_once(
         assert push.returncode == 0 and "up to date" in (push.stdout + push.stderr).lower(), \
             push.stdout + push.stderr
 
+        # An applied migration edited since: refused by content, not only by version, by the
+        # database layer and by `make run` (the supervisor), with the way out.
+        probe = workdir / "supabase" / "migrations" / f"{PROBE}.sql"
+        probe.write_text(PROBE_SQL.replace("(1)", "(2)"))
+        with pytest.raises(DatabaseError, match=rf"changed since: {PROBE}\.sql \(from line 5 "
+                                                r"on\)\. An applied migration was edited.*"
+                                                r"make db-reset"):
+            db.migrate()
+        db.stop()
+        ports = Ports(db=db.port)
+        state_dir = scratch / "probe-state"
+        sup = Supervisor.start(run_args(ports, db.data_dir, state_dir, "--supabase-workdir",
+                                        str(workdir)), state_dir)
+        try:
+            code = sup.wait(timeout=START_TIMEOUT)
+        finally:
+            sup.kill()
+        assert code == 1, sup.output
+        said = " ".join(sup.output.split())
+        assert f"make run: the database on port {db.port} applied migrations that have changed " \
+               f"since: {PROBE}.sql (from line 5 on)" in said, sup.output
+        assert "rebuild the local database with `make db-reset`" in said, sup.output
+        assert "stopped every process this run started" in said, sup.output
+        probe.write_text(PROBE_SQL)
+        db = LocalDatabase(db.cluster, workdir=workdir)
+        db.start()
+        assert db.migrate().applied == []
+
         # Refusals, each naming the way out.
         execute(db, "insert into supabase_migrations.schema_migrations (version, name) "
                     "values ('29990101000000', 'elsewhere')")
