@@ -56,6 +56,7 @@ from tests.test_execution_support import (
 
 SCHEMAS = ("auth", "public", "private")
 WORKER = "upgrade-worker-before"
+DISPATCHER = "upgrade-dispatcher-before"
 LATER_WORKER = "upgrade-worker-after"
 MODEL = "gpt-4o-mini"  # output USD 0.60 per million tokens (the foundation of the budget figures)
 OUTPUT_USD_PER_TOKEN = Decimal("0.60") * Decimal("0.000001")
@@ -92,6 +93,7 @@ class World:
     leased_jobs: list[uuid.UUID] = field(default_factory=list)           # leased to WORKER
     free_job: uuid.UUID | None = None                                    # due, leased to nobody
     budget: dict[str, Any] = field(default_factory=dict)                 # alice's, as checked
+    auto_leased: str | None = None  # an auto-approved proposal leased to DISPATCHER
 
 
 # -- filling --------------------------------------------------------------------------------------
@@ -181,13 +183,23 @@ def fill(db: Database) -> World:
             sql(db, "update public.trade_proposals set expires_at = now() - interval '1 second' "
                     "where id = %s", (proposal["proposal_id"],))
     assert db.rpc("run_maintenance", conn=api(db))["expired_proposals"] == 1
-    assert propose(db, alice, markets.new(alice))["status"] == "approved"  # by auto_execute
+    auto = propose(db, alice, markets.new(alice))
+    assert auto["status"] == "approved"  # by auto_execute
+    # The auto-execute queue: the scanner's dispatcher leases it (for the longest lease).
+    leased = db.rpc_rows("lease_auto_approved_proposals", p_dispatcher=DISPATCHER, p_limit=10,
+                         p_lease_seconds=3600)
+    assert [str(row["proposal_id"]) for row in leased] == [auto["proposal_id"]], leased
+    world.auto_leased = auto["proposal_id"]
 
     # Executions in every state, each with the ledger row its result writes.
     for case, result in RESULTS.items():
         proposal = propose(db, alice, markets.new(alice))
         key = f"upgrade-{case}"
-        claimed = claim(db, alice, proposal["proposal_id"], key)
+        # As trading_execute claims: a slot of the trade key's order budget each.
+        claimed = db.rpc("claim_trade_execution", conn=api(db), p_user_id=alice,
+                         p_proposal_id=proposal["proposal_id"], p_idempotency_key=key,
+                         p_mode="paper", p_order_budget=800,
+                         p_order_budget_window_seconds=3600)
         assert claimed["outcome"] == "claimed", claimed
         execution = claimed["execution"]
         if result:
@@ -377,6 +389,11 @@ def check_claims(db: Database, world: World) -> None:
     fresh = claim(db, alice, propose(db, alice, market)["proposal_id"],
                   f"upgrade-after-{uuid.uuid4()}")
     assert fresh["outcome"] == "claimed", fresh
+
+    # The auto-execute queue: a lease from before still keeps the proposal from others.
+    others = db.rpc_rows("lease_auto_approved_proposals", p_dispatcher="upgrade-dispatcher-after",
+                         p_limit=1000, p_lease_seconds=30)
+    assert world.auto_leased not in {str(row["proposal_id"]) for row in others}, others
 
     # G10: the reconciler still finds every execution left open before the upgrade.
     open_ids = {str(e["id"]) for e in db.rpc_rows("list_unsettled_executions",
