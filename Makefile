@@ -1,27 +1,30 @@
 # Auto Invest Oracle — execution backend. `make test` is what CI runs (.ci/run).
 SHELL := /bin/bash
 PY := .venv/bin/python
+# The import contracts of pyproject.toml ([tool.importlinter]): which room may import which.
+LINT_IMPORTS := .venv/bin/lint-imports --no-cache --no-logo
 # Ports of the local stack (`make run DB_PORT=55432 …`, or the same names in the environment).
 DB_PORT ?= 54322
 SANDBOX_PORT ?= 54330
 TRADING_EXECUTE_PORT ?= 54331
 SCAN_SCHEDULER_PORT ?= 54332
 
-.PHONY: setup run demo test lint db db-down db-reset sandbox bench fuzz soak rls-matrix
+.PHONY: setup run demo test lint db db-down db-reset sandbox bench fuzz soak rls-matrix release
 
 setup: ## install what is missing (venv, PostgreSQL 15 + pg_cron + pgTAP, Supabase CLI)
 	@scripts/setup.sh
 
 run: setup ## the whole system live, paper mode: PostgreSQL (kept), sandbox, both functions, a local cron; Ctrl+C stops all
-	@$(PY) -m ops.stack run --db-port $(DB_PORT) --sandbox-port $(SANDBOX_PORT) \
+	@$(PY) -m stack run --db-port $(DB_PORT) --sandbox-port $(SANDBOX_PORT) \
 		--trading-execute-port $(TRADING_EXECUTE_PORT) --scan-scheduler-port $(SCAN_SCHEDULER_PORT)
 
 demo: setup ## the same stack on a throwaway cluster and free ports, a bounded scenario, a summary; exit 0 when complete
-	@$(PY) -m ops.stack demo
+	@$(PY) -m stack demo
 
-test: setup ## the whole suite: ruff, mypy, pytest (database, pgTAP via pg_prove, Supabase CLI, exchange, sandbox)
+test: setup ## the whole suite: ruff, mypy, the import contracts, pytest (database, pgTAP via pg_prove, Supabase CLI, exchange, sandbox)
 	$(PY) -m ruff check .
-	$(PY) -m mypy shared sandbox ops functions scripts
+	$(PY) -m mypy shared sandbox console stack functions scripts
+	$(LINT_IMPORTS)
 	$(PY) -m pytest
 
 # The fuzzers with a long budget and a fresh random seed per run (CI runs each with a small fixed,
@@ -44,18 +47,26 @@ soak: setup ## the chaos soak: random traffic, exchange faults and SIGKILLs, the
 rls-matrix: setup ## observe the RLS matrix on a throwaway cluster and write it into README.md
 	$(PY) -m scripts.rls_matrix --readme README.md
 
-lint: setup
+# Released migrations never change (scripts/release.py): a release lists every migration not
+# released yet, with the sha256 of its bytes, in supabase/released-migrations.json; `make test`
+# then fails if one of them changes or a new one sorts before them. Commit the manifest.
+release: setup ## release every migration not released yet as NAME (make release NAME=v1)
+	@if [ -z "$(NAME)" ]; then echo "usage: make release NAME=<name>  (e.g. NAME=v1)" >&2; exit 2; fi
+	$(PY) -m scripts.release cut "$(NAME)"
+
+lint: setup ## ruff, mypy and the import contracts
 	$(PY) -m ruff check .
-	$(PY) -m mypy shared sandbox ops functions scripts
+	$(PY) -m mypy shared sandbox console stack functions scripts
+	$(LINT_IMPORTS)
 
 db: setup ## start the project-local PostgreSQL on $(DB_PORT) (local + migrations + seed) and print its URL
-	@$(PY) -m scripts.pgcluster up --port $(DB_PORT) --seed
+	@$(PY) -m stack db --port $(DB_PORT) --seed
 
 db-down:
-	@$(PY) -m scripts.pgcluster down --port $(DB_PORT)
+	@$(PY) -m stack db-down --port $(DB_PORT)
 
 db-reset: setup
-	@$(PY) -m scripts.pgcluster reset --port $(DB_PORT) --seed
+	@$(PY) -m stack db-reset --port $(DB_PORT) --seed
 
 sandbox: setup ## the local Bitvavo sandbox on 127.0.0.1:$(SANDBOX_PORT)
 	$(PY) -m sandbox.bitvavo --host 127.0.0.1 --port $(SANDBOX_PORT)
@@ -63,7 +74,7 @@ sandbox: setup ## the local Bitvavo sandbox on 127.0.0.1:$(SANDBOX_PORT)
 # Benchmarks: never part of `make test`. Each prints a table of ratios measured in the same run.
 BENCH_PY := .bench-venv/bin/python
 BENCHMARKS := bench/scheduler.py bench/claim_path.py bench/budget.py bench/http_execute.py \
-	bench/scan_scale.py
+	bench/scan_scale.py bench/scan_burst.py
 
 bench: setup ## benchmarks in a bench-only environment (.bench-venv, bench/node_modules); prints the tables
 	@bench/setup.sh

@@ -1,4 +1,4 @@
-"""Budget: reservations per second and overshoot under 32 concurrent reservers (issue 10, G7).
+"""Budget: reservations per second and overshoot under 32 concurrent reservers (G7).
 
 Each reserver is a client process with one connection (shared.rpc.direct.DirectRpc) that, for
 `--attempts` rounds, reserves the worst case of one GPT call (reserve_gpt_budget: gpt-4o-mini,
@@ -50,7 +50,7 @@ from bench.measure import (  # noqa: E402
     throwaway_cluster,
 )
 from bench.rpc import FLOOR, FLOOR_SQL, open_port  # noqa: E402
-from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, Cluster, sql_files  # noqa: E402
+from stack.cluster import LOCAL_SQL, MIGRATIONS, Cluster, sql_files  # noqa: E402
 
 DATABASE = "budget"
 MODEL = "gpt-4o-mini"

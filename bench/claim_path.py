@@ -1,4 +1,4 @@
-"""Claim path: claim_trade_execution + record_execution_result per execution (issue 10).
+"""Claim path: claim_trade_execution + record_execution_result per execution.
 
 One execution is what trading_execute does with the database: `claim_trade_execution` (the seven
 validators and the claim), then `record_execution_result` with a fill (the state machine, the
@@ -52,8 +52,8 @@ from bench.measure import (  # noqa: E402
     throwaway_cluster,
 )
 from bench.rpc import FLOOR, FLOOR_SQL, open_port  # noqa: E402
-from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, Cluster, sql_files  # noqa: E402
 from scripts.wireturns import WireTurns  # noqa: E402
+from stack.cluster import LOCAL_SQL, MIGRATIONS, Cluster, sql_files  # noqa: E402
 
 BASE = "claims"
 USERS = 10_000

@@ -1,6 +1,6 @@
 """What the benchmarks share: the throwaway cluster, the machine line, percentiles, clients.
 
-Every benchmark runs on its own throwaway PostgreSQL 15 cluster (scripts/pgcluster.Cluster) with
+Every benchmark runs on its own throwaway PostgreSQL 15 cluster (stack.cluster.Cluster) with
 the test cluster's settings (fsync, synchronous_commit and full_page_writes off) unless it is asked
 for PostgreSQL's durable defaults, and prints the machine and the settings above its table. The
 machine is shared with other work, so a benchmark prints no time without the ratio to a floor or a
@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg.sql import Composed
 
-from scripts.pgcluster import Cluster, free_port
+from stack.cluster import Cluster, free_port
 
 TEST_CLUSTER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 SHOWN_SETTINGS = ("shared_buffers", "fsync", "synchronous_commit", "full_page_writes", "wal_level",

@@ -49,15 +49,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make `ops`, `scripts`, `shared` importable
+if str(ROOT) not in sys.path:  # run as a script: make `stack`, `sandbox`, `shared` importable
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
-from ops.services import Service, stop_all  # noqa: E402
 from sandbox.auth import DEFAULT_VIEW_KEY, DEFAULT_VIEW_SECRET  # noqa: E402
-from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, Cluster, free_port, sql_files  # noqa: E402
+from stack.cluster import LOCAL_SQL, MIGRATIONS, Cluster, free_port, sql_files  # noqa: E402
+from stack.services import Service, stop_all  # noqa: E402
 
 DATABASE = "bench"
 TEST_CLUSTER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}

@@ -1,7 +1,7 @@
-"""Scheduler vs its peers: jobs/second for claim + release (issue 8 §2 "Throughput", issue 10).
+"""Scheduler vs its peers: jobs/second for claim + release (the target: twice the better peer).
 
 Every number below is measured in the same run, on the same throwaway PostgreSQL 15 cluster
-(scripts/pgcluster.py's Cluster, the test cluster's settings unless --durable), each system in its
+(stack/cluster.py's Cluster, the test cluster's settings unless --durable), each system in its
 own database, each drained by N workers from a queue of due jobs; the machine is shared, so only
 the ratios printed next to the numbers mean anything.
 
@@ -51,7 +51,7 @@ import psycopg  # noqa: E402
 
 from bench.measure import TEST_CLUSTER_SETTINGS, machine  # noqa: E402
 from bench.rpc import FLOOR_SQL, open_port  # noqa: E402
-from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, Cluster, free_port, sql_files  # noqa: E402
+from stack.cluster import LOCAL_SQL, MIGRATIONS, Cluster, free_port, sql_files  # noqa: E402
 
 GRAPHILE_SCRIPT = ROOT / "bench" / "graphile_worker.mjs"
 MARKETS = 100

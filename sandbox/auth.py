@@ -40,10 +40,12 @@ class ApiKey:
     key: str
     secret: str
     permissions: frozenset[str]
+    rate_limit: int | None = None  # weight per window for this key; None: SANDBOX_RATE_LIMIT
 
 
 def load_keys(env: Mapping[str, str] | None = None) -> dict[str, ApiKey]:
-    """Keys from `SANDBOX_KEYS` (JSON list of {key, secret, permissions}) or the defaults."""
+    """Keys from `SANDBOX_KEYS` (JSON list of {key, secret, permissions, rate_limit?}) or the
+    defaults."""
     raw = (os.environ if env is None else env).get("SANDBOX_KEYS")
     if not raw:
         return {
@@ -65,7 +67,12 @@ def load_keys(env: Mapping[str, str] | None = None) -> dict[str, ApiKey]:
             raise ValueError(f"SANDBOX_KEYS entry {key[:6]}… has no secret")
         if not permissions <= _PERMISSIONS:
             raise ValueError(f"SANDBOX_KEYS permissions must be among {sorted(_PERMISSIONS)}")
-        keys[key] = ApiKey(key, secret, permissions)
+        rate_limit = entry.get("rate_limit")
+        if rate_limit is not None and (isinstance(rate_limit, bool)
+                                       or not isinstance(rate_limit, int) or rate_limit < 1):
+            raise ValueError(f"SANDBOX_KEYS entry {key[:6]}… has a rate_limit that is not a "
+                             "positive integer")
+        keys[key] = ApiKey(key, secret, permissions, rate_limit)
     return keys
 
 

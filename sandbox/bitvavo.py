@@ -9,8 +9,18 @@ official SDK and ccxt work against it, plus a loopback-only control surface unde
 - `SANDBOX_KEYS`        JSON list of {"key": <64 chars>, "secret": …, "permissions": [...]};
                         default: the view key and trade key in `sandbox.auth`.
 - `SANDBOX_BALANCES`    JSON like {"EUR": "10000"} (the default), the one account's balances.
-- `SANDBOX_RATE_LIMIT`  weight points per minute per key/IP (default 1000).
+- `SANDBOX_RATE_LIMIT`  weight points per minute per key/IP (default 1000); a key's own
+                        `rate_limit` in SANDBOX_KEYS overrides it for that key.
+- `SANDBOX_RATE_WINDOW_MS`  the rate-limit window (default 60000: a minute; tests shorten it).
+- `SANDBOX_RATE_LIMIT_ERROR_CODE`  the errorCode of a rate-limit ban: 110 (default, Bitvavo's
+                        rate-limit page) or 105 (what the SDKs and ccxt know).
 - `SANDBOX_CLOCK_OFFSET_MS`  start the market clock this far ahead of wall time (default 0).
+- `SANDBOX_MARKETS`     JSON like {"BTC-EUR": {"status": "halted", "maxOrderInQuoteAsset": "1000"}}:
+                        market statuses (trading | halted | auction) and maximum sizes.
+- `SANDBOX_INSUFFICIENT_FUNDS`  a market order the balance cannot cover: `reject` (216, default)
+                        or `expire` (accepted, ends `expired` without a fill).
+- `SANDBOX_AMOUNT_QUOTE_FEE`  a buy by amountQuote spends at most amountQuote fee `included`
+                        (default) or amountQuote plus the fee (`on_top`).
 
 On start it prints `SANDBOX_READY http://HOST:PORT` on stdout; it logs one line per request on
 stderr (method, path, status, duration) and never a header value.
@@ -41,6 +51,7 @@ from sandbox.clock import MarketClock, wall_ms
 from sandbox.errors import ApiError, invalid, required
 from sandbox.faults import FaultPlan
 from sandbox.limits import Quota, RateLimitBan, RateLimiter
+from sandbox.listings import Listings, load_listings
 from sandbox.market import (
     ASSETS,
     INTERVAL_MINUTES,
@@ -138,11 +149,20 @@ class Exchange:
         self.initial_offset_ms = int(env.get("SANDBOX_CLOCK_OFFSET_MS", "0"))
         self.clock = MarketClock(self.initial_offset_ms)
         self.path = PricePath(seed)
-        self.account = Account(self.path, self.initial_balances)
-        self.limiter = RateLimiter(int(env.get("SANDBOX_RATE_LIMIT", "1000")))
+        self.listings = Listings(load_listings(env))
+        self.account = Account(
+            self.path, self.initial_balances, self.listings,
+            insufficient_funds=env.get("SANDBOX_INSUFFICIENT_FUNDS", "reject"),
+            amount_quote_fee=env.get("SANDBOX_AMOUNT_QUOTE_FEE", "included"))
+        self.limiter = RateLimiter(
+            int(env.get("SANDBOX_RATE_LIMIT", "1000")),
+            int(env.get("SANDBOX_RATE_LIMIT_ERROR_CODE", "110")),
+            int(env.get("SANDBOX_RATE_WINDOW_MS", "60000")),
+            {f"key:{k.key}": k.rate_limit for k in self.auth.keys.values() if k.rate_limit})
         self.faults = FaultPlan()
 
     def reset(self, balances: dict[str, Decimal] | None = None) -> None:
+        self.listings.reset()
         self.account.reset(balances if balances is not None else self.initial_balances)
         self.limiter.reset()
         self.faults.reset()
@@ -156,8 +176,8 @@ class Exchange:
     def markets(self, query: Query, body: Any, now: int) -> Any:
         market = query.market(needed=False)
         if market is not None:
-            return MARKETS[market].listing()
-        return [spec.listing() for spec in MARKETS.values()]
+            return self.listings[market].row(MARKETS[market])
+        return [self.listings[name].row(spec) for name, spec in MARKETS.items()]
 
     def assets(self, query: Query, body: Any, now: int) -> Any:
         symbol = query.get("symbol")
@@ -460,7 +480,8 @@ class Handler(BaseHTTPRequestHandler):
             return Answer(404, NOT_FOUND_HTML, "text/html; charset=utf-8")
         query = Query(split.query)
         headers = {name.lower(): value for name, value in self.headers.items()}
-        now_wall = wall_ms()
+        now_wall = wall_ms()  # signatures are checked against real time ...
+        now_market = exchange.clock.now_ms()  # ... rate windows follow the market clock
         identity = f"ip:{self.client_address[0]}"
         quota: Quota | None = None
         try:
@@ -471,16 +492,16 @@ class Handler(BaseHTTPRequestHandler):
                         method=method, target=target, headers=headers, raw_body=raw_body,
                         now_ms=now_wall)
                 except ApiError:
-                    quota = exchange.limiter.charge(identity, route.cost(query), now_wall,
+                    quota = exchange.limiter.charge(identity, route.cost(query), now_market,
                                                     is_key=False)
                     raise
                 identity = f"key:{api_key.key}"
-                quota = exchange.limiter.charge(identity, route.cost(query), now_wall,
+                quota = exchange.limiter.charge(identity, route.cost(query), now_market,
                                                 is_key=True)
                 if route.permission is not None:
                     exchange.auth.require(api_key, route.permission)
             else:
-                quota = exchange.limiter.charge(identity, route.cost(query), now_wall,
+                quota = exchange.limiter.charge(identity, route.cost(query), now_market,
                                                 is_key=False)
             body = self._parse_body(method, raw_body)
             if (method, split.path) == ("POST", "/order"):
@@ -493,7 +514,7 @@ class Handler(BaseHTTPRequestHandler):
             return Answer(fault.http_status, fault.page(), "text/html; charset=utf-8",
                           quota.headers() if quota else None)
         except ApiError as error:
-            quota = quota or exchange.limiter.peek(identity, now_wall)
+            quota = quota or exchange.limiter.peek(identity, now_market)
             return _json_answer(error.http_status, error.body(), quota)
 
     @staticmethod
@@ -514,7 +535,7 @@ class Handler(BaseHTTPRequestHandler):
         exchange = self.exchange
         fault = exchange.faults.take()
         if fault is not None and fault.kind == "latency":
-            time.sleep(fault.latency_ms / 1000)
+            exchange.faults.delay(fault)
         if fault is not None and fault.kind == "error":
             if fault.place:
                 exchange.place_order(query, body, exchange.clock.now_ms())
@@ -546,6 +567,16 @@ class Handler(BaseHTTPRequestHandler):
                     return _json_answer(200, exchange.faults.configure(body))
                 case ("GET", "/_sandbox/faults"):
                     return _json_answer(200, exchange.faults.describe())
+                case ("POST", "/_sandbox/faults/release"):
+                    return _json_answer(200, {"released": exchange.faults.release()})
+                case ("POST", "/_sandbox/order_lookup"):
+                    found = body.get("completed_by_client_order_id")
+                    if not isinstance(found, bool):
+                        raise ValueError("completed_by_client_order_id must be a boolean")
+                    exchange.account.completed_by_client_order_id = found
+                    return _json_answer(200, {"completed_by_client_order_id": found})
+                case ("GET", "/_sandbox/limits"):
+                    return _json_answer(200, exchange.limiter.describe())
                 case ("GET", "/_sandbox/orders"):
                     return _json_answer(200, exchange.account.all_orders(
                         exchange.clock.now_ms()))
@@ -562,6 +593,17 @@ class Handler(BaseHTTPRequestHandler):
                     return _json_answer(200, self._clock_state())
                 case ("GET", "/_sandbox/clock"):
                     return _json_answer(200, self._clock_state())
+                case ("POST", "/_sandbox/markets"):
+                    market = body.get("market")
+                    if market not in MARKETS:
+                        raise ValueError(f"market must be one of {', '.join(MARKETS)}")
+                    fields = {k: v for k, v in body.items() if k != "market"}
+                    exchange.account.change_listing(market, fields, exchange.clock.now_ms())
+                    return _json_answer(200, exchange.listings[market].row(MARKETS[market]))
+                case ("POST", "/_sandbox/account"):
+                    return _json_answer(200, exchange.account.configure(body))
+                case ("GET", "/_sandbox/account"):
+                    return _json_answer(200, exchange.account.rules())
                 case ("GET", "/_sandbox/price"):
                     return _json_answer(200, self._price(query))
             return _json_answer(404, {"error": f"no control endpoint {method} {split.path}"})

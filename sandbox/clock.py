@@ -1,10 +1,11 @@
 """Two clocks, on purpose.
 
-- `wall_ms()` is real time. Authentication (the access window) and rate-limit windows use it,
-  because real clients sign with their own wall clock.
+- `wall_ms()` is real time. Authentication (the access window) and `/time` use it, because real
+  clients sign with their own wall clock.
 - `MarketClock.now_ms()` is wall time plus an offset that tests move forward with
-  `POST /_sandbox/clock`. The price path, candles, tickers, order timestamps and the lazy
-  matching of resting limit orders use it, so a test can let "an hour pass" in a millisecond.
+  `POST /_sandbox/clock`. The price path, candles, tickers, order timestamps, the lazy matching
+  of resting limit orders and the rate-limit windows and bans use it, so a test can let "an hour
+  pass" (or cross a minute's rate-limit window) in a millisecond.
 """
 
 from __future__ import annotations

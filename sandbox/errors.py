@@ -8,6 +8,7 @@ from __future__ import annotations
 _HTTP_STATUS = {
     101: 500,
     105: 429,
+    110: 429,
     107: 503,
     109: 503,
     240: 404,
@@ -23,7 +24,6 @@ MESSAGES = {
     108: "The matching engine could not process your order in time. Please consider increasing "
     "the access window or resubmit your order.",
     109: "The matching engine did not respond in time. Operation may or may not have succeeded.",
-    110: "Invalid endpoint. Please check url and HTTP method.",
     216: "You do not have sufficient balance to complete this operation.",
     212: "Amount is below the minimum allowed amount for this asset.",
     214: "Price is too detailed",

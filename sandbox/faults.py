@@ -3,7 +3,9 @@
 - `error`: answer `http_status`/`error_code` (default 500/101) without placing; with
   `"place": true` the order is placed first, which is what a real 101/109 may mean. With
   `"error_code": null` the body is an HTML page (a proxy's 502) instead of Bitvavo's JSON.
-- `latency`: sleep `latency_ms`, then process normally.
+- `latency`: sleep `latency_ms`, then process normally. With `"hold": true` the request waits
+  until `release()` (POST /_sandbox/faults/release) instead, `latency_ms` at most: a late execution
+  of a request received inside its access window, ended when the test chooses (no wall-clock wait).
 - `drop_after_accept`: place (and fill) the order, then close the connection without a byte.
 - `unfilled`: a market order is placed and answered 200, but fills only `fill_fraction` (default
   "0") of its size and ends with `status`: `expired` (default), `canceledMarketProtection` or
@@ -18,6 +20,7 @@ A fault is consumed by a `POST /order` that passed authentication and the rate l
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -32,6 +35,7 @@ class Fault:
     error_code: int | None = 101
     latency_ms: int = 0
     place: bool = False
+    hold: bool = False
     status: str = "expired"
     fill_fraction: Decimal = Decimal(0)
 
@@ -39,6 +43,8 @@ class Fault:
         description: dict[str, object] = {
             "fault": self.kind, "http_status": self.http_status, "error_code": self.error_code,
             "latency_ms": self.latency_ms, "place": self.place}
+        if self.kind == "latency":
+            description["hold"] = self.hold
         if self.kind == "unfilled":
             description.update(status=self.status, fill_fraction=str(self.fill_fraction))
         return description
@@ -49,6 +55,10 @@ class FaultPlan:
         self._lock = threading.Lock()
         self._fault: Fault | None = None
         self._remaining = 0
+        # Held requests wait for the release generation to move on (release() or reset()).
+        self._holds = threading.Condition()
+        self._release_generation = 0
+        self._held = 0
 
     def configure(self, spec: dict[str, object]) -> dict[str, object]:
         kind = spec.get("fault")
@@ -69,6 +79,9 @@ class FaultPlan:
             raise ValueError("latency_ms must be an integer between 0 and 120000")
         if not isinstance(place, bool):
             raise ValueError("place must be a boolean")
+        hold = spec.get("hold", False)
+        if not isinstance(hold, bool) or (hold and kind != "latency"):
+            raise ValueError("hold must be a boolean, and only a latency fault holds")
         status = spec.get("status", "expired")
         if status not in UNFILLED_STATUSES:
             raise ValueError(f"status must be one of {', '.join(UNFILLED_STATUSES)}")
@@ -80,7 +93,7 @@ class FaultPlan:
                 self._fault, self._remaining = None, 0
             else:
                 self._fault = Fault(str(kind), http_status, error_code, latency_ms, place,
-                                    str(status), fill_fraction)
+                                    hold, str(status), fill_fraction)
                 self._remaining = times
             return self._describe_locked()
 
@@ -95,9 +108,33 @@ class FaultPlan:
                 self._fault, self._remaining = None, 0
             return fault
 
+    def delay(self, fault: Fault) -> None:
+        """A latency fault's wait: `latency_ms`, or until released when it holds."""
+        seconds = fault.latency_ms / 1000
+        if not fault.hold:
+            time.sleep(seconds)
+            return
+        with self._holds:
+            generation = self._release_generation
+            self._held += 1
+            try:
+                self._holds.wait_for(lambda: self._release_generation != generation, seconds)
+            finally:
+                self._held -= 1
+
+    def release(self) -> int:
+        """Let every held request go on; how many there were."""
+        with self._holds:
+            held = self._held
+            self._release_generation += 1
+            self._holds.notify_all()
+            return held
+
     def describe(self) -> dict[str, object]:
         with self._lock:
-            return self._describe_locked()
+            description = self._describe_locked()
+        with self._holds:
+            return {**description, "held": self._held}
 
     def _describe_locked(self) -> dict[str, object]:
         if self._fault is None:
@@ -107,6 +144,7 @@ class FaultPlan:
     def reset(self) -> None:
         with self._lock:
             self._fault, self._remaining = None, 0
+        self.release()
 
 
 def _fraction(value: object) -> Decimal:

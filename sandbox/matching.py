@@ -10,19 +10,32 @@
   (`new`) with their funds `onHold`. Resting orders are matched lazily, before every request:
   the first later minute whose candle reaches the limit price fills the whole order at that
   price as a maker (fee 0.15 %).
-- Validation follows Bitvavo's order: parameters (203/205/...), minimum sizes (212/217),
-  open-order limits (220/235), then funds (216). Cancelling an order that exists but is no longer
-  open answers 233; one that does not exist, 240.
+- Validation follows Bitvavo's order: parameters (203/205/...), minimum and maximum sizes
+  (212/217, 210), open-order limits (220/235), then funds (216). Cancelling an order that exists
+  but is no longer open answers 233; one that does not exist, 240.
+- Market statuses (listings.py): an `auction` refuses orders and cancellations (423, a guess at
+  the code); a `halted` market accepts orders and executes none: a market order waits as `new`
+  with its funds on hold and fills at the price of the moment its market trades again (or ends
+  `expired` if the funds no longer cover it), a limit order rests and is matched only from then
+  on (IOC/FOK answer 231, as Bitvavo's error table says for paused markets).
+- A market order the balance cannot cover answers 216 (`insufficient_funds="reject"`, the default)
+  or is accepted and ends `expired` without a fill (`"expire"`: Bitvavo's create-order page says it
+  may). Whether Bitvavo takes the fee out of `amountQuote` or on top is undocumented: a buy by
+  `amountQuote` spends at most `amountQuote` fee included (`amount_quote_fee="included"`, the
+  default) or `amountQuote` plus the fee (`"on_top"`). Both are settable
+  (`SANDBOX_INSUFFICIENT_FUNDS`, `SANDBOX_AMOUNT_QUOTE_FEE`, `POST /_sandbox/account`).
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_UP, Decimal, InvalidOperation
 
 from sandbox.errors import ApiError, invalid, required
+from sandbox.listings import AUCTION, HALTED, TRADING, Listings
 from sandbox.market import MARKETS, MINUTE_MS, Market, PricePath, fmt
 
 TAKER_FEE = Decimal("0.0025")
@@ -41,6 +54,9 @@ BODY_PARAMS = {
     "disableMarketProtection", "triggerAmount", "triggerType", "triggerReference",
 }
 OPEN_STATUSES = ("new", "partiallyFilled")
+INSUFFICIENT_FUNDS = ("reject", "expire")
+AMOUNT_QUOTE_FEE = ("included", "on_top")
+AUCTION_REFUSAL = 423
 
 
 def _fee(quote: Decimal, rate: Decimal) -> Decimal:
@@ -87,6 +103,7 @@ class Order:
     spent_quote: Decimal = Decimal(0)  # amountQuote orders: quote used, fee included
     fills: list[Fill] = field(default_factory=list)
     checked_minute: int = 0  # lazy matching has looked at candles up to this minute
+    parked: bool = False  # a market order accepted while its market was halted
 
     @property
     def spec(self) -> Market:
@@ -161,9 +178,13 @@ def _uuid_text(value: object) -> bool:
 class Account:
     """Balances and orders; every public method takes the lock and settles first."""
 
-    def __init__(self, path: PricePath, balances: dict[str, Decimal]) -> None:
+    def __init__(self, path: PricePath, balances: dict[str, Decimal], listings: Listings, *,
+                 insufficient_funds: str = "reject", amount_quote_fee: str = "included") -> None:
         self.path = path
+        self.listings = listings
         self._initial = dict(balances)
+        self._initial_rules = {"insufficient_funds": insufficient_funds,
+                               "amount_quote_fee": amount_quote_fee}
         self._lock = threading.RLock()
         self.reset()
 
@@ -174,6 +195,45 @@ class Account:
             self.available: dict[str, Decimal] = dict(self._initial)
             self.in_order: dict[str, Decimal] = {}
             self.orders: list[Order] = []
+            # Off: GET/DELETE /order by clientOrderId find open orders only (a completed one
+            # answers 240), as Bitvavo may — it documents no lookup of completed orders by
+            # clientOrderId. By orderId, /orders and /trades still find them.
+            self.completed_by_client_order_id = True
+            self.configure(self._initial_rules)
+
+    def configure(self, spec: Mapping[str, object]) -> dict[str, str]:
+        """Set `insufficient_funds` and/or `amount_quote_fee` (see the module docstring)."""
+        unknown = sorted(set(spec) - {"insufficient_funds", "amount_quote_fee"})
+        if unknown:
+            raise ValueError(f"unknown fields {unknown}")
+        insufficient = spec.get("insufficient_funds", getattr(self, "insufficient_funds", None))
+        fee = spec.get("amount_quote_fee", getattr(self, "amount_quote_fee", None))
+        if insufficient not in INSUFFICIENT_FUNDS:
+            raise ValueError(f"insufficient_funds must be one of {', '.join(INSUFFICIENT_FUNDS)}")
+        if fee not in AMOUNT_QUOTE_FEE:
+            raise ValueError(f"amount_quote_fee must be one of {', '.join(AMOUNT_QUOTE_FEE)}")
+        with self._lock:
+            self.insufficient_funds, self.amount_quote_fee = str(insufficient), str(fee)
+            return self.rules()
+
+    def rules(self) -> dict[str, str]:
+        return {"insufficient_funds": self.insufficient_funds,
+                "amount_quote_fee": self.amount_quote_fee}
+
+    def change_listing(self, market: str, spec: dict[str, object], now_ms: int) -> None:
+        """Set a market's status / maximum sizes. Nothing resting matches while a market does not
+        trade; when it trades again, the market orders it accepted meanwhile fill (or expire)."""
+        with self._lock:
+            self.settle(now_ms)  # up to now under the old status
+            before, after = self.listings.set(market, dict(spec))
+            if before.status != TRADING and after.status == TRADING:
+                for order in self.orders:
+                    if order.market == market and order.parked and order.is_open:
+                        self._move(order.hold_currency, in_order=-order.on_hold,
+                                   available=order.on_hold)
+                        order.on_hold = Decimal(0)
+                        self._fill_market(order, now_ms)
+                        order.parked = False
 
     # -- balances ----------------------------------------------------------------------------
 
@@ -207,10 +267,13 @@ class Account:
         with self._lock:
             self.settle(now_ms)
             order = self._validate(body, now_ms)
-            if order.order_type == "market":
+            halted = self.listings[order.market].status == HALTED
+            if order.order_type == "market" and halted:
+                self._park(order, now_ms)
+            elif order.order_type == "market":
                 self._fill_market(order, now_ms, outcome)
             else:
-                self._place_limit(order, now_ms)
+                self._place_limit(order, now_ms, halted=halted)
             self.orders.append(order)
             return order
 
@@ -223,6 +286,9 @@ class Account:
             raise required("market")
         if market not in MARKETS:
             raise invalid("market")
+        if self.listings[str(market)].status == AUCTION:
+            raise ApiError(AUCTION_REFUSAL, "The market is in auction: orders can be neither "
+                           "placed nor cancelled.")
         side = body.get("side")
         if side is None:
             raise required("side")
@@ -291,6 +357,12 @@ class Account:
         if notional < spec.min_quote:
             raise ApiError(217, f"Minimum order size in quote currency is {spec.min_quote} "
                            f"{spec.quote} or {spec.min_base} {spec.base}.")
+        listing = self.listings[spec.market]
+        if amount is not None and amount > listing.max_base:
+            raise ApiError(210, f"Amount exceeds the maximum allowed amount ({listing.max_base}).")
+        if (amount_quote is not None or order_type == "limit") and notional > listing.max_quote:
+            raise ApiError(210, f"Amount exceeds the maximum allowed amount ({listing.max_quote}"
+                           f" {spec.quote}).")
         if client_order_id is not None and any(
                 o.market == market and o.is_open and o.client_order_id == client_order_id
                 for o in self.orders):
@@ -316,11 +388,12 @@ class Account:
         spec = order.spec
         bid, ask = self.path.best_bid_ask(spec.market, now_ms)
         price = ask if order.side == "buy" else bid
+        fee_on_top = self.amount_quote_fee == "on_top"
         if order.amount is not None:
             amount = order.amount
         elif order.side == "buy":
-            budget = order.amount_quote / (1 + TAKER_FEE)  # type: ignore[operator]
-            amount = spec.quantize_amount(budget / price)
+            budget = order.amount_quote if fee_on_top else order.amount_quote / (1 + TAKER_FEE)  # type: ignore[operator]
+            amount = spec.quantize_amount(budget / price)  # type: ignore[operator]
         else:
             amount = spec.quantize_amount(order.amount_quote / price)  # type: ignore[operator]
         if amount <= 0:
@@ -328,14 +401,19 @@ class Account:
         quote = amount * price
         fee = _fee(quote, TAKER_FEE)
         if order.side == "buy":
-            if order.amount_quote is not None and quote + fee > order.amount_quote:
+            if (order.amount_quote is not None and not fee_on_top
+                    and quote + fee > order.amount_quote):
                 amount -= Decimal(1).scaleb(-spec.quantity_decimals)
                 quote = amount * price
                 fee = _fee(quote, TAKER_FEE)
-            if self.available.get(spec.quote, Decimal(0)) < quote + fee:
+            covered = self.available.get(spec.quote, Decimal(0)) >= quote + fee
+        else:
+            covered = self.available.get(spec.base, Decimal(0)) >= amount
+        if not covered:
+            if not order.parked and self.insufficient_funds == "reject":
                 raise self._insufficient()
-        elif self.available.get(spec.base, Decimal(0)) < amount:
-            raise self._insufficient()
+            order.status, order.updated = "expired", now_ms  # accepted, nothing filled
+            return
         status = "filled"
         if outcome is not None:  # the whole order was funded; only part of it fills
             status, fraction = outcome
@@ -348,7 +426,7 @@ class Account:
         if order.side == "buy":
             self._move(spec.quote, available=-(quote + fee))
             self._move(spec.base, available=amount)
-            order.spent_quote = quote + fee
+            order.spent_quote = quote if fee_on_top else quote + fee
         else:
             self._move(spec.base, available=-amount)
             self._move(spec.quote, available=quote - fee)
@@ -364,10 +442,36 @@ class Account:
         order.fee_paid += fee
         order.updated = at
 
-    def _place_limit(self, order: Order, now_ms: int) -> None:
+    def _park(self, order: Order, now_ms: int) -> None:
+        """A market order on a halted market: accepted as `new`, its funds on hold, filled when
+        the market trades again (change_listing)."""
+        spec = order.spec
+        bid, ask = self.path.best_bid_ask(spec.market, now_ms)
+        if order.side == "sell":
+            hold = order.amount if order.amount is not None else spec.quantize_amount(
+                order.amount_quote / bid)  # type: ignore[operator]
+        elif order.amount_quote is not None:
+            hold = order.amount_quote + (_fee(order.amount_quote, TAKER_FEE)
+                                         if self.amount_quote_fee == "on_top" else 0)
+        else:
+            hold = (order.amount * ask * (1 + TAKER_FEE)).quantize(  # type: ignore[operator]
+                FEE_QUANTUM, rounding=ROUND_UP)
+        if self.available.get(order.hold_currency, Decimal(0)) < hold:
+            if self.insufficient_funds == "reject":
+                raise self._insufficient()
+            order.status = "expired"
+            return
+        self._move(order.hold_currency, available=-hold, in_order=hold)
+        order.on_hold = hold
+        order.parked = True
+
+    def _place_limit(self, order: Order, now_ms: int, *, halted: bool = False) -> None:
         spec = order.spec
         amount, price = order.amount, order.price
         assert amount is not None and price is not None
+        if halted and order.time_in_force != "GTC":
+            raise ApiError(231, "The order is rejected by the matching engine. TimeInForce must "
+                           "be GTC when markets are paused.")
         if order.side == "buy":
             hold = (amount * price * (1 + TAKER_FEE)).quantize(FEE_QUANTUM, rounding=ROUND_UP)
             if self.available.get(spec.quote, Decimal(0)) < hold:
@@ -377,7 +481,7 @@ class Account:
             if self.available.get(spec.base, Decimal(0)) < hold:
                 raise self._insufficient()
         bid, ask = self.path.best_bid_ask(spec.market, now_ms)
-        marketable = price >= ask if order.side == "buy" else price <= bid
+        marketable = not halted and (price >= ask if order.side == "buy" else price <= bid)
         if marketable and order.post_only:
             order.status = "canceledPostOnly"
             return
@@ -418,6 +522,9 @@ class Account:
             for order in self.orders:
                 if not order.is_open or order.order_type != "limit":
                     continue
+                if self.listings[order.market].status != TRADING:
+                    order.checked_minute = now_minute  # nothing executes while it does not trade
+                    continue
                 start = max(order.checked_minute + 1, now_minute - MAX_LAZY_SCAN_MINUTES)
                 for minute in range(start, now_minute + 1):
                     candle = self.path.candle(order.market, minute)
@@ -438,7 +545,8 @@ class Account:
             if order.market != market:
                 continue
             if client_order_id is not None:
-                if order.client_order_id == client_order_id:
+                if order.client_order_id == client_order_id and (
+                        order.is_open or self.completed_by_client_order_id):
                     return order
             elif order.order_id == order_id:
                 return order
@@ -457,6 +565,9 @@ class Account:
             order = self.find(market, order_id, client_order_id)
             if not order.is_open:  # it exists, but is filled/canceled/expired: Bitvavo's 233
                 raise ApiError(233)
+            if self.listings[market].status == AUCTION:
+                raise ApiError(AUCTION_REFUSAL, "The market is in auction: orders can be neither "
+                               "placed nor cancelled.")
             self._move(order.hold_currency, in_order=-order.on_hold, available=order.on_hold)
             order.on_hold = Decimal(0)
             order.status = "canceled"

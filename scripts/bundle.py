@@ -14,8 +14,8 @@ What goes in is decided by reading the code, not by a list kept by hand:
 - Modules: an AST walk from main.py over every `import` and `from … import` statement anywhere in
   a module (function bodies too: a lazy import is still needed), resolving `shared.*` to files.
   Importing `shared.a.b` runs `shared/__init__.py` and `shared/a/__init__.py` first, so those come
-  along. Only `shared` is vendored; importing another package of this repository (ops, sandbox,
-  scripts, tests, bench, functions) fails the build.
+  along. Only `shared` is vendored; importing another package of this repository (console, stack,
+  sandbox, scripts, tests, bench, functions) fails the build.
 - Forbidden modules (G3): the scanner must not need `shared.exchange.trade` nor `shared.execution`.
   If the walk reaches one, the build fails and prints the chain of imports that leads there. The
   built directory is then walked again: every import resolves inside it, and no forbidden file is

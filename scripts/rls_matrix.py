@@ -47,8 +47,8 @@ from typing import Any
 
 import psycopg
 
-from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, Cluster, ClusterError, free_port, sql_files
 from scripts.rls_intended import ACTORS, INTENDED, OPERATIONS, WHY
+from stack.cluster import LOCAL_SQL, MIGRATIONS, Cluster, ClusterError, free_port, sql_files
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START_MARKER = "<!-- rls-matrix:start -->"

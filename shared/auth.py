@@ -1,4 +1,4 @@
-"""Who is calling: Supabase JWTs and the service key, verified with PyJWT (issue 7 §2).
+"""Who is calling: Supabase JWTs and the service key, verified with PyJWT.
 
     Verifier(AuthSettings()).verify(request.headers.get("Authorization")) -> Principal
 

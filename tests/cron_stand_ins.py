@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from scripts.pgcluster import MIGRATIONS
+from stack.cluster import MIGRATIONS
 from tests.pg import Database
 
 MAINTENANCE_SQL = next(MIGRATIONS.glob("*_maintenance.sql"))

@@ -1,4 +1,5 @@
-"""An HTTP function served by the real functions-framework CLI on 127.0.0.1, for end-to-end tests.
+"""An HTTP function served on 127.0.0.1 as `make run` serves it (functions-framework's app and
+gunicorn server with this project's settings, shared.api.server), for end-to-end tests.
 
     with start_function("trading_execute", env={...}) as fn:     # or command=/cwd= for a bundle
         response = fn.post("/", json={...}, headers={...})
@@ -26,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from scripts.pgcluster import free_port
+from stack.cluster import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 30.0
@@ -85,8 +86,8 @@ def _launch(name: str, env: Mapping[str, str], source: Path,
                 if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")}
     full_env.update(env)
     full_env["PYTHONUNBUFFERED"] = "1"
-    if command is None:  # this checkout's functions-framework, with the repository importable
-        command = [sys.executable, "-m", "functions_framework"]
+    if command is None:  # this checkout's server, with the repository importable
+        command = [sys.executable, "-m", "shared.api.server"]
         full_env.setdefault("PYTHONPATH", str(REPO_ROOT))
     process = subprocess.Popen(
         [*command, "--target", name, "--source", str(source),
@@ -122,8 +123,9 @@ def start_function(name: str, env: Mapping[str, str], *, source: Path | None = N
     """Serve `functions/<name>/main.py` (or `source`) with exactly `env` plus PATH/HOME/locale.
     The parent's environment is not inherited, so a setting the function needs must be passed.
 
-    By default this checkout's functions-framework serves it with the repository on PYTHONPATH;
-    with `command` (e.g. a bundle venv's `functions-framework` executable) that command runs in
+    By default this checkout's server (shared.api.server) serves it with the repository on
+    PYTHONPATH; with `command` (e.g. a bundle venv's `functions-framework` executable, what
+    production runs) that command runs in
     `cwd` and nothing is added to the path: a bundle must stand alone."""
     server = _launch(name, env, source or REPO_ROOT / "functions" / name / "main.py",
                      command, cwd)

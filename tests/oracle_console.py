@@ -1,5 +1,6 @@
-"""Running the operator console in the tests: the real entry point (`ops.cli.main`) in-process
-with captured output, or `python -m ops` as a subprocess. No test module here; shared helpers."""
+"""Running the operator console in the tests: the real entry point (`console.cli.main`)
+in-process with captured output, or `python -m console` as a subprocess. No test module here;
+shared helpers."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ops.cli import main
+from console.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,10 +42,10 @@ def oracle(capsys: pytest.CaptureFixture[str], *argv: str,
 
 
 def oracle_process(*argv: str, env: Mapping[str, str] | None = None) -> Run:
-    """`python -m ops ARGV…` in a child process, from the repository root."""
+    """`python -m console ARGV…` in a child process, from the repository root."""
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("DATABASE_URL", "SUPABASE_JWT_SECRET", "SUPABASE_JWT_ISSUER")}
     full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "ops", *argv], cwd=ROOT, env=full_env,
+    proc = subprocess.run([sys.executable, "-m", "console", *argv], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=120, check=False)
     return Run(proc.returncode, proc.stdout, proc.stderr)

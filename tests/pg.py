@@ -28,7 +28,7 @@ from typing import Any
 import psycopg
 from psycopg.types.json import set_json_loads
 
-from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, Cluster, free_port, sql_files
+from stack.cluster import LOCAL_SQL, MIGRATIONS, Cluster, free_port, sql_files
 
 TEMPLATE = "aio_template"
 

@@ -66,12 +66,38 @@ class SandboxServer:
 
     def set_fault(self, **spec: Any) -> dict[str, Any]:
         """`fault="error"|"latency"|"drop_after_accept"|"none"`, `times`, `http_status`,
-        `error_code`, `latency_ms`, `place` — for the next `times` POST /order requests."""
+        `error_code`, `latency_ms`, `place`, `hold` — for the next `times` POST /order requests."""
         return self._call("POST", "/_sandbox/faults", spec)
+
+    def release_held(self) -> int:
+        """Let every `POST /order` held by a `latency` fault with `hold` go on; how many."""
+        return int(self._call("POST", "/_sandbox/faults/release")["released"])
+
+    def held(self) -> int:
+        """How many `POST /order` requests a holding latency fault holds right now."""
+        return int(self._call("GET", "/_sandbox/faults")["held"])
+
+    def find_completed_by_client_order_id(self, found: bool) -> None:
+        """False: `GET /order?clientOrderId=` answers 240 for an order that is no longer open
+        (as real Bitvavo may); until the next reset."""
+        self._call("POST", "/_sandbox/order_lookup", {"completed_by_client_order_id": found})
+
+    def set_market(self, market: str, **fields: str) -> dict[str, Any]:
+        """`status="trading"|"halted"|"auction"`, `maxOrderInBaseAsset`, `maxOrderInQuoteAsset`
+        (strings); answers the market's `/markets` row."""
+        return self._call("POST", "/_sandbox/markets", {"market": market, **fields})
+
+    def set_account(self, **rules: str) -> dict[str, Any]:
+        """`insufficient_funds="reject"|"expire"`, `amount_quote_fee="included"|"on_top"`."""
+        return self._call("POST", "/_sandbox/account", rules)
 
     def orders(self) -> list[dict[str, Any]]:
         """Every order the sandbox accepted (including ones whose answer was dropped)."""
         return self._call("GET", "/_sandbox/orders")
+
+    def limits(self) -> dict[str, int]:
+        """{"limit", "window_ms", "refused"}: refused counts the 429 answers since the reset."""
+        return self._call("GET", "/_sandbox/limits")
 
     def reset(self, balances: dict[str, str] | None = None) -> None:
         self._call("POST", "/_sandbox/reset", {"balances": balances} if balances else {})

@@ -228,7 +228,7 @@ class HoldingProxy:
 
 
 class ExecuteStandIn:
-    """Answers like trading_execute's contract (SPEC §4, DESIGN.md) for the scanner's requests:
+    """Answers like trading_execute's contract (SPEC §4) for the scanner's requests:
     the first request of an (Idempotency-Key, proposal) → 201 with a filled execution; the same
     key and proposal again → 200 + Idempotent-Replayed: true; a key seen with another proposal →
     422 idempotency-key-reused. `fail_first` answers 503 to that many requests first; `hold`

@@ -1,4 +1,4 @@
-"""The chaos soak (issue 10, Reliability): the whole system under random traffic, random exchange
+"""The chaos soak (README → Reliability): the whole system under random traffic, random exchange
 faults and SIGKILLed function processes; at the end the guarantees are checked (no tests here:
 tests/test_soak.py runs it, short and deterministic in `make test`, long in `make soak`).
 
@@ -8,8 +8,8 @@ What runs (real processes, real HTTP):
                       reached by the functions through two relays (scripts/wireturns.py: one
                       for trading_execute, one for the scanners) that can cut an answer
     sandbox           python -m sandbox.bitvavo: the exchange, faults switched at run time
-    trading_execute   functions-framework, TRADING_MODE=live against the sandbox
-    scan_scheduler ×2 functions-framework, ORACLE=rules and ORACLE=openai (→ the fake below),
+    trading_execute   python -m shared.api.server, TRADING_MODE=live against the sandbox
+    scan_scheduler ×2 python -m shared.api.server, ORACLE=rules and ORACLE=openai (→ the fake),
                       both auto-executing through trading_execute, both on the same scan jobs
     fake model        an OpenAI-compatible /v1/chat/completions (tests/scan_support.py's
                       RecordingServer) that checks G7 at every call it receives
@@ -18,7 +18,8 @@ The plan is drawn from one seeded random generator (`plan()`), step by step: use
 (one request with retries that reuse the Idempotency-Key as real clients do, concurrent
 duplicates, a second key for an executed proposal, a key reused for another proposal), scanner
 ticks on either scanner, /reconcile, sandbox faults (drop_after_accept, 5xx and 101/109 without
-and with the order placed, latency beyond the function's exchange timeout, unfilled variants),
+and with the order placed, latency beyond the function's exchange timeout and beyond reconcile's
+not-found window, unfilled variants),
 PostgreSQL answers lost on the way to a function (the connection closed after the statement ran:
 a claim, a result, a lease, a reservation, … chosen by the plan, or whatever comes next),
 scan jobs made due again (time passing), run_maintenance (pg_cron's job), budget samples, and
@@ -35,13 +36,17 @@ open), `Soak.check()` verifies, and `SoakFailure` lists every violation:
 - orders: every sandbox order maps to exactly one execution by clientOrderId; an order with a
   fill ↔ an execution `filled`/`partially_filled` with the same filled amount (and one
   trade_history row); an order without one ↔ `canceled`; a `failed` or `rejected` execution has
-  no order (failed = certainly not placed); never two orders for one proposal (G1, G10);
+  no order — the execution says what the exchange did: a late fault ("latency beyond the
+  not-found window") executes orders after reconcile recorded them `failed`, and the sweep must
+  have corrected each of those, once, as a recorded and audited discrepancy (and nothing else is
+  one); never two orders for one proposal (G1, G10);
 - no execution left `claimed`, `submitted` or `unknown`;
 - every execution's audit trail: `claim.claimed`, then `execution.status_changed` events that
   chain from `claimed` to its final status (G9);
 - a replay of every execution's Idempotency-Key answers 200 + Idempotent-Replayed with the
   stored execution (G1);
-- G5: the users with a cooldown have at most one counted execution per market;
+- G5: the users with a cooldown have at most one counted execution per market, but for a later
+  claim made while an earlier execution stood `failed` that the sweep then corrected;
 - G7: settled + reserved ≤ both limits at every call the fake model received, at every sample,
   and at the end; every model call carried a live reservation;
 - G2: no scan job locked after its lease expired and run_maintenance ran, every job ran, none is
@@ -74,16 +79,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from ops.services import Service
 from sandbox.auth import (
     DEFAULT_TRADE_KEY,
     DEFAULT_TRADE_SECRET,
     DEFAULT_VIEW_KEY,
     DEFAULT_VIEW_SECRET,
 )
-from scripts.pgcluster import free_port
 from scripts.wireturns import WireTurns
 from shared.auth import dev_token
+from stack.cluster import free_port
+from stack.services import Service
 from tests.pg import Database, connect
 from tests.sandbox_server import SandboxServer
 from tests.scan_support import ALWAYS_SIGNAL, Recorded, RecordingServer
@@ -102,8 +107,9 @@ SANDBOX_BALANCES = {"EUR": "1000000000", "BTC": "100000", "ETH": "1000000", "SOL
 EXCHANGE_TIMEOUT_S = 1.0      # the function's read timeout of POST /order
 MAX_CLAIM_AGE_S = 2.0
 ACCESS_WINDOW_MS = 2000
-RECONCILE_MARGIN_S = 3.0      # covers the sandbox's injected latency (≤ 2.5 s) after its checks
+RECONCILE_MARGIN_S = 3.0      # covers the sandbox's injected latency (≤ 2.5 s) after its checks…
 FAILED_AFTER_S = 7            # ceil(MAX_CLAIM_AGE + window + margin): not found → failed
+LATE_MS = (8000, 11000)       # … not this one: the exchange executes after `failed` is recorded
 CANCEL_OPEN_AFTER_S = 3
 RECONCILE_PERIOD_S = 1.0      # the cron stand-in's /reconcile (production: every minute)
 JOB_LEASE_S = 10
@@ -138,6 +144,7 @@ FAULTS: list[tuple[str, dict[str, Any]]] = [
                               "place": True}),
     ("error 504/109 placed", {"fault": "error", "http_status": 504, "error_code": 109,
                               "place": True}),
+    ("latency beyond the not-found window", {"fault": "latency"}),  # LATE_MS, drawn per step
     ("latency beyond timeout", {"fault": "latency"}),  # latency_ms drawn per step
     ("latency within timeout", {"fault": "latency", "latency_ms": 150}),
     ("unfilled expired", {"fault": "unfilled", "status": "expired"}),
@@ -186,6 +193,8 @@ def plan(seed: int, manual_users: int) -> Iterator[Step]:
             spec = {**spec, "times": rng.randint(1, 3)}
             if name == "latency beyond timeout":
                 spec["latency_ms"] = rng.randrange(1300, 2500)
+            elif name == "latency beyond the not-found window":
+                spec["latency_ms"] = rng.randrange(*LATE_MS)
             args.update(name=name, spec=spec)
         elif kind == "tick":
             args.update(scanner=rng.choice(("rules", "openai")), max_jobs=rng.randint(1, 8))
@@ -339,7 +348,7 @@ class FakeModel:
 
 # -- the processes --------------------------------------------------------------------------------
 class Function:
-    """One functions-framework server (ops.services.Service) that can be SIGKILLed as a group and
+    """One function server (stack.services.Service) that can be SIGKILLed as a group and
     restarted on the same port."""
 
     def __init__(self, name: str, target: str, port: int, env: dict[str, str],
@@ -348,7 +357,7 @@ class Function:
                                                             "TMPDIR")}
         source = REPO_ROOT / "functions" / target / "main.py"
         self.service = Service(
-            name, [sys.executable, "-m", "functions_framework", "--target", target,
+            name, [sys.executable, "-m", "shared.api.server", "--target", target,
                    "--source", str(source), "--host", "127.0.0.1", "--port", str(port)],
             env={**base, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT), **env},
             port=port, log_path=logs / f"{name}.log", cwd=REPO_ROOT,
@@ -363,7 +372,7 @@ class Function:
 
     def start(self) -> None:
         """Start (again): each process logs to a file of its own (`<name>-<n>.log`). Called from
-        the soak's main thread only: PR_SET_PDEATHSIG (ops.services) follows the starting
+        the soak's main thread only: PR_SET_PDEATHSIG (stack.services) follows the starting
         thread."""
         self.service.log_path = self.logs / f"{self.service.name}-{self.starts}.log"
         self.starts += 1
@@ -423,6 +432,7 @@ class Summary:
     budget_samples: int
     jobs: int
     proposals: dict[str, int]
+    corrected: int = 0  # executions recorded `failed` that the exchange executed after all
 
     def render(self, config: SoakConfig, digest: str) -> str:
         lines = [f"chaos soak: seed {config.seed}, "
@@ -441,6 +451,7 @@ class Summary:
         lines.append("executions:      " + _counts(self.executions))
         lines.append("proposals:       " + _counts(self.proposals))
         lines.append(f"budget samples:  {self.budget_samples}; scan jobs: {self.jobs}")
+        lines.append(f"late executions: {self.corrected} failed executions corrected by the sweep")
         return "\n".join(lines)
 
 
@@ -475,7 +486,6 @@ class Soak:
         self.proxies: dict[str, WireTurns] = {}
         self._local = threading.local()
         self._conn = connect(db.authenticator_url, autocommit=True)
-        self._used_keys: list[tuple[uuid.UUID, str]] = []
         self._started = 0.0
 
     # -- the world --------------------------------------------------------------------------
@@ -818,7 +828,8 @@ class Soak:
         self.sample_budget()
         last_claim = self.db.scalar("select coalesce(extract(epoch from now() - max(claimed_at)),"
                                     " 1e9) from public.trade_executions")
-        time.sleep(max(0.0, FAILED_AFTER_S + 1 - float(last_claim)))
+        # Past the not-found window and past the latest late execution, so the sweep sees it.
+        time.sleep(max(0.0, max(FAILED_AFTER_S, LATE_MS[1] / 1000) + 1 - float(last_claim)))
         for _ in range(20):
             counts = self.reconcile()
             open_now = self.db.scalar("select count(*) from public.trade_executions "
@@ -864,7 +875,9 @@ class Soak:
             executions={s: c for s, c in executions}, model_calls=self.model.calls,
             ticks=self.ledger.ticks, budget_samples=self.ledger.budget_samples,
             jobs=int(self.db.scalar("select count(*) from public.scan_jobs")),
-            proposals={s: c for s, c in proposals})
+            proposals={s: c for s, c in proposals},
+            corrected=int(self.db.scalar("select count(*) from public.trade_executions "
+                                         "where corrected_at is not null")))
 
     def check(self) -> list[str]:
         """Every invariant; the list of violations (empty: all hold). What was seen during the
@@ -874,6 +887,7 @@ class Soak:
         problems += self._check_audit()
         problems += self._check_replays()
         problems += self._check_cooldown()
+        problems += self._check_discrepancies()
         problems += self._check_budget()
         problems += self._check_jobs()
         return list(self.ledger.violations) + problems
@@ -1000,12 +1014,52 @@ class Soak:
         return problems
 
     def _check_cooldown(self) -> list[str]:
+        """G5 for the cooldown user: no two counted executions on one market — except where the
+        earlier one stood `failed` when the later one was claimed and the exchange executed it
+        after all (the sweep corrected it after that claim; _check_discrepancies checks that each
+        correction is a recorded discrepancy)."""
         rows = self.db.query("""
-            select market, count(*) from public.trade_executions
+            select market, claimed_at, corrected_at from public.trade_executions
             where user_id = %s and (status not in ('rejected', 'failed', 'canceled')
                                     or coalesce(filled_amount, 0) > 0)
-            group by market having count(*) > 1""", (self.cooldown_user,))
-        return [f"G5: the cooldown user has {c} counted executions on {m}" for m, c in rows]
+            order by market, claimed_at""", (self.cooldown_user,))
+        problems = []
+        for i, (market, claimed_at, _) in enumerate(rows):
+            for earlier_market, earlier_claim, corrected_at in rows[:i]:
+                if earlier_market == market and not (corrected_at and corrected_at > claimed_at):
+                    problems.append(f"G5: the cooldown user has executions on {market} claimed "
+                                    f"at {earlier_claim} and {claimed_at}, both counted")
+        return problems
+
+    def _check_discrepancies(self) -> list[str]:
+        """The exchange executed an order after its execution was recorded `failed` (the
+        not-found window is shorter than LATE_MS on purpose): the execution says what the exchange
+        did (_check_orders), it was corrected exactly once, and each correction — and nothing
+        else: no order here is placed behind the backend's back — is a recorded, audited
+        discrepancy that `oracle verify` reports."""
+        problems = []
+        rows = self.db.query("""
+            select e.id, e.status, e.corrected_at is not null,
+                   (select count(*) from private.exchange_discrepancies d
+                     where d.execution_id = e.id and d.kind = 'execution_contradicted'),
+                   (select count(*) from public.execution_audit_log a
+                     where a.execution_id = e.id and a.event = 'exchange.discrepancy')
+            from public.trade_executions e""")
+        for execution, status, corrected, recorded, audited in rows:
+            if (recorded, audited) != ((1, 1) if corrected else (0, 0)):
+                problems.append(f"execution {execution} ({status}, corrected: {corrected}) has "
+                                f"{recorded} discrepancy rows and {audited} audit events")
+        others = self.db.query("select kind, market, exchange_order_id from "
+                               "private.exchange_discrepancies where kind <> "
+                               "'execution_contradicted'")
+        problems += [f"discrepancy {kind}: order {order} on {market}"
+                     for kind, market, order in others]
+        corrections = sum(1 for row in rows if row[2])
+        open_ones = self.db.scalar("select count(*) from private.exchange_discrepancies "
+                                   "where acknowledged_at is null")
+        if open_ones != corrections:
+            problems.append(f"{open_ones} open discrepancies for {corrections} corrections")
+        return problems
 
     def _check_budget(self) -> list[str]:
         self.sample_budget()  # a violation lands in the ledger

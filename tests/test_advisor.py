@@ -22,8 +22,8 @@ database:
 
 Every check is also shown to find its violation (a probe object created in a transaction that is
 rolled back), so none of them can pass vacuously. The RLS query is the one `oracle verify` runs
-after a deployment (ops/verify.py owns it; the suite reuses it), and the definer functions allowed
-to signed-in users here must be among the console's API functions.
+after a deployment (console/verify.py owns it; the suite reuses it), and the definer functions
+allowed to signed-in users here must be among the console's API functions.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from ops.verify import API_FUNCTIONS, RLS_DISABLED_SQL
+from console.verify import API_FUNCTIONS, RLS_DISABLED_SQL
 from tests.pg import Database
 from tests.test_execution_support import (  # the module's shared database: db, module_db
     _fresh_db_fixture,  # noqa: F401
@@ -199,7 +199,7 @@ def test_every_allowed_finding_is_still_there_and_explained(migrated: psycopg.Co
 
 
 def test_the_definer_functions_allowed_to_users_are_api_functions_of_the_console() -> None:
-    """`oracle verify` lets authenticated execute exactly ops.verify.API_FUNCTIONS; a SECURITY
+    """`oracle verify` lets authenticated execute exactly console.verify.API_FUNCTIONS; a SECURITY
     DEFINER function allowed here that is not one of them would fail every deployment's gate."""
     allowed = set(ALLOWED["authenticated_security_definer_function_executable"])
     assert allowed <= set(API_FUNCTIONS)

@@ -14,7 +14,8 @@ import pytest
 from pydantic import SecretStr
 
 from shared.api import steplog
-from shared.api.steplog import StepLog, redact, register_secret
+from shared.api.steplog import StepLog
+from shared.redaction import redact, register_secret
 from shared.rpc.errors import RpcInvalidArgument
 
 JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwicm9sZSI6InNlcnZpY2Vfcm9s"
@@ -116,6 +117,23 @@ def test_registered_secrets_are_scrubbed_and_objects_never_stringified(
     (line,) = records(caplog)
     assert line["detail"] == "using [redacted]" and line["obj"] == "<Leaky>"
     assert line["word"] == "short"
+
+
+@pytest.mark.parametrize("reason", [
+    "missing bearer token", "the bearer token is not a valid JWT", "the bearer token is too long",
+    "the Authorization header must be 'Bearer <token>'", "Bearer error=\"invalid_token\""])
+def test_redact_leaves_our_own_401_reasons_readable(reason: str) -> None:
+    """The redactor took the word after "bearer" in our own messages for a credential: 401
+    details read "missing Bearer [redacted]"."""
+    assert redact(reason) == reason
+
+
+@pytest.mark.parametrize("credential", [
+    "opaque-token-0123456789abcdef", "sb_secret_abcDEF123_-xyz", "A" * 16, JWT, HEX_KEY,
+    "dXNlcjpwYXNzd29yZC1sb25nLWVub3VnaA=="])
+def test_redact_still_hides_every_real_credential(credential: str) -> None:
+    for text in (f"Authorization: Bearer {credential}", f"bearer\t{credential} sent"):
+        assert credential not in redact(text), text
 
 
 def test_redact_leaves_ordinary_text_alone() -> None:

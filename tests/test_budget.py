@@ -461,7 +461,7 @@ def test_g7_reservation_records_its_scan_job_and_refuses_another_users_job(
     assert usage_row(db, own["reservation_id"])["scan_job_id"] is None
 
 
-# -- G7 at every isolation level (issue 6, database item 2) ------------------------------------
+# -- G7 at every isolation level -------------------------------------------------------------------
 def test_g7_two_interleaved_repeatable_read_reservations_cannot_both_pass(
         budget_db: Database) -> None:
     """Both transactions take their snapshot before either reserves; the second's snapshot cannot
@@ -513,7 +513,7 @@ def test_g7_every_budget_function_refuses_a_snapshot_isolation_transaction(
     assert usage_row(db, reservation)["status"] == "reserved"
 
 
-# -- the true cost, even above the reservation (issue 6, database item 3) ----------------------
+# -- the true cost, even above the reservation -----------------------------------------------------
 def test_g7_settling_more_than_reserved_records_the_true_cost_and_audits_the_overshoot(
         budget_db: Database) -> None:
     db = budget_db
@@ -545,7 +545,7 @@ def test_g7_settling_more_than_reserved_records_the_true_cost_and_audits_the_ove
                      "and event = 'gpt_budget.overshoot'", (other,)) == 0
 
 
-# -- a late settle records the bill (issue 6, database item 4) ---------------------------------
+# -- a late settle records the bill ----------------------------------------------------------------
 RESERVATION_LIFETIME = timedelta(minutes=15)  # SPEC §3
 
 
@@ -598,7 +598,7 @@ def test_g7_a_settle_after_the_reservation_was_released_records_the_providers_bi
     assert (again["status"], again["cost_usd"], again["replayed"]) == ("settled", cost, True)
 
 
-# -- deleting a scan job or retiring a market keeps final usage rows (issue 6, database item 5) -
+# -- deleting a scan job or retiring a market keeps final usage rows -------------------------------
 @pytest.fixture
 def job_with_final_usage(budget_db: Database) -> dict[str, Any]:
     db = budget_db
@@ -667,7 +667,7 @@ def test_a_final_usage_row_may_lose_its_job_but_never_move_to_another(
                      "where id = %s", (row,))
 
 
-# -- audit: reservations and settlements (issue 6, database item 10) ---------------------------
+# -- audit: reservations and settlements -----------------------------------------------------------
 def test_g9_granted_reservations_and_settlements_are_audited(budget_db: Database) -> None:
     db = budget_db
     user = new_user(db)

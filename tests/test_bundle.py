@@ -1,4 +1,4 @@
-"""`make bundle` (scripts/bundle.py, issue 9 §4): each built directory is a Cloud Function alone.
+"""`make bundle` (scripts/bundle.py, SPEC §7): each built directory is a Cloud Function alone.
 
 - The listing: main.py, requirements.txt and the modules of `shared` main.py needs; the scanner's
   has no trade client (no shared/exchange/trade.py, no shared/execution/), by file listing, by the
@@ -165,8 +165,8 @@ def sources(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "functions", root / "functions",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "requirements.txt", root / "requirements.txt")
-    (root / "ops").mkdir()
-    (root / "ops" / "__init__.py").write_text("")
+    (root / "console").mkdir()
+    (root / "console" / "__init__.py").write_text("")
     return root
 
 
@@ -213,8 +213,9 @@ def test_a_scanner_module_that_would_need_the_trade_client_fails_the_build_with_
      lambda t: t + "left-pad==1.0.0\n", "left-pad==1.0.0: not pinned in requirements.txt"),
     ("trading_execute", "functions/trading_execute/requirements.txt",
      lambda t: t.replace("httpx==0.28.1", "httpx>=0.28"), "httpx>=0.28 is not an exact == pin"),
-    ("trading_execute", "shared/auth.py", lambda t: t + "\nimport ops\n",
-     "shared.auth imports ops: only shared is vendored into a function; ops is not deployable"),
+    ("trading_execute", "shared/auth.py", lambda t: t + "\nimport console\n",
+     "shared.auth imports console: only shared is vendored into a function; console is not "
+     "deployable"),
     ("trading_execute", "shared/auth.py", lambda t: t + "\nfrom shared import nowhere_module\n",
      None),  # a name that is no module: allowed here (Python fails it at import, not the build)
     ("trading_execute", "shared/auth.py", lambda t: t + "\nimport shared.nowhere_module\n",
@@ -339,7 +340,7 @@ def execute_env(db: Database, sandbox: SandboxServer) -> dict[str, str]:
 def test_each_venv_holds_its_requirements_and_not_the_repository(venvs: Venvs) -> None:
     for name in bundle.FUNCTIONS:
         probe = venvs.python(name, "import shared, sys; print(shared.__file__); "
-                                   "import importlib.util as u; print(u.find_spec('ops'), "
+                                   "import importlib.util as u; print(u.find_spec('console'), "
                                    "u.find_spec('pytest'), u.find_spec('openai') is not None)")
         assert probe.returncode == 0, probe.stderr
         where, found = probe.stdout.splitlines()

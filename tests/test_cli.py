@@ -1,23 +1,27 @@
-"""The operator console `oracle` (SPEC §7, issue 9 §3) on a real migrated database: every command's
+"""The operator console `oracle` (SPEC §7) on a real migrated database: every command's
 output and exit status, bad arguments → a clear message and exit 2, an unreachable database →
 exit 1 without the password, the kill switch end to end (audited, then a claim refused by the
 trading_enabled validator), and development tokens the functions' own Verifier accepts.
 
-The entry point runs in-process (`ops.cli.main`, captured output) and, once, as a process
-(`python -m ops`). `oracle verify` has its own module (test_cli_verify.py).
+The entry point runs in-process (`console.cli.main`, captured output) and, once, as a process
+(`python -m console`). `oracle verify` has its own module (test_cli_verify.py).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tomllib
 import uuid
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
-from ops import local
-from scripts.pgcluster import free_port
+from console import local
 from shared.auth import AuthError, AuthSettings, Verifier
+from stack.cluster import free_port
 from tests.oracle_console import ROOT, oracle, oracle_process
 from tests.pg import Database
 from tests.test_execution_support import (  # the module's shared database: db, module_db
@@ -411,9 +415,36 @@ def test_the_console_runs_as_a_process(db: Database) -> None:
     assert "argument --hours: 'many' is not a whole number" in bad.err
 
 
+# What the install gives, run from outside the checkout (nothing of it on sys.path): every module
+# of the installed packages imports, and none brings a package the install does not have.
+WALK_INSTALLED = """
+import importlib, pkgutil, sys
+import console, shared
+for package in (console, shared):
+    for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if not info.name.endswith(".__main__"):
+            importlib.import_module(info.name)
+print(sorted({name.split(".")[0] for name in sys.modules}
+             & {"stack", "sandbox", "scripts", "tests", "bench", "functions"}))
+"""
+
+
+def test_the_installed_console_runs_outside_the_checkout(db: Database, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DATABASE_URL")}
+    installed = Path(sys.executable).parent / "oracle"  # what `make setup` installs into .venv
+    run = subprocess.run([str(installed), "--db-url", db.url, "verify", "--check", "rls"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    walk = subprocess.run([sys.executable, "-c", WALK_INSTALLED], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert walk.returncode == 0, walk.stderr
+    assert walk.stdout.strip() == "[]"
+
+
 def test_pyproject_installs_the_oracle_console_script() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["project"]["scripts"] == {"oracle": "ops.cli:main"}
+    assert project["project"]["scripts"] == {"oracle": "console.cli:main"}
     assert project["build-system"]["build-backend"] == "setuptools.build_meta"
     include = project["tool"]["setuptools"]["packages"]["find"]["include"]
-    assert {"ops", "ops.*", "shared", "shared.*"} <= set(include)
+    assert set(include) == {"console", "console.*", "shared", "shared.*"}

@@ -1,4 +1,4 @@
-"""`oracle verify`, the post-deployment gate (issue 9 §3): it passes on a freshly migrated database
+"""`oracle verify`, the post-deployment gate (SPEC §7): it passes on a freshly migrated database
 and, after each way of breaking an invariant the guarantees rest on, exits 1 naming that check and
 the object — RLS off, EXECUTE for an API role on a service-only RPC, an audit trigger disabled or
 no longer ALWAYS, the maintenance cron job removed, an execution stuck open, an expired lease held,
@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from psycopg.types.json import Jsonb
 
-from ops import verify
+from console import migrations, verify
 from tests.cron_stand_ins import STAND_INS, reapply_maintenance
 from tests.oracle_console import Run, oracle
 from tests.pg import Database
@@ -91,13 +92,13 @@ BREAKS = {
         ["create table public.verify_probe (id int)"], ["drop table public.verify_probe"],
         "rls", ["RLS is disabled on public.verify_probe"]),
     "execute granted to authenticated on a service-only rpc": (
-        ["grant execute on function "
-         "public.claim_trade_execution(uuid, uuid, text, text, boolean) to authenticated"],
-        ["revoke execute on function "
-         "public.claim_trade_execution(uuid, uuid, text, text, boolean) from authenticated"],
+        ["grant execute on function public.claim_trade_execution(uuid, uuid, text, text, "
+         "boolean, integer, integer) to authenticated"],
+        ["revoke execute on function public.claim_trade_execution(uuid, uuid, text, text, "
+         "boolean, integer, integer) from authenticated"],
         "function_privileges",
-        ["authenticated can execute public.claim_trade_execution(uuid,uuid,text,text,boolean), a "
-         "service-only SECURITY DEFINER function"]),
+        ["authenticated can execute public.claim_trade_execution(uuid,uuid,text,text,boolean,"
+         "integer,integer), a service-only SECURITY DEFINER function"]),
     "execute granted to anon on an api function": (
         ["grant execute on function public.decide_trade_proposal(uuid, text) to anon"],
         ["revoke execute on function public.decide_trade_proposal(uuid, text) from anon"],
@@ -219,29 +220,73 @@ def test_an_expired_lease_still_held(capsys: Capsys, db: Database) -> None:
 
 
 def test_recorded_migrations_must_match_the_files(capsys: Capsys, db: Database) -> None:
-    """As `supabase db push` records them (supabase_migrations.schema_migrations)."""
-    files = verify.migration_files(verify.REPOSITORY_MIGRATIONS)
+    """As `supabase db push` records them (supabase_migrations.schema_migrations): every file's
+    version, name and statements; here each file's whole text is one statement, which is what a
+    cut at no `;` would record (tests/test_migrations.py checks the CLI's real cuts)."""
+    files = migrations.migration_files(verify.REPOSITORY_MIGRATIONS)
     assert len(files) >= 6
     sql(db, "create schema supabase_migrations")
     sql(db, "create table supabase_migrations.schema_migrations "
             "(version text primary key, statements text[], name text)")
     try:
-        for version, name in files.items():
-            sql(db, "insert into supabase_migrations.schema_migrations values (%s, '{}', %s)",
-                (version, name))
+        for file in files:
+            sql(db, "insert into supabase_migrations.schema_migrations values (%s, %s, %s)",
+                (file.version, [file.text().strip()], file.name))
         run = run_verify(capsys, db)
         assert run.code == 0, run.out
         assert f"PASS  migrations           the {len(files)} migrations" in run.out
 
-        newest = max(files)
-        sql(db, "delete from supabase_migrations.schema_migrations where version = %s", (newest,))
+        newest = files[-1]
+        sql(db, "delete from supabase_migrations.schema_migrations where version = %s",
+            (newest.version,))
         assert_fails_only(run_verify(capsys, db), "migrations",
-                          f"migration {newest}_{files[newest]} is not applied")
+                          f"migration {newest.version}_{newest.name} is not applied")
         sql(db, "insert into supabase_migrations.schema_migrations values "
-                "(%s, '{}', %s), ('29991231000000', '{}', 'from_the_future')",
-            (newest, files[newest]))
+                "(%s, %s, %s), ('29991231000000', '{}', 'from_the_future')",
+            (newest.version, [newest.text().strip()], newest.name))
         assert_fails_only(run_verify(capsys, db), "migrations",
                           "migration 29991231000000 (from_the_future) is applied but has no file")
+        sql(db, "delete from supabase_migrations.schema_migrations "
+                "where version = '29991231000000'")
+    finally:
+        sql(db, "drop schema supabase_migrations cascade")
+
+
+def test_a_migration_edited_or_renamed_after_it_was_applied_fails(capsys: Capsys,
+                                                                   db: Database) -> None:
+    """Compared by content, not by version: what was applied (the recorded statements) must be
+    what the file reads now. A row without statements (an old CLI) cannot be compared, and
+    says so."""
+    files = migrations.migration_files(verify.REPOSITORY_MIGRATIONS)
+    sql(db, "create schema supabase_migrations")
+    sql(db, "create table supabase_migrations.schema_migrations "
+            "(version text primary key, statements text[], name text)")
+    try:
+        for file in files:
+            sql(db, "insert into supabase_migrations.schema_migrations values (%s, %s, %s)",
+                (file.version, [file.text().strip()], file.name))
+        edited = files[2]
+        text = edited.text().strip()
+        line = text.count("\n", 0, text.index("create table")) + 1
+        applied = text.replace("create table", "create unlogged table", 1)
+        sql(db, "update supabase_migrations.schema_migrations set statements = %s "
+                "where version = %s", ([applied], edited.version))
+        assert_fails_only(run_verify(capsys, db), "migrations",
+                          f"migration {edited.filename} was edited after it was applied: from "
+                          f"line {line} on, the file is not what `supabase db push` applied",
+                          "An applied migration never changes")
+        sql(db, "update supabase_migrations.schema_migrations set statements = %s, "
+                "name = 'an_older_name' where version = %s", ([text], edited.version))
+        assert_fails_only(run_verify(capsys, db), "migrations",
+                          f"migration {edited.version} was applied as "
+                          f"{edited.version}_an_older_name.sql, but the file is now "
+                          f"{edited.filename}: an applied migration was renamed")
+        sql(db, "update supabase_migrations.schema_migrations set statements = null, name = %s "
+                "where version = %s", (edited.name, edited.version))
+        run = run_verify(capsys, db, "--check", "migrations")
+        assert run.code == 0, run.out
+        assert f"1 recorded without statements, their text not compared ({edited.version})" \
+            in run.out
     finally:
         sql(db, "drop schema supabase_migrations cascade")
 
@@ -298,3 +343,23 @@ def test_every_api_function_has_its_reason() -> None:
     assert sorted(verify.API_FUNCTIONS) == ["public.decide_trade_proposal(uuid,text)",
                                             "public.get_budget_analytics(uuid,integer)"]
     assert all(len(reason) > 60 for reason in verify.API_FUNCTIONS.values())
+
+
+def test_an_order_on_the_exchange_without_an_execution_fails_until_acknowledged(
+        capsys: Capsys, db: Database) -> None:
+    orphan = {"market": "BTC-EUR", "exchange_order_id": "verify-orphan-1",
+              "client_order_id": None, "side": "buy", "exchange_status": "filled",
+              "result": {"status": "filled", "exchange_order_id": "verify-orphan-1",
+                         "filled_amount": "0.0002", "filled_amount_quote": "10"}}
+    answer = db.rpc("record_exchange_orders", p_orders=Jsonb([orphan]))
+    assert answer["orphans"] == 1, answer
+    [[discrepancy_id]] = sql(db, "select id from private.exchange_discrepancies "
+                                 "where exchange_order_id = 'verify-orphan-1'")
+    try:
+        assert_fails_only(run_verify(capsys, db), "exchange_orders",
+                          "order verify-orphan-1 on BTC-EUR (clientOrderId none, filled, filled "
+                          "0.0002) has no execution: placed outside this backend?",
+                          f"acknowledge_exchange_discrepancy('{discrepancy_id}'")
+    finally:
+        db.rpc("acknowledge_exchange_discrepancy", p_discrepancy_id=discrepancy_id,
+               p_note="test: a known manual order")

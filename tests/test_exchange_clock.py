@@ -12,10 +12,10 @@ from decimal import Decimal
 import pytest
 from pytest_httpx import HTTPXMock
 
-from shared.exchange import BitvavoReadonly
 from shared.exchange.catalog import MarketCatalog
 from shared.exchange.clock import ServerClock
 from shared.exchange.errors import AccessWindowError, ExchangeServerError
+from shared.exchange.readonly import BitvavoReadonly
 from shared.exchange.trade import BitvavoTrade
 from tests.exchange_doubles import (
     BASE_URL,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -115,13 +115,12 @@ def test_ban_expiry_is_parsed_from_the_message() -> None:
     assert error.ban_expires_at.tzinfo is UTC
 
 
-def test_ban_without_expiry_lasts_a_minute_past_the_resetat_header() -> None:
-    reset = datetime(2030, 1, 1, tzinfo=UTC)
-    error = e.error_for(429, {"errorCode": 105, "error": "banned"}, rate_limit_reset_at=reset)
-    assert isinstance(error, e.RateLimitBanned)
-    assert error.ban_expires_at == reset + timedelta(seconds=60)
-    unknown = e.error_for(429, {"errorCode": 105, "error": "banned"})
-    assert isinstance(unknown, e.RateLimitBanned) and unknown.ban_expires_at is None
+def test_110_is_a_ban_under_http_429_and_an_invalid_request_otherwise() -> None:
+    ban = e.error_for(429, {"errorCode": 110, "error": "rate limit exceeded"})
+    assert isinstance(ban, e.RateLimitBanned) and ban.ban_expires_at is None
+    assert ban.outcome_unknown is False
+    endpoint = e.error_for(400, {"errorCode": 110, "error": "Invalid endpoint."})
+    assert isinstance(endpoint, e.InvalidRequest) and not isinstance(endpoint, e.RateLimitBanned)
 
 
 def test_unknown_server_error_400_is_never_a_rejection() -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from pytest_httpx import HTTPXMock
 
-from shared.exchange import BitvavoReadonly, Market, PaperTrade
 from shared.exchange.errors import ExchangeError, KeySeparationError, MissingCredentials
+from shared.exchange.models import Market
+from shared.exchange.paper import PaperTrade
+from shared.exchange.readonly import BitvavoReadonly
 from shared.exchange.settings import ReadonlyExchangeSettings, TradeExchangeSettings
 from shared.exchange.trade import BitvavoTrade
 from tests.exchange_doubles import (
@@ -34,10 +36,6 @@ TRADE_METHODS = {
     "place_market_order": (
         ("BTC-EUR", "buy"),
         {"amount_quote": Decimal("10"), "client_order_id": COID},
-    ),
-    "place_limit_order": (
-        ("BTC-EUR", "buy", Decimal("1"), Decimal("1")),
-        {"client_order_id": COID},
     ),
     "get_order": (("BTC-EUR",), {"order_id": "1"}),
     "cancel_order": (("BTC-EUR",), {"order_id": "1"}),
@@ -229,7 +227,8 @@ def test_g3_shared_exchange_does_not_import_the_trade_client() -> None:
 
 
 def test_g3_shared_exchange_imports_without_trade_py(tmp_path: Path) -> None:
-    """The scanner's bundle: a copy of `shared` with trade.py removed still imports."""
+    """The scanner's bundle: a copy of `shared` with trade.py removed still imports, read-only
+    client and paper trader included."""
     shutil.copytree(
         ROOT / "shared", tmp_path / "shared", ignore=shutil.ignore_patterns("__pycache__")
     )
@@ -237,7 +236,9 @@ def test_g3_shared_exchange_imports_without_trade_py(tmp_path: Path) -> None:
     code = (
         "import shared.exchange as e\n"
         f"assert e.__file__.startswith({str(tmp_path)!r}), e.__file__\n"
-        "assert e.BitvavoReadonly and e.PaperTrade\n"
+        "from shared.exchange.readonly import BitvavoReadonly\n"
+        "from shared.exchange.paper import PaperTrade\n"
+        "assert BitvavoReadonly and PaperTrade\n"
         "try:\n"
         "    from shared.exchange.trade import BitvavoTrade\n"
         "except ModuleNotFoundError:\n"

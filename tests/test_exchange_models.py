@@ -287,22 +287,9 @@ def test_invalid_order_message_does_not_echo_values() -> None:
     assert "clientOrderId must be a UUID" in str(caught.value)
 
 
-def test_limit_order_needs_amount_and_price() -> None:
-    coid = uuid.uuid4()
-    with pytest.raises(InvalidOrderRequest):
-        OrderRequest.limit_order("BTC-EUR", "buy", Decimal("1"), None, client_order_id=coid)
-    with pytest.raises(InvalidOrderRequest):
-        OrderRequest.limit_order(
-            "BTC-EUR", "buy", Decimal("1"), Decimal("1"), client_order_id=coid,
-            time_in_force="DAY",
-        )
-
-
 def test_an_order_request_never_invents_a_client_order_id() -> None:
     with pytest.raises(TypeError, match="client_order_id"):
         OrderRequest.market_order("BTC-EUR", "buy", amount_quote=Decimal("10"))  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match="client_order_id"):
-        OrderRequest.limit_order("BTC-EUR", "buy", Decimal("1"), Decimal("1"))  # type: ignore[call-arg]
     with pytest.raises(InvalidOrderRequest, match="clientOrderId must be a UUID"):
         OrderRequest.market_order(
             "BTC-EUR", "buy", amount_quote=Decimal("10"), client_order_id=None  # type: ignore[arg-type]

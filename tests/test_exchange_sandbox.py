@@ -13,7 +13,6 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from shared.exchange import BitvavoReadonly, Candle, Order, PaperTrade
 from shared.exchange.catalog import MarketCatalog
 from shared.exchange.errors import (
     AccessWindowError,
@@ -34,7 +33,9 @@ from shared.exchange.errors import (
     TradePermissionMissing,
     ViewPermissionMissing,
 )
-from shared.exchange.models import OrderRequest
+from shared.exchange.models import Candle, Order, OrderRequest
+from shared.exchange.paper import PaperTrade
+from shared.exchange.readonly import BitvavoReadonly
 from shared.exchange.trade import BitvavoTrade
 from tests.sandbox_server import SandboxServer, start_sandbox
 
@@ -99,12 +100,6 @@ def posts_to_order(sandbox: SandboxServer, *, at_least: int = 0) -> int:
 
 def sandbox_orders_with(sandbox: SandboxServer, client_order_id: uuid.UUID) -> list[dict]:
     return [o for o in sandbox.orders() if o.get("clientOrderId") == str(client_order_id)]
-
-
-def far_below_market(readonly: BitvavoReadonly) -> Decimal:
-    price = readonly.ticker_price(MARKET).price
-    assert price is not None
-    return (price / 2).quantize(Decimal(1))  # BTC-EUR tickSize is 1
 
 
 # -- market data ---------------------------------------------------------------------------------
@@ -198,12 +193,19 @@ def test_market_buy_and_sell_by_amount(trade: BitvavoTrade, readonly: BitvavoRea
     assert readonly.balance("BTC") == []  # all sold: zero balances are not listed
 
 
-def test_limit_order_get_and_cancel(trade: BitvavoTrade, readonly: BitvavoReadonly) -> None:
+def place_open_order(trade: BitvavoTrade, sandbox: SandboxServer, coid: uuid.UUID) -> Order:
+    """A market order that stays open (the sandbox's `unfilled` fault: half filled, the rest
+    open until cancelled)."""
+    sandbox.set_fault(fault="unfilled", times=1, status="partiallyFilled", fill_fraction="0.5")
+    return trade.place_market_order(MARKET, "buy", amount=Decimal("0.001"), client_order_id=coid)
+
+
+def test_an_open_order_get_and_cancel(
+    trade: BitvavoTrade, bitvavo_sandbox: SandboxServer
+) -> None:
     coid = uuid.uuid4()
-    price = far_below_market(readonly)
-    placed = trade.place_limit_order(MARKET, "buy", Decimal("0.001"), price, client_order_id=coid)
-    assert placed.status == "new" and placed.price == price and placed.filled_amount == 0
-    assert placed.on_hold is not None and placed.on_hold > 0
+    placed = place_open_order(trade, bitvavo_sandbox, coid)
+    assert placed.status == "partiallyFilled" and placed.filled_amount == Decimal("0.0005")
 
     by_coid = trade.get_order(MARKET, client_order_id=coid)
     by_id = trade.get_order(MARKET, order_id=placed.order_id)
@@ -233,10 +235,8 @@ def test_a_filled_order_is_not_cancellable(trade: BitvavoTrade) -> None:
     assert trade.get_order(MARKET, client_order_id=coid).status == "filled"
 
 
-def test_cancel_by_order_id(trade: BitvavoTrade, readonly: BitvavoReadonly) -> None:
-    placed = trade.place_limit_order(
-        MARKET, "buy", Decimal("0.001"), far_below_market(readonly), client_order_id=uuid.uuid4()
-    )
+def test_cancel_by_order_id(trade: BitvavoTrade, bitvavo_sandbox: SandboxServer) -> None:
+    placed = place_open_order(trade, bitvavo_sandbox, uuid.uuid4())
     assert trade.cancel_order(MARKET, order_id=placed.order_id).order_id == placed.order_id
 
 
@@ -297,23 +297,17 @@ def test_an_ai_sized_proposal_is_sized_alike_by_paper_and_live(
                 )
 
 
-def test_amounts_and_prices_off_the_markets_precision_are_accepted_after_rounding(
-    trade: BitvavoTrade, readonly: BitvavoReadonly, bitvavo_sandbox: SandboxServer
+def test_amounts_off_the_markets_precision_are_accepted_after_rounding(
+    trade: BitvavoTrade,
 ) -> None:
-    sold_after = trade.place_market_order(
+    bought = trade.place_market_order(
         MARKET, "buy", amount=Decimal("0.000123456789"), client_order_id=uuid.uuid4()
     )
-    assert sold_after.filled_amount == Decimal("0.00012345")
-    eth = readonly.ticker_price("ETH-EUR").price
-    assert eth is not None
-    resting = trade.place_limit_order(
-        "ETH-EUR", "buy", Decimal("0.0123456789"), eth / 2 + Decimal("0.00999"),
-        client_order_id=uuid.uuid4(),
+    assert bought.filled_amount == Decimal("0.00012345")
+    eth = trade.place_market_order(
+        "ETH-EUR", "buy", amount=Decimal("0.0123456789"), client_order_id=uuid.uuid4()
     )
-    assert resting.status == "new"
-    assert resting.price is not None and resting.price % Decimal("0.01") == 0
-    assert resting.price <= eth / 2 + Decimal("0.00999")  # a buy snaps down
-    assert resting.amount == Decimal("0.01234567")
+    assert eth.amount == eth.filled_amount == Decimal("0.01234567")
 
 
 def test_below_the_minimum_after_rounding_nothing_is_sent(
@@ -354,12 +348,11 @@ def test_insufficient_balance(trade: BitvavoTrade) -> None:
     assert caught.value.error_code == 216 and caught.value.http_status == 400
 
 
-def test_client_order_id_conflict(trade: BitvavoTrade, readonly: BitvavoReadonly) -> None:
+def test_client_order_id_conflict(trade: BitvavoTrade, bitvavo_sandbox: SandboxServer) -> None:
     coid = uuid.uuid4()
-    price = far_below_market(readonly)
-    trade.place_limit_order(MARKET, "buy", Decimal("0.001"), price, client_order_id=coid)
+    place_open_order(trade, bitvavo_sandbox, coid)
     with pytest.raises(ClientOrderIdConflict) as caught:
-        trade.place_limit_order(MARKET, "buy", Decimal("0.001"), price, client_order_id=coid)
+        trade.place_market_order(MARKET, "buy", amount=Decimal("0.001"), client_order_id=coid)
     assert caught.value.error_code == 220
 
 
@@ -435,7 +428,7 @@ def test_rate_limit_ban_is_respected() -> None:
         with BitvavoReadonly(sandbox.rest_url) as client:
             with pytest.raises(RateLimitBanned) as first:
                 client.time()
-            assert first.value.error_code == 105 and first.value.http_status == 429
+            assert first.value.error_code == 110 and first.value.http_status == 429
             assert first.value.ban_expires_at is not None
             assert first.value.ban_expires_at > datetime.now(UTC) + timedelta(minutes=10)
             sent = sandbox.log().count("GET /v2/time ")

@@ -16,7 +16,6 @@ import pydantic
 import pytest
 from pytest_httpx import HTTPXMock
 
-from shared.exchange import BitvavoReadonly, OrderClient, PaperTrade
 from shared.exchange.errors import (
     ExchangeError,
     ExchangeServerError,
@@ -30,6 +29,9 @@ from shared.exchange.errors import (
     OutcomeUnknown,
     RateLimitBanned,
 )
+from shared.exchange.paper import PaperTrade
+from shared.exchange.readonly import BitvavoReadonly
+from shared.exchange.roles import OrderClient
 from shared.exchange.trade import BitvavoTrade
 from tests.exchange_doubles import (
     BASE_URL,
@@ -230,31 +232,6 @@ TRADE_CALLS: list[tuple[str, TradeCall, str, str, dict[str, Any] | None, Any]] =
         order_json(side="sell"),
     ),
     (
-        "limit order",
-        lambda c: c.place_limit_order(
-            "BTC-EUR",
-            "buy",
-            Decimal("0.001"),
-            Decimal("30000"),
-            client_order_id=CLIENT_ORDER_ID,
-            post_only=True,
-        ),
-        "POST",
-        "/order",
-        {
-            "market": "BTC-EUR",
-            "side": "buy",
-            "orderType": "limit",
-            "amount": "0.001",
-            "price": "30000",
-            "timeInForce": "GTC",
-            "postOnly": True,
-            "clientOrderId": CLIENT_ORDER_ID,
-            "operatorId": OPERATOR_ID,
-        },
-        order_json(orderType="limit", status="new", price="30000", fills=[]),
-    ),
-    (
         "get by clientOrderId",
         lambda c: c.get_order("BTC-EUR", client_order_id=CLIENT_ORDER_ID),
         "GET",
@@ -319,9 +296,8 @@ def test_trade_calls_are_exact_and_signed(
 
 
 @pytest.mark.parametrize("client", [BitvavoTrade, PaperTrade, OrderClient])
-@pytest.mark.parametrize("method", ["place_market_order", "place_limit_order"])
-def test_g10_client_order_id_is_required_keyword_only(client: type, method: str) -> None:
-    parameter = inspect.signature(getattr(client, method)).parameters["client_order_id"]
+def test_g10_client_order_id_is_required_keyword_only(client: type) -> None:
+    parameter = inspect.signature(client.place_market_order).parameters["client_order_id"]
     assert parameter.kind is inspect.Parameter.KEYWORD_ONLY
     assert parameter.default is inspect.Parameter.empty
 
@@ -331,8 +307,6 @@ def test_g10_an_order_without_client_order_id_is_never_sent(
 ) -> None:
     with pytest.raises(TypeError, match="client_order_id"):
         trade.place_market_order("BTC-EUR", "buy", amount_quote=Decimal("10"))  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match="client_order_id"):
-        trade.place_limit_order("BTC-EUR", "buy", Decimal("0.001"), Decimal("30000"))  # type: ignore[call-arg]
     assert httpx_mock.get_requests() == []
 
 
@@ -367,21 +341,15 @@ FAILURES = ["timeout", "transport", "5xx", "101", "400", "not json", "unfit json
 
 
 @pytest.mark.parametrize("kind", FAILURES)
-@pytest.mark.parametrize("order_type", ["market", "limit"])
 def test_g10_every_post_order_error_names_the_order(
-    httpx_mock: HTTPXMock, trade: BitvavoTrade, kind: str, order_type: str
+    httpx_mock: HTTPXMock, trade: BitvavoTrade, kind: str
 ) -> None:
     answer_with(httpx_mock, kind)
     coid = uuid.uuid4()
     with pytest.raises(ExchangeError) as caught:
-        if order_type == "market":
-            trade.place_market_order(
-                "ETH-EUR", "buy", amount_quote=Decimal("10"), client_order_id=coid
-            )
-        else:
-            trade.place_limit_order(
-                "ETH-EUR", "buy", Decimal("0.1"), Decimal("100"), client_order_id=str(coid)
-            )
+        trade.place_market_order(
+            "ETH-EUR", "buy", amount_quote=Decimal("10"), client_order_id=str(coid)
+        )
     error = caught.value
     assert error.client_order_id == coid and error.market == "ETH-EUR"
     assert str(coid) in str(error) and "ETH-EUR" in str(error)
@@ -457,25 +425,6 @@ def sent_body(httpx_mock: HTTPXMock) -> dict[str, Any]:
             ),
             {"amount": "12.345678"},
         ),
-        (  # a buy's price snaps DOWN to the tick (1 for BTC-EUR): never pay more
-            lambda c, coid: c.place_limit_order(
-                "BTC-EUR", "buy", Decimal("0.0012345678912"), Decimal("30000.99"),
-                client_order_id=coid,
-            ),
-            {"amount": "0.00123456", "price": "30000"},
-        ),
-        (  # a sell's price snaps UP (0.01 for ETH-EUR): never receive less
-            lambda c, coid: c.place_limit_order(
-                "ETH-EUR", "sell", Decimal("0.5"), Decimal("3000.001"), client_order_id=coid
-            ),
-            {"amount": "0.5", "price": "3000.01"},
-        ),
-        (
-            lambda c, coid: c.place_limit_order(
-                "XRP-EUR", "buy", Decimal("10"), Decimal("0.5123456"), client_order_id=coid
-            ),
-            {"amount": "10", "price": "0.51234"},
-        ),
     ],
 )
 def test_orders_are_rounded_to_the_market_before_sending(
@@ -514,18 +463,6 @@ def test_orders_are_rounded_to_the_market_before_sending(
                 "BTC-EUR", "sell", amount=Decimal("0.000059999"), client_order_id=coid
             ),
             "amount",
-        ),
-        (  # 0.0001 BTC at 30000 is 3 EUR, below the 5 EUR minimum
-            lambda c, coid: c.place_limit_order(
-                "BTC-EUR", "buy", Decimal("0.0001"), Decimal("30000"), client_order_id=coid
-            ),
-            "amount × price",
-        ),
-        (  # a buy below one tick snaps to zero
-            lambda c, coid: c.place_limit_order(
-                "BTC-EUR", "buy", Decimal("1"), Decimal("0.5"), client_order_id=coid
-            ),
-            "price",
         ),
     ],
 )

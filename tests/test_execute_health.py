@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from scripts.pgcluster import free_port
 from shared.auth import dev_token
+from stack.cluster import free_port
 from tests.function_server import FunctionServer, start_function
 
 JWT_SECRET = "health-jwt-secret-" + "h" * 24

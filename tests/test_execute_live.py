@@ -45,13 +45,17 @@ from tests.test_execution_support import (
 )
 
 READ_TIMEOUT_S = 1.5  # the function's exchange read timeout in this module
+FAILED_AFTER_S = 135  # not found → failed: MAX_CLAIM_AGE 5 + access window 10 + margin 120
 
 
 @pytest.fixture(scope="module")
 def stack(module_db: Database, bitvavo_sandbox_session: SandboxServer) -> Iterator[Stack]:
     set_controls(module_db, live_trading_allowed=True)
+    # BALANCE_CACHE_SECONDS=0: tests reset the sandbox's balances, which a balance read for one
+    # test's buy would otherwise carry into the next test's.
     with served(module_db, bitvavo_sandbox_session, "live",
-                EXCHANGE_TIMEOUT_SECONDS=str(READ_TIMEOUT_S)) as served_stack:
+                EXCHANGE_TIMEOUT_SECONDS=str(READ_TIMEOUT_S),
+                BALANCE_CACHE_SECONDS="0") as served_stack:
         yield served_stack
 
 
@@ -209,7 +213,7 @@ def test_an_unknown_outcome_that_never_reached_the_book_becomes_failed_only_when
     assert execution is not None and execution["status"] == "unknown"
     assert stack.reconcile()["still_open"] >= 1  # not found, but too young to call it
     assert stack.execution(proposal_id)["status"] == "unknown"  # type: ignore[index]
-    backdate(stack.db, execution["id"], 31)  # MAX_CLAIM_AGE 5 + window 10 + margin 15 = 30 s
+    backdate(stack.db, execution["id"], FAILED_AFTER_S + 1)
     counts = stack.reconcile()
     assert counts["failed"] >= 1, counts
     failed = stack.execution(proposal_id)
@@ -225,7 +229,7 @@ def test_a_paper_execution_seen_by_a_live_process_is_failed_once_old_enough(stac
     proposal_id = proposal(stack.db, user)
     orphan = claim(stack.db, user, proposal_id, mode="paper")["execution"]
     assert stack.reconcile()["still_open"] >= 1
-    backdate(stack.db, orphan["id"], 31)
+    backdate(stack.db, orphan["id"], FAILED_AFTER_S + 1)
     assert stack.reconcile()["failed"] >= 1
     assert stack.execution(proposal_id)["status"] == "failed"  # type: ignore[index]
     assert stack.sandbox.orders() == []
@@ -479,7 +483,7 @@ def test_the_database_dropping_the_claims_answer_is_503_and_nothing_is_sent(stac
     retry = stack.execute(proposal_id, user_id=user, key="cut-claim")
     assert retry.status_code == 409 and problem_type(retry) == "/problems/in-flight"
     # Once no process can still send it, the reconciler declares it not placed.
-    backdate(stack.db, execution["id"], 31)
+    backdate(stack.db, execution["id"], FAILED_AFTER_S + 1)
     assert stack.reconcile()["failed"] >= 1
     final = stack.execute(proposal_id, user_id=user, key="cut-claim")
     assert final.status_code == 200 and final.json()["execution"]["status"] == "failed"

@@ -141,7 +141,7 @@ def test_a_paper_execution_left_by_a_lost_process_becomes_failed_once_old_enough
     assert orphan["status"] == "claimed"
     counts = stack.reconcile()
     assert counts["still_open"] >= 1 and counts["failed"] == 0  # too young to call it
-    backdate(stack.db, orphan["id"], 31)
+    backdate(stack.db, orphan["id"], 136)  # MAX_CLAIM_AGE 5 + window 10 + margin 120
     counts = stack.reconcile()
     assert counts["failed"] >= 1, counts
     execution = stack.execution(proposal_id)

@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.api.edge import Edge, HttpRequest, HttpSettings, Reply, Route
 from shared.auth import AuthSettings, dev_token
 from shared.exchange.settings import TradeExchangeSettings
-from shared.execution.execute import execute
+from shared.execution.execute import execute as execute_call
 from shared.execution.runtime import Runtime
 from shared.execution.settings import ExecuteSettings, ExecutionSettings
-from shared.execution.submission import HttpRequest
 from shared.execution.venue import Venue
 from shared.rpc.errors import RpcInvalidArgument, RpcPermissionDenied
 from shared.rpc.settings import RpcSettings
@@ -110,6 +110,13 @@ def runtime(rpc: ScriptedRpc, exchange: FakeExchange, **knobs: Any) -> Runtime:
         execution=ExecutionSettings(**{"trading_mode": "live", **knobs}))
     venue = Venue(settings, http_transport=httpx.MockTransport(exchange))
     return Runtime(settings, venue=venue, rpc_factory=lambda: rpc)
+
+
+def execute(request: HttpRequest, runtime: Runtime) -> Reply:
+    """POST / through the edge, routed as functions/trading_execute/main.py routes it."""
+    edge = Edge("trading_execute", {"/": Route(lambda call: execute_call(call, runtime))},
+                verifier=runtime.verifier, settings=HttpSettings())
+    return edge.handle(request)
 
 
 def request() -> HttpRequest:

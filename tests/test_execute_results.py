@@ -25,7 +25,9 @@ from shared.exchange.errors import (
     KeySeparationError,
     MalformedResponse,
     MarketListingUnavailable,
+    MarketNotTrading,
     MarketUnavailable,
+    OrderAboveMaximum,
     OrderBelowMinimum,
     RateLimitBanned,
     RateLimitWouldExceed,
@@ -33,7 +35,8 @@ from shared.exchange.errors import (
 )
 from shared.exchange.models import Order
 from shared.execution.deadline import ClaimTooOld
-from shared.execution.results import error_result, http_status, not_at_exchange_result, order_result
+from shared.execution.replies import http_status
+from shared.execution.results import error_result, not_at_exchange_result, order_result
 from shared.execution.settings import load_execute_settings
 from shared.settings import ConfigurationError
 from tests.exchange_doubles import order_json
@@ -112,6 +115,8 @@ ERROR_CASES: list[tuple[str, BaseException, str, str]] = [
     ("304 window", _rejected(304, 403), "rejected", "304"),
     ("423 halted", _rejected(423), "rejected", "423"),
     ("105 from the exchange", _rejected(105, 429), "rejected", "105"),
+    ("110 from the exchange", _rejected(110, 429), "rejected", "110"),
+    ("210 above the maximum", _rejected(210), "rejected", "210"),
     ("claim too old", ClaimTooOld(6.2, 5), "failed", "claim_too_old"),
     ("below minimum", OrderBelowMinimum("4.99 < 5", field="amountQuote", value=Decimal("4.99"),
                                         minimum=Decimal(5)), "failed", "order_below_minimum"),
@@ -120,6 +125,11 @@ ERROR_CASES: list[tuple[str, BaseException, str, str]] = [
     ("would exceed", RateLimitWouldExceed("budget"), "failed", "rate_limit_would_exceed"),
     ("banned locally", RateLimitBanned("refused locally"), "failed", "rate_limit_banned"),
     ("listing", MarketListingUnavailable("no listing"), "failed", "market_listing_unavailable"),
+    ("above maximum", OrderAboveMaximum("1001 > 1000", field="amountQuote",
+                                        value=Decimal(1001), maximum=Decimal(1000)),
+     "failed", "order_above_maximum"),
+    ("halted", MarketNotTrading("BTC-EUR is halted", status="halted"), "failed",
+     "market_not_trading"),
     ("bare exchange error", ExchangeError("?"), "unknown", "exchange_error"),
     ("our bug", ZeroDivisionError("boom"), "unknown", "internal_error"),
 ]
@@ -184,7 +194,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 def test_paper_mode_is_the_default_and_needs_no_trade_key(env: pytest.MonkeyPatch) -> None:
     settings = load_execute_settings()
     assert settings.mode == "paper"
-    assert settings.execution.not_found_failed_after_seconds == 30  # 5 + 10 + 15
+    assert settings.execution.not_found_failed_after_seconds == 135  # 5 + 10 + 120
     secrets = set(settings.secrets())
     assert SECRET_VALUE in secrets  # the DB password alone, not only the whole URL
     assert SECRET_VALUE + "-jwt-secret-long-enough" in secrets

@@ -171,7 +171,7 @@ def test_users_read_only_their_own_audit_rows(db: Database) -> None:
         assert cur.fetchall() == [(alice,)]
 
 
-# -- settings and switches (issue 6, database item 10) -----------------------------------------
+# -- settings and switches -------------------------------------------------------------------------
 def changes_audited(db: Database, event: str, user: uuid.UUID | None) -> list[dict[str, Any]]:
     where = "user_id = %s" if user else "user_id is null"
     return [d for (d,) in sql(db, f"select detail from public.execution_audit_log "  # noqa: S608

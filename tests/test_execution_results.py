@@ -289,7 +289,7 @@ def test_list_unsettled_returns_open_executions_older_than_the_age_oldest_first(
         db.rpc_rows("list_unsettled_executions", p_older_than_seconds=-1)
 
 
-# -- a fill is never erased (issue 6, database item 1) -----------------------------------------
+# -- a fill is never erased ------------------------------------------------------------------------
 # A report of a fill is a fact about money that moved. A later `failed` ("certainly not placed")
 # or `rejected` contradicts it, and a later report of a smaller fill contradicts it too: such a
 # report is refused (`illegal_transition` with a `reason`), the execution stays open with its fill
@@ -352,7 +352,7 @@ def test_the_table_refuses_a_failed_or_rejected_execution_with_a_fill(db: Databa
             (execution["id"],))
 
 
-# -- a repeated non-final status adds the facts it brings (issue 6, database item 9) -----------
+# -- a repeated non-final status adds the facts it brings ------------------------------------------
 def test_repeating_submitted_with_the_exchange_order_id_records_it(db: Database) -> None:
     execution = execution_in(db, "claimed")
     first = record(db, execution["id"], status="submitted")
@@ -404,7 +404,7 @@ def test_a_repeat_cannot_swap_the_exchange_order_id(db: Database) -> None:
                (execution["id"],)) == [("submitted", "ord-1")]
 
 
-# -- result timestamps are bounded (issue 6, database item 8) ----------------------------------
+# -- result timestamps are bounded -----------------------------------------------------------------
 # Exchange times may differ from the database clock by a little (Bitvavo's own access window is
 # at most 60 s): a reported time is accepted from one minute before the claim to one minute
 # after now, and refused with 22023 outside that.

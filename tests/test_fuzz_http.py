@@ -1,4 +1,4 @@
-"""Fuzzing both HTTP functions over real HTTP (issue 10, Reliability → Fuzzing).
+"""Fuzzing both HTTP functions over real HTTP (README → Reliability → Fuzzing).
 
 trading_execute (live mode against the sandbox) and scan_scheduler each run under the real
 functions-framework server with the real database (one of this module's own) and the sandbox; a
@@ -9,7 +9,7 @@ Hypothesis sends bodies, headers and bearer tokens; for every example:
   `application/problem+json`), and no answer carries a stack trace, an SQL error or a secret
   (tests/fuzz_support.check_answer) — except the HTTP server's own fixed 400 page for raw requests
   it cannot parse, which no code of ours sees;
-- an independent oracle (written from SPEC §4 and DESIGN.md, not from the parser) says whether the
+- an independent oracle (written from SPEC §4, not from the parser) says whether the
   request was a valid, authorised one. If it was not: a 4xx, NO row changed in any table of public
   or private (fingerprints before/after) and NO order reached the sandbox. If it was: one of the
   contract's answers, and an order only with a 201/202.
@@ -68,7 +68,7 @@ from tests.sandbox_server import SandboxServer
 from tests.scan_support import RecordingServer, scan_env
 from tests.test_execution_support import set_controls
 
-MAX_BODY = 4096        # trading_execute (submission.MAX_BODY_BYTES)
+MAX_BODY = 4096        # trading_execute (shared.api.edge.MAX_BODY_BYTES)
 MAX_SCAN_BODY = 1024   # scan_scheduler (tick.MAX_BODY_BYTES)
 MAX_JOBS_LIMIT = 1_000_000
 CANONICAL_UUID = re.compile(
@@ -160,14 +160,18 @@ def _refuse_constant(name: str) -> Any:
 
 
 def json_document(body: bytes, limit: int = MAX_BODY) -> Any:
-    """The body as the contract reads it, or a ValueError: JSON (RFC 8259: no NaN/Infinity, no
-    duplicate member names), at most MAX_BODY bytes; an empty body is an empty object."""
+    """The body as the contract reads it, or a ValueError: JSON (RFC 8259: UTF-8 without a byte
+    order mark, no NaN/Infinity, no duplicate member names), at most MAX_BODY bytes; an empty body
+    is an empty object."""
     if len(body) > limit:
         raise ValueError("too large")
-    if not body.strip():
+    text = body.decode("utf-8")  # strict: UTF-16/32 and invalid bytes are refused (ValueError)
+    if text.startswith("\ufeff"):
+        raise ValueError("a byte order mark")
+    if not text.strip():
         return {}
     try:
-        return json.loads(body, object_pairs_hook=_strict_object, parse_constant=_refuse_constant)
+        return json.loads(text, object_pairs_hook=_strict_object, parse_constant=_refuse_constant)
     except RecursionError:
         raise ValueError("too deep") from None
 
@@ -205,7 +209,8 @@ def id_values(world: World) -> st.SearchStrategy[Any]:
 
 
 def encoded(document: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
-    """JSON text of `document` in an encoding JSON readers detect (with and without escapes)."""
+    """JSON text of `document` in an encoding JSON readers detect (with and without escapes); only
+    UTF-8 without a byte order mark is JSON between systems (RFC 8259 §8.1)."""
     return st.builds(
         lambda doc, ascii_only, encoding: json.dumps(doc, ensure_ascii=ascii_only).encode(
             encoding, errors="surrogatepass"),
@@ -306,8 +311,9 @@ def test_execute_bodies(world: World, data: st.DataObject) -> None:
        as_service=st.booleans())
 @fuzz_settings(40)
 def test_reconcile_bodies_and_callers(world: World, body: bytes, as_service: bool) -> None:
-    """POST /reconcile: a user is refused (403) whatever the body; the service gets counts for a
-    valid body — with nothing to reconcile here, nothing changes either way."""
+    """POST /reconcile: a user is refused (403) whatever the body (the caller is checked before the
+    body is read); the service gets counts for a valid body — with nothing to reconcile here,
+    nothing changes either way."""
     token = SERVICE_KEY if as_service else world.token()
     before = world.snapshot()
     answer = from_httpx(world.execute.fn.post("/reconcile", content=body,
@@ -315,10 +321,12 @@ def test_reconcile_bodies_and_callers(world: World, body: bytes, as_service: boo
     document = check_answer(answer, ALL_SECRETS)
     note(f"{'service' if as_service else 'user'} → {answer.status}")
     world.assert_unchanged(before, f"/reconcile {body[:100]!r} → {answer.status}")
-    if answer.status == 200:
-        assert as_service and set(document) >= {"examined", "settled", "failed"}, document
+    if not as_service:
+        assert answer.status == 403, answer.text
+    elif answer.status == 200:
+        assert set(document) >= {"examined", "settled", "failed"}, document
     else:
-        assert answer.status in (400, 403, 413), answer.text
+        assert answer.status in (400, 413), answer.text
 
 
 # -- headers, sent as raw bytes (no client-side validation) ----------------------------------------
@@ -454,13 +462,14 @@ def test_execute_framing(world: World, head: bytes, body: bytes) -> None:
     (b"Transfer-Encoding: chunked", b"2\r\n{}\r\n0\r\n\r\n", 200),
     (b"Transfer-Encoding: chunked", b"zz\r\n{}\r\n0\r\n\r\n", 400),
     (b"Transfer-Encoding: chunked", b"5\r\n{}\r\n", 400),          # chunk shorter than said
-    (b"Transfer-Encoding: chunked", b"401\r\n" + b" " * 1025 + b"\r\n0\r\n\r\n", 400),
-    (b"Content-Length: 2000", b" " * 2000, 400),                    # over the 1 KiB limit
-    (b"Content-Length: 10", b"{}", 200),                            # EOF before the length
+    (b"Transfer-Encoding: chunked", b"401\r\n" + b" " * 1025 + b"\r\n0\r\n\r\n", 413),
+    (b"Content-Length: 2000", b" " * 2000, 413),                    # over the 1 KiB limit
+    (b"Content-Length: 10", b"{}", 400),                            # EOF before the length
     (b"", b"", 200),
 ])
 def test_scan_framing(world: World, head: bytes, body: bytes, status: int) -> None:
-    """scan_scheduler reads the body itself: odd framing is a 400 (never Flask's 500)."""
+    """scan_scheduler's body through the edge: odd framing or a body cut short is a 400 (never
+    Flask's 500), one over the limit a 413."""
     request = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                + header_line(b"Authorization", f"Bearer {SERVICE_KEY}".encode())
                + (head + b"\r\n" if head else b""))
@@ -566,8 +575,8 @@ def data_token(world: World, *, kid: str) -> str:
     st.binary(max_size=5000), deep_json_text().map(str.encode)))
 @fuzz_settings(120)
 def test_scan_bodies(world: World, body: bytes) -> None:
-    """Arbitrary tick bodies from the service: 400 unless `{}`/empty or {"max_jobs": 1..10^6};
-    with no job due, even a valid tick changes nothing."""
+    """Arbitrary tick bodies from the service: 400 (413 over the 1 KiB limit) unless `{}`/empty or
+    {"max_jobs": 1..10^6}; with no job due, even a valid tick changes nothing."""
     before = world.snapshot()
     answer = from_httpx(world.scan.post("/", content=body,
                                         headers={"Authorization": f"Bearer {SERVICE_KEY}"}))
@@ -578,7 +587,7 @@ def test_scan_bodies(world: World, body: bytes) -> None:
     if valid_scan_body(body):
         assert answer.status == 200 and document["claimed"] == 0, why
     else:
-        assert answer.status == 400, why
+        assert answer.status == (413 if len(body) > MAX_SCAN_BODY else 400), why
 
 
 def test_the_fuzzed_world_is_live(world: World) -> None:

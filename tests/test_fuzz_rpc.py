@@ -1,4 +1,4 @@
-"""Fuzzing every RPC in `public` through the RPC port against the real database (issue 10,
+"""Fuzzing every RPC in `public` through the RPC port against the real database (README →
 Reliability → Fuzzing).
 
 Every function the migrations put in `public` is called through shared.rpc.direct.DirectRpc as
@@ -401,6 +401,45 @@ def gpt_requests_param(world: World) -> Param:
                  [{"user_id": users[0]}], edges)
 
 
+def exchange_orders_param() -> Param:
+    """record_exchange_orders's p_orders: orders as the sweep lists them (unknown clientOrderIds:
+    orphans), or entries with every member fuzzed, wrong shapes, one past the 10,000 limit."""
+    results = st.sampled_from([
+        {"status": "filled", "filled_amount": "0.0002", "filled_amount_quote": "10",
+         "fee_paid": "0.025", "fee_currency": "EUR"},
+        {"status": "partially_filled", "filled_amount": "0.0001", "price": "50000"},
+        {"status": "canceled", "filled_amount": "0", "error_code": "expired"},
+        {"status": "rejected"}, {"status": "submitted"},
+        {"status": "unknown", "error_code": "contradictory_answer"}])
+    order = st.fixed_dictionaries({
+        "market": st.sampled_from(MARKETS), "exchange_order_id": st.uuids().map(str),
+        "client_order_id": st.one_of(st.none(), st.uuids().map(str)),
+        "side": st.sampled_from(["buy", "sell"]),
+        "exchange_status": st.sampled_from([None, "filled", "expired", "new"]),
+        "result": results})
+    text = st.one_of(odd_text(), st.integers(), st.none(), json_values(floats=False, max_leaves=3))
+    fuzzed = st.fixed_dictionaries({}, optional={
+        "market": text, "exchange_order_id": text, "client_order_id": text, "side": text,
+        "exchange_status": text,
+        "result": st.one_of(execution_result_param().fuzz, json_values(floats=False))})
+    extra = st.dictionaries(odd_text(2, long=False), json_values(floats=False, max_leaves=2),
+                            min_size=1, max_size=2)
+    entries = st.lists(st.one_of(fuzzed, fuzzed, st.builds(lambda a, b: {**a, **b}, order, extra),
+                                 json_values(floats=False, max_leaves=3)), max_size=4)
+    one = {"market": "BTC-EUR", "exchange_order_id": "edge-1", "client_order_id": None,
+           "side": "buy", "exchange_status": "expired",
+           "result": {"status": "canceled", "filled_amount": "0"}}
+    edges = (None, [], {}, "[]", "[", [None], [{}], [[]], [one] * 10_001,
+             [{**one, "market": "btc-eur"}], [{**one, "exchange_order_id": "x" * 129}],
+             [{**one, "client_order_id": "x" * 65}], [{**one, "side": "long"}],
+             [{**one, "result": {"status": "filled", "filled_amount": "1"}}],
+             [{**one, "result": {"status": "failed"}}], [{**one, "result": []}],
+             [{**one, "extra": 1}], [{**one, "result": {**one["result"], "extra": 1}}])
+    return Param(st.lists(order, max_size=4), st.one_of(
+        entries, entries, json_values(floats=False), odd_text(),
+        st.sampled_from(["[", "[{}]", '[{"market": null}]'])), [one], edges)
+
+
 def strategies(world: World) -> dict[str, dict[str, Param]]:
     """Every RPC in public → its parameters (the optional ones may also be left out)."""
     user, job, proposal = (uuid_param(world, k) for k in ("user", "job", "proposal"))
@@ -433,7 +472,9 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
                                   # default false: the sweep's claims of these user-approved
                                   # proposals may succeed
                                   "p_require_auto_approval": Param(st.booleans(), bool_values(),
-                                                                   False, BOOL_EDGES)},
+                                                                   False, BOOL_EDGES),
+                                  "p_order_budget": int_param(800, 1, 1000),
+                                  "p_order_budget_window_seconds": int_param(77, 1, 86400)},
         "cleanup_expired_locks": {},
         "clear_todays_budget": {"p_user_id": user},
         "create_scan_proposal": {
@@ -460,8 +501,19 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
                                "p_lock_seconds": int_param(10, 300, 3600)},
         "heartbeat_scan_jobs": {"p_worker_id": worker, "p_job_ids": id_list_param(world, "job"),
                                 "p_lock_seconds": int_param(10, 300, 3600)},
+        "lease_auto_approved_proposals": {"p_dispatcher": worker,
+                                          "p_limit": int_param(1, 100, 1000),
+                                          "p_lease_seconds": int_param(30, 1, 3600)},
         "list_unsettled_executions": {"p_older_than_seconds": int_param(0, 30),
                                       "p_limit": int_param(1, 50, 500)},
+        "list_sweep_markets": {"p_window_seconds": int_param(60, 3600, 604800)},
+        "record_exchange_orders": {"p_orders": exchange_orders_param()},
+        "acknowledge_exchange_discrepancy": {
+            "p_discrepancy_id": Param(st.uuids().map(str), st.one_of(
+                uuid_text([str(uuid.UUID(int=1))]), st.integers(0, 10), st.booleans()),
+                str(uuid.UUID(int=1)), UUID_EDGES),
+            "p_note": text_param("handled by the operator", plain=True)},
+        "release_auto_execution_leases": {"p_dispatcher": worker},
         "record_execution_result": {"p_execution_id": execution,
                                     "p_result": execution_result_param()},
         "record_oracle_answer": {
@@ -509,21 +561,25 @@ def draw_args(data: st.DataObject, world: World, fn: str) -> dict[str, Any]:
 # The examples each RPC gets in CI: more for the ones with many parameters or a JSON document.
 BUDGET = {"record_execution_result": 300, "release_job_locks": 200, "create_trade_proposal": 200,
           "create_scan_proposal": 200, "claim_trade_execution": 200, "create_scan_proposals": 200,
-          "claim_oracle_answer": 200, "record_oracle_answer": 200, "reserve_gpt_budgets": 200}
+          "claim_oracle_answer": 200, "record_oracle_answer": 200, "reserve_gpt_budgets": 200,
+          "record_exchange_orders": 200}
 # As service_role: every RPC in public but decide_trade_proposal, which acts for auth.uid() only
 # (SPEC §3) and refuses any caller without one — service_role included — with 42501 before it
 # reads its arguments (test_decide_trade_proposal_is_for_a_signed_in_user_only).
-SERVICE_RPCS = ("check_gpt_budget", "claim_due_scan_jobs", "claim_oracle_answer",
-                "claim_trade_execution", "cleanup_expired_locks", "clear_todays_budget",
-                "create_scan_proposal", "create_scan_proposals", "create_trade_proposal",
-                "debug_check_locks", "get_budget_analytics", "get_scan_context",
-                "get_scan_contexts", "heartbeat_scan_job", "heartbeat_scan_jobs",
-                "list_unsettled_executions", "record_execution_result", "record_oracle_answer",
-                "release_job_lock", "release_job_locks", "reserve_gpt_budget",
-                "reserve_gpt_budgets", "run_maintenance", "set_trading_halted",
-                "settle_gpt_usage", "settle_oracle_answers")
+SERVICE_RPCS = ("acknowledge_exchange_discrepancy", "check_gpt_budget", "claim_due_scan_jobs",
+                "claim_oracle_answer", "claim_trade_execution", "cleanup_expired_locks",
+                "clear_todays_budget", "create_scan_proposal", "create_scan_proposals",
+                "create_trade_proposal", "debug_check_locks", "get_budget_analytics",
+                "get_scan_context", "get_scan_contexts", "heartbeat_scan_job",
+                "heartbeat_scan_jobs", "lease_auto_approved_proposals", "list_sweep_markets",
+                "list_unsettled_executions", "record_exchange_orders", "record_execution_result",
+                "record_oracle_answer", "release_auto_execution_leases", "release_job_lock",
+                "release_job_locks", "reserve_gpt_budget", "reserve_gpt_budgets",
+                "run_maintenance", "set_trading_halted", "settle_gpt_usage",
+                "settle_oracle_answers")
 USER_RPCS = ("decide_trade_proposal", "get_budget_analytics")
-SETOF = {"claim_due_scan_jobs", "debug_check_locks", "list_unsettled_executions"}
+SETOF = {"claim_due_scan_jobs", "debug_check_locks", "lease_auto_approved_proposals",
+         "list_unsettled_executions"}
 
 
 def call_and_check(world: World, fn: str, args: dict[str, Any], *,

@@ -11,8 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from scripts import pgcluster
-from scripts.pgcluster import Cluster, ClusterError, free_port
+from stack.cluster import Cluster, ClusterError, free_port
 from tests.pg import SessionCluster
 
 
@@ -44,7 +43,7 @@ def test_a_cluster_that_cannot_start_raises_with_the_server_log() -> None:
 
 def test_missing_postgresql_binaries_say_how_to_install_them(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(pgcluster, "PG_BIN", tmp_path / "no-such-postgres")
+    monkeypatch.setattr("stack.cluster.PG_BIN", tmp_path / "no-such-postgres")
     with pytest.raises(ClusterError, match="apt-get install -y postgresql-15 postgresql-15-cron"):
         Cluster(data_dir=tmp_path / "c", port=free_port()).init()
 

@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from scripts.pgcluster import LOCAL_SQL, MIGRATIONS, ROOT, SEED, Cluster, free_port, sql_files
+from console import migrations
+from stack.cluster import LOCAL_SQL, MIGRATIONS, ROOT, SEED, Cluster, free_port, sql_files
 from tests.oracle_console import oracle
 from tests.pg import connect
 
@@ -301,6 +302,102 @@ def test_oracle_verify_passes_on_the_plain_psql_database(
     run = oracle(capsys, "verify", "--db-url", psql_cluster.url())
     assert run.code == 0, run.out + run.err
     assert "SKIP  migrations" in run.out  # no history table to compare with
+
+
+# -- what db push records is each file's text ---------------------------------------------------
+def test_every_file_was_applied_as_it_reads(first_push: Any, cli_cluster: Cluster) -> None:
+    """The statements the CLI recorded for each migration, taken in order, are the file's text
+    with nothing but white space and semicolons between them (console.migrations)."""
+    assert first_push.returncode == 0, describe(first_push)
+    with connect(cli_cluster.url(), autocommit=True) as conn:
+        history = migrations.read_history(conn)
+    assert history is not None
+    found = migrations.compare_history(migrations.migration_files(MIGRATIONS), history)
+    assert (found.matching, found.pending, found.unknown, found.renamed, found.edited,
+            found.unrecorded) == (len(migration_files()), [], [], [], [], [])
+
+
+CUTS_SQL = """-- a header comment; with a semicolon
+create table cuts (id int primary key, note text default 'a;b', "odd;name" text);
+
+/* a block comment; /* nested; */ still inside; */
+insert into cuts (id, note) values (1, 'it''s; quoted');;
+
+create function cuts_body() returns int language plpgsql as $body$
+begin
+  perform 1; -- inside dollar quotes
+  return 2;
+end;
+$body$;
+
+create function cuts_atomic() returns int language sql
+begin atomic
+  select 1;
+  select 2;
+end;
+select $$;$$ as dollar, 'x' as "y;z"
+-- a last statement without a semicolon
+"""
+# (what to change, the line it is on): every edit of what was applied is seen, at its line.
+CUTS_EDITS = [
+    ("a header comment;", "a header comment:", 1),
+    ("default 'a;b'", "default 'a; b'", 2),
+    ("nested; */", "nested, */", 4),
+    ("perform 1;", "perform 2;", 9),
+    ("  select 2;\n", "", 17),                      # a statement of a body removed
+    ("quoted');;\n", "quoted')\n", 5),              # two statements run together
+    ("as dollar", "as dollars", 19),
+    ("without a semicolon\n", "without a semicolon\nselect 3;\n", 21),  # one more at the end
+]
+
+
+def test_the_clis_cuts_are_read_back_from_the_file_whatever_the_sql(cli: Cli,
+                                                                     workdir: Path) -> None:
+    """Quotes, dollar quotes, nested comments, BEGIN ATOMIC, `;;`, a last statement without
+    `;`: pushed by the real CLI, its recorded statements are the file's text; each edit is
+    found at its line; white space and empty statements between statements are not recorded,
+    so changing them changes nothing."""
+    cluster = fresh_cluster(workdir, "cuts")
+    try:
+        project = workdir / "cuts-project"
+        (project / "supabase" / "migrations").mkdir(parents=True)
+        shutil.copy(ROOT / "supabase" / "config.toml", project / "supabase" / "config.toml")
+        (project / "supabase" / "migrations" / "20260101000000_cuts.sql").write_text(CUTS_SQL)
+        pushed = cli.run("db", "push", "--db-url", db_url(cluster), "--yes", "--workdir",
+                         str(project))
+        assert pushed.returncode == 0, describe(pushed)
+        with connect(cluster.url(), autocommit=True) as conn:
+            history = migrations.read_history(conn)
+            assert conn.execute("select cuts_body() + cuts_atomic()").fetchone() == (4,)
+    finally:
+        cluster.stop()
+    assert history is not None and len(history) == 1
+    statements = history[0].statements
+    assert statements is not None and len(statements) == 5, statements
+    assert migrations.first_difference(CUTS_SQL, statements) is None
+    for old, new, line in CUTS_EDITS:
+        assert old in CUTS_SQL
+        assert migrations.first_difference(CUTS_SQL.replace(old, new, 1), statements) == line, old
+    for unseen in (CUTS_SQL.replace(";\n\n", ";\n\n\n;\n"), "\n" + CUTS_SQL + "\n;\n"):
+        assert migrations.first_difference(unseen, statements) is None
+
+
+def test_oracle_verify_names_a_migration_edited_after_it_was_pushed(
+        first_push: Any, cli_cluster: Cluster, workdir: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """What verify compared before was versions only: an edit of an applied migration passed."""
+    assert first_push.returncode == 0, describe(first_push)
+    folder = workdir / "edited-migrations"
+    shutil.copytree(MIGRATIONS, folder)
+    edited = sorted(folder.glob("*.sql"))[1]
+    text = edited.read_text()
+    at = text.index("create table")
+    edited.write_text(text[:at] + "create unlogged table" + text[at + len("create table"):])
+    run = oracle(capsys, "verify", "--db-url", db_url(cli_cluster), "--check", "migrations",
+                 "--migrations-dir", str(folder))
+    assert run.code == 1, run.out
+    assert f"migration {edited.name} was edited after it was applied: from line " \
+           f"{text.count(chr(10), 0, at) + 1} on" in " ".join(run.out.split()), run.out
 
 
 # -- seed ------------------------------------------------------------------------------------

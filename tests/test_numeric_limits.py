@@ -1,4 +1,4 @@
-"""No numeric column in `public` accepts NaN or ±Infinity (issue 6, database item 7).
+"""No numeric column in `public` accepts NaN or ±Infinity.
 
 PostgreSQL's numeric has NaN (which sorts above every number, so `NaN > 0` is true) and
 ±Infinity; a limit set to either silently disables the check that reads it — a user's own

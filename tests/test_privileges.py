@@ -1,4 +1,4 @@
-"""Closed by default (issue 6, database item 6): sequences and anything added later.
+"""Closed by default: sequences and anything added later.
 
 Supabase's default privileges give anon and authenticated ALL on every new table, function and
 sequence in `public`, and PostgreSQL itself lets PUBLIC execute every new function. Tables are

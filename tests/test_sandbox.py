@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import Any
 
@@ -448,6 +449,149 @@ def test_market_sell_credits_quote_minus_fee(trade: Signer) -> None:
     assert rows[0]["orderId"] == sold["orderId"] and rows[0]["clientOrderId"]
 
 
+# -- market statuses and maximum sizes ---------------------------------------------------------
+
+
+def listed(sandbox: SandboxServer, market: str = MARKET) -> dict[str, Any]:
+    row: dict[str, Any] = public(sandbox, f"/markets?market={market}").json()
+    return row
+
+
+def test_market_statuses_and_maximum_sizes_are_settable_and_listed(
+        bitvavo_sandbox: SandboxServer) -> None:
+    assert listed(bitvavo_sandbox)["status"] == "trading"
+    row = bitvavo_sandbox.set_market(MARKET, status="halted", maxOrderInQuoteAsset="100")
+    assert row == listed(bitvavo_sandbox)
+    assert row["status"] == "halted" and row["maxOrderInQuoteAsset"] == "100"
+    assert row["maxOrderInBaseAsset"] == "1000000000"
+    assert {m["market"]: m["status"] for m in public(bitvavo_sandbox, "/markets").json()}[
+        "ETH-EUR"] == "trading"
+    with pytest.raises(httpx.HTTPStatusError):
+        bitvavo_sandbox.set_market(MARKET, status="closed")
+    with pytest.raises(httpx.HTTPStatusError):
+        bitvavo_sandbox.set_market("DOGE-EUR", status="halted")
+    bitvavo_sandbox.reset()
+    assert listed(bitvavo_sandbox)["status"] == "trading"
+    assert listed(bitvavo_sandbox)["maxOrderInQuoteAsset"] == "1000000000"
+
+
+def test_a_halted_market_accepts_orders_and_fills_them_when_it_trades_again(
+        bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    """Bitvavo's support article: while halted, orders are placed and cancellable but not
+    executed; they execute when the market trades again."""
+    bitvavo_sandbox.set_market(MARKET, status="halted")
+    waiting = trade.order(amountQuote="100").json()
+    assert waiting["status"] == "new" and waiting["filledAmount"] == "0"
+    assert Decimal(waiting["onHold"]) == Decimal("100")
+    cancelled = trade.order(amountQuote="50").json()
+    cancel = trade.request("DELETE", f"/order?market={MARKET}&orderId={cancelled['orderId']}"
+                                     f"&operatorId={OPERATOR_ID}")
+    assert cancel.status_code == 200, cancel.text
+    limit = trade.order(orderType="limit", amount="0.001", price="999999").json()
+    assert limit["status"] == "new"  # marketable, but nothing executes while halted
+    assert_error(trade.order(orderType="limit", amount="0.001", price="999999",
+                             timeInForce="IOC"), 400, 231)
+    assert balances(trade)["EUR"][1] == Decimal("100") + Decimal(limit["onHold"])
+    reopened_at = bitvavo_sandbox.advance_clock(10 * 60_000)["market_time"]
+    still = trade.get(f"/order?market={MARKET}&orderId={waiting['orderId']}").json()
+    assert still["status"] == "new"  # ten minutes later, still halted: still waiting
+    bitvavo_sandbox.set_market(MARKET, status="trading")
+    filled = trade.get(f"/order?market={MARKET}&orderId={waiting['orderId']}").json()
+    assert filled["status"] == "filled" and Decimal(filled["filledAmount"]) > 0
+    assert filled["fills"][0]["timestamp"] >= reopened_at  # at the price of the reopening
+    quote, fee = Decimal(filled["filledAmountQuote"]), Decimal(filled["feePaid"])
+    assert quote + fee <= Decimal("100") and Decimal(filled["onHold"]) == 0
+    assert trade.get(f"/order?market={MARKET}&orderId={cancelled['orderId']}").json()[
+        "status"] == "canceled"
+
+
+def test_an_order_waiting_on_a_halted_market_expires_if_its_funds_are_gone(
+        bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    bitvavo_sandbox.set_market(MARKET, status="halted")
+    waiting = trade.order(side="sell", amount="0.001")
+    assert_error(waiting, 400, 216)  # nothing to sell: refused as on a trading market
+    bitvavo_sandbox.set_account(insufficient_funds="expire")
+    accepted = trade.order(side="sell", amount="0.001").json()
+    assert accepted["status"] == "expired" and accepted["filledAmount"] == "0"
+
+
+def test_an_auction_refuses_orders_and_cancellations(
+        bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    resting = trade.order(orderType="limit", amount="0.001", price="10000").json()
+    bitvavo_sandbox.set_market(MARKET, status="auction")
+    assert_error(trade.order(amountQuote="10"), 400, 423)
+    assert_error(trade.request("DELETE", f"/order?market={MARKET}&orderId={resting['orderId']}"
+                                         f"&operatorId={OPERATOR_ID}"), 400, 423)
+    assert trade.order(market="ETH-EUR", amountQuote="10").status_code == 200
+    assert [o["orderId"] for o in bitvavo_sandbox.orders()][0] == resting["orderId"]
+    assert len(bitvavo_sandbox.orders()) == 2
+
+
+def test_210_above_the_maximum_order_size(
+        bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    bitvavo_sandbox.set_market(MARKET, maxOrderInQuoteAsset="100", maxOrderInBaseAsset="0.001")
+    body = assert_error(trade.order(amountQuote="100.01"), 400, 210)
+    assert body["error"].startswith("Amount exceeds the maximum allowed amount")
+    assert_error(trade.order(amount="0.00101"), 400, 210)
+    assert_error(trade.order(orderType="limit", amount="0.001", price="100001"), 400, 210)
+    assert trade.order(amountQuote="100").json()["status"] == "filled"
+    assert trade.order(amount="0.001").json()["status"] == "filled"
+    assert len(bitvavo_sandbox.orders()) == 2
+
+
+# -- a market order the balance cannot cover, and where the fee is charged --------------------
+
+
+def test_an_uncovered_market_order_is_216_or_expires_as_configured(
+        bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    bitvavo_sandbox.reset(balances={"EUR": "20"})
+    assert_error(trade.order(amountQuote="50"), 400, 216)  # the default: refused
+    assert bitvavo_sandbox.set_account(insufficient_funds="expire") == {
+        "insufficient_funds": "expire", "amount_quote_fee": "included"}
+    expired = trade.order(amountQuote="50").json()  # Bitvavo's create-order page: may expire
+    assert expired["status"] == "expired" and expired["filledAmount"] == "0"
+    assert expired["fills"] == [] and expired["feePaid"] == "0"
+    assert trade.get(f"/order?market={MARKET}&orderId={expired['orderId']}").json()[
+        "status"] == "expired"
+    assert balances(trade) == {"EUR": (Decimal("20"), Decimal(0))}
+    assert trade.order(amountQuote="20").json()["status"] == "filled"  # what it covers fills
+    bitvavo_sandbox.reset()
+    assert httpx.get(bitvavo_sandbox.root + "/_sandbox/account", timeout=5).json()[
+        "insufficient_funds"] == "reject"
+
+
+def test_the_fee_can_be_charged_on_top_of_amount_quote(
+        bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    bitvavo_sandbox.reset(balances={"EUR": "100"})
+    bitvavo_sandbox.set_account(amount_quote_fee="on_top")
+    assert_error(trade.order(amountQuote="100"), 400, 216)  # 100 plus 0.25 % is more than 100
+    order = trade.order(amountQuote="99.75").json()  # 100 / 1.0025, rounded down
+    quote, fee = Decimal(order["filledAmountQuote"]), Decimal(order["feePaid"])
+    assert order["status"] == "filled" and quote <= Decimal("99.75") < quote + fee
+    assert balances(trade)["EUR"] == (Decimal("100") - quote - fee, Decimal(0))
+    with pytest.raises(httpx.HTTPStatusError):
+        bitvavo_sandbox.set_account(amount_quote_fee="sometimes")
+
+
+def test_start_values_of_statuses_and_account_rules_come_from_the_environment() -> None:
+    env = {"SANDBOX_MARKETS": json.dumps({"ETH-EUR": {"status": "auction",
+                                                      "maxOrderInBaseAsset": "2"}}),
+           "SANDBOX_INSUFFICIENT_FUNDS": "expire", "SANDBOX_AMOUNT_QUOTE_FEE": "on_top"}
+    with start_sandbox(env=env) as sandbox:
+        for _ in range(2):  # at start, and after a reset
+            row = listed(sandbox, "ETH-EUR")
+            assert (row["status"], row["maxOrderInBaseAsset"]) == ("auction", "2")
+            assert listed(sandbox)["status"] == "trading"
+            assert httpx.get(sandbox.root + "/_sandbox/account", timeout=5).json() == {
+                "insufficient_funds": "expire", "amount_quote_fee": "on_top"}
+            sandbox.set_market("ETH-EUR", status="trading")
+            sandbox.set_account(insufficient_funds="reject")
+            sandbox.reset()
+    with pytest.raises(RuntimeError, match="SANDBOX_MARKETS"):
+        with start_sandbox(env={"SANDBOX_MARKETS": '{"ETH-EUR": {"status": "closed"}}'}):
+            pass
+
+
 def test_resting_limit_order_holds_funds_and_cancel_releases_them(trade: Signer) -> None:
     cid = str(uuid.uuid4())
     order = trade.order(orderType="limit", amount="0.01", price="20000", clientOrderId=cid)
@@ -581,6 +725,78 @@ def test_latency_fault_delays_then_places(bitvavo_sandbox: SandboxServer,
     assert len(bitvavo_sandbox.orders()) == 2  # the timed-out order was placed all the same
 
 
+def test_a_held_latency_fault_places_the_order_only_when_released(
+        bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    """A request received inside its window that the exchange executes late, ended by the test
+    rather than by a wall-clock wait."""
+    described = bitvavo_sandbox.set_fault(fault="latency", latency_ms=60_000, hold=True)
+    assert described["hold"] is True
+    cid = str(uuid.uuid4())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(trade.order, amountQuote="10", clientOrderId=cid)
+        deadline = time.monotonic() + 5
+        while bitvavo_sandbox.held() < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert bitvavo_sandbox.held() == 1
+        assert bitvavo_sandbox.orders() == []  # authenticated, not yet placed
+        assert bitvavo_sandbox.release_held() == 1
+        response = pending.result(timeout=10)
+    assert response.status_code == 200 and response.json()["clientOrderId"] == cid
+    assert [o["clientOrderId"] for o in bitvavo_sandbox.orders()] == [cid]
+    assert bitvavo_sandbox.held() == 0 and bitvavo_sandbox.release_held() == 0
+
+
+def test_a_reset_releases_held_requests(bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    bitvavo_sandbox.set_fault(fault="latency", latency_ms=60_000, hold=True)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(trade.order, amountQuote="10")
+        deadline = time.monotonic() + 5
+        while bitvavo_sandbox.held() < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        bitvavo_sandbox.reset()
+        assert pending.result(timeout=10).status_code == 200
+    assert bitvavo_sandbox.held() == 0
+
+
+def test_completed_orders_can_be_hidden_from_client_order_id_lookups(
+        bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    filled = trade.order(amountQuote="10").json()
+    resting = trade.order(orderType="limit", amount="0.01", price="20000").json()
+    assert resting["status"] == "new"
+    bitvavo_sandbox.find_completed_by_client_order_id(False)
+    by_cid = f"/order?market={MARKET}&clientOrderId="
+    assert_error(trade.get(by_cid + filled["clientOrderId"]), 404, 240)
+    assert trade.get(by_cid + resting["clientOrderId"]).json()["orderId"] == resting["orderId"]
+    # by orderId, in the order history and in the fills it is still there, with its clientOrderId
+    assert trade.get(f"/order?market={MARKET}&orderId={filled['orderId']}").status_code == 200
+    history = trade.get(f"/orders?market={MARKET}&start={filled['created']}"
+                        f"&end={filled['created']}").json()
+    assert filled["clientOrderId"] in [o["clientOrderId"] for o in history]
+    fills = trade.get(f"/trades?market={MARKET}").json()
+    assert [(f["orderId"], f["clientOrderId"]) for f in fills] == \
+        [(filled["orderId"], filled["clientOrderId"])]
+    bitvavo_sandbox.reset()
+    again = trade.order(amountQuote="10").json()
+    assert trade.get(by_cid + again["clientOrderId"]).status_code == 200  # reset: found again
+
+
+def test_order_history_and_fills_honour_start_end_and_limit(
+        bitvavo_sandbox: SandboxServer, trade: Signer) -> None:
+    first = trade.order(amountQuote="10").json()
+    bitvavo_sandbox.advance_clock(60_000)
+    second = trade.order(amountQuote="10").json()
+    newest_first = [o["orderId"] for o in trade.get(f"/orders?market={MARKET}").json()]
+    assert newest_first == [second["orderId"], first["orderId"]]
+    assert [o["orderId"] for o in trade.get(
+        f"/orders?market={MARKET}&end={second['created'] - 1}").json()] == [first["orderId"]]
+    assert [o["orderId"] for o in trade.get(
+        f"/orders?market={MARKET}&start={first['created'] + 1}").json()] == [second["orderId"]]
+    assert len(trade.get(f"/orders?market={MARKET}&limit=1").json()) == 1
+    assert [f["orderId"] for f in trade.get(
+        f"/trades?market={MARKET}&start={first['created'] + 1}").json()] == [second["orderId"]]
+    assert_error(trade.get(f"/orders?market={MARKET}&limit=1001"), 400, 205)
+
+
 def test_drop_after_accept_places_exactly_one_order(bitvavo_sandbox: SandboxServer,
                                                     trade: Signer) -> None:
     bitvavo_sandbox.set_fault(fault="drop_after_accept", times=1)
@@ -669,6 +885,8 @@ def test_unfilled_fault_leaves_a_limit_order_alone(bitvavo_sandbox: SandboxServe
         {"fault": "unfilled", "fill_fraction": "-0.1"},
         {"fault": "unfilled", "fill_fraction": 0.5},  # a float: money is never float
         {"fault": "unfilled", "fill_fraction": "half"},
+        {"fault": "error", "hold": True},  # only a latency holds
+        {"fault": "latency", "hold": "yes"},
     ],
 )
 def test_fault_control_rejects_nonsense(bitvavo_sandbox: SandboxServer,
@@ -750,35 +968,75 @@ def test_311_key_without_view_cannot_read_balance(tight: SandboxServer) -> None:
     assert trade_only.order(amountQuote="10").status_code == 200
 
 
-def test_105_key_ban_after_exceeding_the_weight_budget(tight: SandboxServer) -> None:
+def start_of_a_window(sandbox: SandboxServer) -> int:
+    """Move the market clock (which the rate-limit windows follow) just past a minute boundary,
+    so a test has a whole window to itself; returns that window's end (ms)."""
+    now = sandbox.clock()["market_time"]
+    sandbox.advance_clock(60_000 - now % 60_000 + 100)
+    return int(now - now % 60_000 + 120_000)
+
+
+def ban_expiry(body: dict[str, Any]) -> int:
+    assert body["error"].startswith("Your IP or API key has been banned for not respecting the "
+                                    "rate limit. The ban expires at "), body
+    return int(body["error"].split(" at ")[1].rstrip("."))
+
+
+def test_110_key_ban_lasts_until_its_window_ends_plus_a_minute(tight: SandboxServer) -> None:
+    """Bitvavo's rate-limit page: HTTP 429, errorCode 110; over the limit at 12:00:15, allowed
+    again at 12:02:00 (the rest of the window, then one more minute)."""
+    window_end = start_of_a_window(tight)
     limited = Signer(tight, LIMITED_KEY, "limited-secret")
-    first = limited.get("/balance")  # weight 5
-    second = limited.get("/balance")
-    if int(second.headers["bitvavo-ratelimit-remaining"]) != 0:  # crossed a minute window
-        second = limited.get("/balance")
-    assert first.status_code == second.status_code == 200
-    assert second.headers["bitvavo-ratelimit-remaining"] == "0"
+    spent = [limited.get("/balance") for _ in range(2)]  # weight 5 each: the whole budget
+    assert [r.status_code for r in spent] == [200, 200]
+    assert spent[1].headers["bitvavo-ratelimit-remaining"] == "0"
+    assert int(spent[1].headers["bitvavo-ratelimit-resetat"]) == window_end
     banned = limited.get("/balance")
-    body = assert_error(banned, 429, 105)
-    expires = int(body["error"].split(" at ")[1].rstrip("."))
-    assert body["error"] == ("Your IP or API key has been banned for not respecting the rate "
-                             f"limit. The ban expires at {expires}.")
-    assert 55_000 < expires - time.time() * 1000 <= 60_000
+    assert ban_expiry(assert_error(banned, 429, 110)) == window_end + 60_000
     assert banned.headers["bitvavo-ratelimit-remaining"] == "0"
-    assert_error(limited.get("/account"), 429, 105)  # still banned, any endpoint
-    assert public(tight, "/time").status_code == 200  # the IP is not banned
+    assert_error(limited.get("/account"), 429, 110)  # still banned, any endpoint
+    assert public(tight, "/time").status_code == 200  # the IP's budget is its own
+    tight.advance_clock(60_000)  # the next window: still banned
+    assert_error(limited.get("/account"), 429, 110)
+    tight.advance_clock(60_000)  # a minute after the window's end
+    assert limited.get("/account").status_code == 200
 
 
-def test_105_ip_ban_for_unauthenticated_calls(tight: SandboxServer) -> None:
+def test_110_ip_ban_lasts_15_minutes_and_leaves_keys_alone(tight: SandboxServer) -> None:
+    start_of_a_window(tight)
     answers = [public(tight, "/time") for _ in range(12)]
     statuses = [a.status_code for a in answers]
-    assert 429 in statuses
-    body = assert_error(answers[statuses.index(429)], 429, 105)
-    expires = int(body["error"].split(" at ")[1].rstrip("."))
-    assert expires - time.time() * 1000 > 14 * 60_000  # IPs are banned ~15 minutes
-    assert_error(public(tight, "/markets"), 429, 105)
-    tight.reset()
+    assert statuses[:10] == [200] * 10 and statuses[10:] == [429, 429]
+    banned_at = tight.clock()["market_time"]
+    expires = ban_expiry(assert_error(answers[10], 429, 110))
+    assert 15 * 60_000 - 5_000 < expires - banned_at <= 15 * 60_000
+    assert_error(public(tight, "/markets"), 429, 110)
+    limited = Signer(tight, LIMITED_KEY, "limited-secret")
+    assert limited.get("/account").status_code == 200  # signed: the key's budget, not the IP's
+    tight.advance_clock(14 * 60_000)
+    assert_error(public(tight, "/time"), 429, 110)
+    tight.advance_clock(60_000)
     assert public(tight, "/time").status_code == 200
+
+
+def test_rate_limit_windows_follow_the_market_clock(tight: SandboxServer) -> None:
+    window_end = start_of_a_window(tight)
+    limited = Signer(tight, LIMITED_KEY, "limited-secret")
+    spent = [limited.get("/balance") for _ in range(2)]
+    assert spent[1].headers["bitvavo-ratelimit-remaining"] == "0"
+    tight.advance_clock(60_000)  # a minute passes on the sandbox's clock, none on the wall's
+    fresh = limited.get("/balance")
+    assert fresh.status_code == 200, fresh.text
+    assert fresh.headers["bitvavo-ratelimit-remaining"] == "5"
+    assert int(fresh.headers["bitvavo-ratelimit-resetat"]) == window_end + 60_000
+
+
+def test_the_ban_code_can_be_the_105_the_sdks_know() -> None:
+    with start_sandbox(env={"SANDBOX_RATE_LIMIT": "1",
+                            "SANDBOX_RATE_LIMIT_ERROR_CODE": "105"}) as sandbox:
+        start_of_a_window(sandbox)
+        assert public(sandbox, "/time").status_code == 200
+        ban_expiry(assert_error(public(sandbox, "/time"), 429, 105))
 
 
 def test_rate_limit_counts_endpoint_weights(tight: SandboxServer) -> None:

@@ -1,4 +1,4 @@
-"""Supabase Cron → scan_scheduler (migrations/*_maintenance.sql, issue 8 Build §7).
+"""Supabase Cron → scan_scheduler (the invoke-scan-scheduler job of migrations/*_maintenance.sql).
 
 Hosted Supabase schedules the tick with pg_cron + pg_net, URL and key from Vault. Neither pg_net
 nor Vault exists on the test cluster, so this test gives a test database a stand-in for each

@@ -3,14 +3,15 @@ database (tests/pg.py) and the Bitvavo sandbox over real HTTP.
 
 - G2: 208 due jobs over 52 users and 4 markets, 4 concurrent tick callers on 2 function processes
   → every job claimed and run exactly once for its due period, proposals written, jobs rescheduled;
-- G2: a worker SIGKILLed mid-job → its leases expire → a later tick completes each job once, and
-  the job that had already proposed and asked for execution hands on the same proposal with the
-  same Idempotency-Key (executed once);
+- G2: a worker SIGKILLed before its release → the next tick's dispatch executes its queued
+  proposals once, each with its Idempotency-Key → its leases expire → a later tick completes each
+  job once, and the jobs that had already proposed do not propose again;
 - G2: the heartbeat extends the leases of running jobs; a job whose lease was taken over writes
   nothing;
 - a failing job (a market the sandbox does not know) backs off, the others are unaffected;
 - G7 with ORACLE=openai against an OpenAI-compatible fake served here over HTTP;
-- auto-execute: the request's headers and body, and a failed request retried with the same key;
+- auto-execute: the request's headers and body, and a failed request retried with the same key
+  by the next tick's dispatch (tests/test_scan_burst.py: a burst within the trade key's budget);
 - the HTTP contract (401/400/405) and the jobs/second of one tick (printed, never asserted).
 """
 
@@ -20,6 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from contextlib import ExitStack
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -191,11 +193,13 @@ def test_g2_g1_a_sigkilled_worker_s_jobs_run_again_once_and_execute_once(
     Worker A claims BTC-EUR's, ETH-EUR's and SOL-EUR's jobs (SOL-EUR has no room under its market
     cap) and writes the two proposals, auto-approved — then it is SIGKILLed while its release
     waits (the test holds SOL-EUR's row lock, and the release's statement times out after the
-    kill). After the leases expire, a later tick completes every job once: BTC-EUR's and
-    ETH-EUR's jobs find their period's proposals and hand them on (proposed once) and each is
-    executed once, under Idempotency-Key auto:<proposal_id>. A stalled scanner repeating a
-    request (same key, same body) gets trading_execute's replay; any other key for that
-    proposal is refused (trade_executions: unique proposal_id)."""
+    kill), before its tick released or dispatched anything. The proposals wait in the database:
+    the next tick's dispatch executes both while the dead worker still holds the jobs' leases.
+    After the leases expire, a later tick completes every job once: BTC-EUR's and ETH-EUR's jobs
+    find their period's proposals and do not propose again, and nothing is left to dispatch. One
+    execution per proposal, one paper fill each, under Idempotency-Key auto:<proposal_id>. A
+    stalled scanner repeating a request (same key, same body) gets trading_execute's replay; any
+    other key for that proposal is refused (trade_executions: unique proposal_id)."""
     build_world(db, users=1, markets=("BTC-EUR", "ETH-EUR", "SOL-EUR"), settings=AUTO)
     db.query("update public.trading_allowlist set max_order_quote = 1 where market = 'SOL-EUR'")
     job = jobs_by_market(db)
@@ -204,11 +208,13 @@ def test_g2_g1_a_sigkilled_worker_s_jobs_run_again_once_and_execute_once(
                     "TRADING_MODE": "paper"}
     with start_function("trading_execute", env=executor_env) as trading_execute, \
             Forwarder(trading_execute.url) as execute, \
-            HoldingProxy(bitvavo_sandbox, hold=["BTC-EUR"]) as proxy:
+            HoldingProxy(bitvavo_sandbox, hold=["BTC-EUR"]) as proxy, ExitStack() as stack:
         env = scan_env(db, bitvavo_sandbox, BITVAVO_REST_URL=proxy.rest_url,
                        EXECUTE_FUNCTION_URL=execute.url, JOB_LEASE_SECONDS="10",
                        HEARTBEAT_SECONDS="2", TICK_TIME_BUDGET_SECONDS="5",
                        RPC_TIMEOUT_SECONDS="3", **ALWAYS_SIGNAL)
+        # B starts before A dies, so its first tick comes well inside the dead worker's leases.
+        b = stack.enter_context(start_function("scan_scheduler", env=env))
         with start_function("scan_scheduler", env=env) as a, \
                 db.connect(autocommit=False) as blocker:
             doomed = threading.Thread(target=lambda: _ignore(lambda: tick(a, 10)))
@@ -240,14 +246,16 @@ def test_g2_g1_a_sigkilled_worker_s_jobs_run_again_once_and_execute_once(
         assert db.query("select market, status, decided_by from public.trade_proposals "
                         "order by market") == [("BTC-EUR", "approved", "auto"),
                                                ("ETH-EUR", "approved", "auto")]
-        assert execute.requests == []  # the killed tick never reached its end
+        assert execute.requests == []  # the dispatch comes after the release: it never ran
 
-        with start_function("scan_scheduler", env=env) as b:
-            wait_for(lambda: db.scalar("select bool_and(lock_expires_at <= now()) "
-                                       "from public.scan_jobs"), timeout=20,
-                     what="the dead worker's leases to expire")
-            later = tick(b)
-            runs = job_runs(b)
+        waiting = tick(b)  # the dead worker's leases still hold; its proposals are queued
+        assert (waiting["claimed"], waiting["executions_requested"]) == (0, 2)
+        assert (waiting["dispatch"]["executed"], waiting["dispatch"]["stopped"]) == (2, "drained")
+        wait_for(lambda: db.scalar("select bool_and(lock_expires_at <= now()) "
+                                   "from public.scan_jobs"), timeout=20,
+                 what="the dead worker's leases to expire")
+        later = tick(b)
+        runs = job_runs(b)
         requests, answers = execute.requests, execute.answers
         # A stalled scanner repeating ETH-EUR's request (same key, same body), straight to
         # trading_execute; and a request for that proposal under any other key.
@@ -262,7 +270,8 @@ def test_g2_g1_a_sigkilled_worker_s_jobs_run_again_once_and_execute_once(
 
     assert (later["claimed"], later["succeeded"], later["failed"]) == (3, 3, 0)
     assert (later["proposals"], later["proposals_replayed"], later["no_room"]) == (0, 2, 1)
-    assert later["executions_requested"] == 2
+    assert later["executions_requested"] == 0  # both were executed before
+    assert (later["dispatch"]["listed"], later["dispatch"]["stopped"]) == (0, "drained")
     # Completed once: one proposal per job, every job released and rescheduled.
     assert db.query("select market, count(*) from public.trade_proposals group by market "
                     "order by market") == [("BTC-EUR", 1), ("ETH-EUR", 1)]
@@ -526,16 +535,20 @@ def test_auto_execute_requests_each_proposal_once_with_its_key_after_the_jobs_ar
     (user,) = build_world(db, users=1, markets=("BTC-EUR", "ETH-EUR"), settings=AUTO)
     with ExecuteStandIn(fail_first=1) as execute:
         env = scan_env(db, bitvavo_sandbox, EXECUTE_FUNCTION_URL=execute.url, SCAN_CONCURRENCY="1",
-                       **ALWAYS_SIGNAL)
+                       DISPATCH_CONCURRENCY="1", **ALWAYS_SIGNAL)
         with start_function("scan_scheduler", env=env) as fn:
             first = tick(fn)
             second = tick(fn)
             releases = lines(fn, step="release")
             requests = lines(fn, step="execute_request")
 
-    assert (first["proposals"], first["executions_requested"], first["failed"]) == (2, 2, 0)
-    assert second["claimed"] == 0
-    assert [line["outcome"] for line in requests].count("unavailable") == 1
+    # The first request gets no definite answer (503): the dispatch stops, both proposals stay
+    # queued, and no job fails for it. The next tick's dispatch sends both.
+    assert (first["proposals"], first["failed"], first["executions_requested"]) == (2, 0, 1)
+    assert (first["dispatch"]["unavailable"], first["dispatch"]["stopped"]) == (1, "unavailable")
+    assert (second["claimed"], second["executions_requested"]) == (0, 2)
+    assert (second["dispatch"]["executed"], second["dispatch"]["stopped"]) == (2, "drained")
+    # Every request went after the jobs were released.
     assert max(ts(line["time"]) for line in releases) <= min(ts(r["time"]) for r in requests)
     proposals = {str(pid): str(uid) for pid, uid in db.query(
         "select id, user_id from public.trade_proposals where status = 'approved' "
@@ -549,8 +562,10 @@ def test_auto_execute_requests_each_proposal_once_with_its_key_after_the_jobs_ar
         assert set(body) == {"proposal_id", "user_id"} and proposals[body["proposal_id"]] == \
             body["user_id"]
         assert request.header("Idempotency-Key") == f"auto:{body['proposal_id']}"
-    assert sorted(r.json()["proposal_id"] for r in execute.requests) == sorted(proposals)
-    assert len(execute.executed) == 1  # the other one waits, approved
+    # The failed request was repeated with the same key for the same proposal, not re-proposed.
+    keys = Counter(r.header("Idempotency-Key") for r in execute.requests)
+    assert sorted(keys.values()) == [1, 2]
+    assert sorted(execute.executed.values()) == sorted(proposals)
     assert db.scalar("select count(*) from public.scan_jobs where consecutive_failures = 0 "
                      "and last_success_at is not null") == 2
 

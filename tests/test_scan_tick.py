@@ -29,9 +29,9 @@ from pydantic import SecretStr
 from pytest_httpx import HTTPXMock
 
 from shared.api.problems import ProblemError
-from shared.api.steplog import redact
 from shared.exchange.errors import InvalidParameter
 from shared.exchange.models import Candle, TickerPrice
+from shared.redaction import redact
 from shared.rpc.errors import RpcUnavailable
 from shared.scanning.autoexecute import ExecuteClient, ExecuteUnavailable
 from shared.scanning.lease import Heartbeat, Lease, LeaseLost
@@ -176,11 +176,13 @@ def test_g3_the_scheduler_process_exits_before_serving_with_a_trade_key() -> Non
 
 
 def test_every_configured_secret_is_scrubbed_from_logs(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = load(monkeypatch, ORACLE="openai", OPENAI_API_KEY="sk-unit-scrub-me-4242",
-                    BITVAVO_READONLY_API_KEY="v" * 64, BITVAVO_READONLY_API_SECRET="ro-secret-99")
-    settings.register_secrets()
-    line = redact("sk-unit-scrub-me-4242 ro-secret-99 sb_secret_unit-test-service-key-000")
+    """Loading the settings registers them (the database password too), nothing else to call."""
+    load(monkeypatch, ORACLE="openai", OPENAI_API_KEY="sk-unit-scrub-me-4242",
+         BITVAVO_READONLY_API_KEY="v" * 64, BITVAVO_READONLY_API_SECRET="ro-secret-99")
+    line = redact("sk-unit-scrub-me-4242 ro-secret-99 sb_secret_unit-test-service-key-000 "
+                  "hunter2-password")
     assert "scrub-me" not in line and "ro-secret" not in line and "unit-test" not in line
+    assert "hunter2" not in line
 
 
 # -- leases ---------------------------------------------------------------------------------------
@@ -426,14 +428,25 @@ def test_definite_answers(httpx_mock: HTTPXMock, status: int, headers: dict[str,
                                                                    "user_id": uid}
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 401, 403, 429])
-def test_no_definite_answer_fails_the_job(httpx_mock: HTTPXMock, status: int) -> None:
+@pytest.mark.parametrize("status", [500, 502, 503, 401, 403])
+def test_no_definite_answer_is_unavailable(httpx_mock: HTTPXMock, status: int) -> None:
     httpx_mock.add_response(url=URL, status_code=status, json={})
     with pytest.raises(ExecuteUnavailable):
         ExecuteClient(URL, KEY, 5).request(str(uuid.uuid4()), str(uuid.uuid4()))
 
 
-def test_a_timeout_fails_the_job(httpx_mock: HTTPXMock) -> None:
+@pytest.mark.parametrize(("header", "seconds"), [("17", 17), ("0", 1), ("soon", 1), (None, 1)])
+def test_a_429_is_the_order_budget_with_its_retry_after(httpx_mock: HTTPXMock,
+                                                        header: str | None, seconds: int) -> None:
+    httpx_mock.add_response(url=URL, status_code=429,
+                            json={"type": "/problems/order-budget-exhausted"},
+                            headers={"Retry-After": header} if header is not None else {})
+    answer = ExecuteClient(URL, KEY, 5).request(str(uuid.uuid4()), str(uuid.uuid4()))
+    assert (answer.outcome, answer.http_status, answer.retry_after) == (
+        "rate_limited", 429, seconds)
+
+
+def test_a_timeout_is_unavailable(httpx_mock: HTTPXMock) -> None:
     httpx_mock.add_exception(httpx.ReadTimeout("slow"), url=URL)
     with pytest.raises(ExecuteUnavailable):
         ExecuteClient(URL, KEY, 5).request(str(uuid.uuid4()), str(uuid.uuid4()))

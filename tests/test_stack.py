@@ -1,6 +1,6 @@
-"""`make demo` and `make run` (issue 9 §1-2), driven from the outside as a developer or CI would.
+"""`make demo` and `make run` (SPEC §7), driven from the outside as a developer or CI would.
 
-- The demo's entry point (`python -m ops.stack demo`, what `make demo` runs) as a subprocess from
+- The demo's entry point (`python -m stack demo`, what `make demo` runs) as a subprocess from
   the repository: exit 0, every required summary row present and judged, every scripted step as
   expected, and afterwards none of its processes alive and its throwaway cluster gone.
 - The supervisor of `make run` on free, non-default ports: once live (its "stack ready" line and a
@@ -39,8 +39,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from ops.localdb import DatabaseError, LocalDatabase
-from scripts.pgcluster import ROOT, Cluster, free_port
+from stack.cluster import ROOT, Cluster, free_port, project_data_dir
+from stack.localdb import DatabaseError, LocalDatabase
 from tests.oracle_console import oracle
 
 START_TIMEOUT = 240.0   # hang guards only
@@ -128,7 +128,7 @@ class Supervisor:
 
     @classmethod
     def start(cls, args: list[str], state_dir: Path) -> Supervisor:
-        process = subprocess.Popen([sys.executable, "-m", "ops.stack", *args], cwd=ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "stack", *args], cwd=ROOT,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
         sup = cls(process, state_dir)
@@ -224,7 +224,7 @@ def assert_nothing_left(procs: list[Proc], ports: Ports, data_dir: Path) -> None
 # -- make demo ------------------------------------------------------------------------------------
 def test_make_demo_from_the_repository(scratch: Path) -> None:
     state_dir = scratch / "demo-state"
-    proc = subprocess.run([sys.executable, "-m", "ops.stack", "demo", "--state-dir",
+    proc = subprocess.run([sys.executable, "-m", "stack", "demo", "--state-dir",
                            str(state_dir)], cwd=ROOT, capture_output=True, text=True,
                           timeout=DEMO_TIMEOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                           check=False)
@@ -412,6 +412,34 @@ def test_migrations_added_since_the_last_run_are_applied_and_recorded_once(
         assert push.returncode == 0 and "up to date" in (push.stdout + push.stderr).lower(), \
             push.stdout + push.stderr
 
+        # An applied migration edited since: refused by content, not only by version, by the
+        # database layer and by `make run` (the supervisor), with the way out.
+        probe = workdir / "supabase" / "migrations" / f"{PROBE}.sql"
+        probe.write_text(PROBE_SQL.replace("(1)", "(2)"))
+        with pytest.raises(DatabaseError, match=rf"changed since: {PROBE}\.sql \(from line 5 "
+                                                r"on\)\. An applied migration was edited.*"
+                                                r"make db-reset"):
+            db.migrate()
+        db.stop()
+        ports = Ports(db=db.port)
+        state_dir = scratch / "probe-state"
+        sup = Supervisor.start(run_args(ports, db.data_dir, state_dir, "--supabase-workdir",
+                                        str(workdir)), state_dir)
+        try:
+            code = sup.wait(timeout=START_TIMEOUT)
+        finally:
+            sup.kill()
+        assert code == 1, sup.output
+        said = " ".join(sup.output.split())
+        assert f"make run: the database on port {db.port} applied migrations that have changed " \
+               f"since: {PROBE}.sql (from line 5 on)" in said, sup.output
+        assert "rebuild the local database with `make db-reset`" in said, sup.output
+        assert "stopped every process this run started" in said, sup.output
+        probe.write_text(PROBE_SQL)
+        db = LocalDatabase(db.cluster, workdir=workdir)
+        db.start()
+        assert db.migrate().applied == []
+
         # Refusals, each naming the way out.
         execute(db, "insert into supabase_migrations.schema_migrations (version, name) "
                     "values ('29990101000000', 'elsewhere')")
@@ -423,6 +451,54 @@ def test_migrations_added_since_the_last_run_are_applied_and_recorded_once(
     finally:
         db.started = True
         db.stop(immediate=True)
+
+
+# -- make db / db-down / db-reset ------------------------------------------------------------------
+def make(target: str, port: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["make", "--no-print-directory", target, f"DB_PORT={port}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=START_TIMEOUT, check=False)
+
+
+def scalar(url: str, sql: str) -> Any:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(sql).fetchone()
+    return row[0] if row else None
+
+
+def test_make_db_keeps_its_data_until_make_db_reset() -> None:
+    """`make db` starts the project-local cluster the way `make run` does (migrated by the
+    Supabase CLI, seeded once) and prints its URL; `make db-down` stops it with its data;
+    `make db-reset` starts over."""
+    port = free_port()
+    data_dir = project_data_dir(port)
+    seeded = "select count(*) from auth.users where email = 'demo@example.test'"
+    marker = "select to_regclass('public.make_db_marker') is not null"
+    try:
+        up = make("db", port)
+        assert up.returncode == 0, up.stdout + up.stderr
+        url = up.stdout.splitlines()[-1]
+        assert url == f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        assert scalar(url, "select count(*) from supabase_migrations.schema_migrations") == len(
+            list((ROOT / "supabase" / "migrations").glob("*.sql")))
+        assert scalar(url, seeded) == 1
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("create table public.make_db_marker (id int)")
+
+        down = make("db-down", port)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not (data_dir / "pgdata" / "postmaster.pid").exists()
+
+        again = make("db", port)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert "# applied" not in again.stderr  # nothing new to apply
+        assert scalar(url, marker) is True and scalar(url, seeded) == 1
+
+        reset = make("db-reset", port)
+        assert reset.returncode == 0, reset.stdout + reset.stderr
+        assert reset.stdout.splitlines()[-1] == url
+        assert scalar(url, marker) is False and scalar(url, seeded) == 1
+    finally:
+        Cluster(data_dir=data_dir, port=port).destroy()
 
 
 def execute(db: LocalDatabase, sql: str, *params: Any) -> None:

@@ -9,12 +9,12 @@
     except ProblemError as problem:
         return problem.response()
 
-A document always has `type` = `/problems/<slug>` (relative, DESIGN.md), `title` (one per type:
+A document always has `type` = `/problems/<slug>` (relative, RFC 9457), `title` (one per type:
 the slug as a sentence unless given), `status` and `detail` (this occurrence; SPEC §4 requires
 it), optionally `instance`, and extension members. Only data goes in — str, int, bool, None,
 Decimal, UUID, datetime, and lists / dicts of them; anything else (an exception, an arbitrary
 object) is a TypeError when the document is built, so no stack trace or repr can ever reach a
-response. Strings pass through `steplog.redact`, the same safety net as the logs.
+response. Strings pass through `shared.redaction.redact`, the same safety net as the logs.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from shared.api.steplog import redact
+from shared.redaction import redact
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "/problems/"

@@ -18,20 +18,15 @@ the step had set another outcome) with `error` (the exception's class), `error_c
 `code`/`error_code`, when it has one) and a redacted, shortened `error_message` — never a
 traceback. `duration_ms` is measured with the monotonic clock.
 
-Redaction is the safety net, applied to every string in every line (keys and values): Bearer
-tokens, JWT-shaped strings, runs of 64+ hex digits (Bitvavo keys, secrets, signatures), Supabase
-`sb_secret_…`/`sb_publishable_…` keys, passwords in URLs, and any exact secret registered with
-`register_secret` at start-up. Code should not log secrets in the first place; this catches the
-mistake when it does.
+Every string in every line (keys and values) passes through shared.redaction.redact: the safety
+net that scrubs credentials a caller logged by mistake.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -43,44 +38,10 @@ from typing import IO, Any
 
 from pydantic import SecretStr
 
+from shared.redaction import redact
+
 LOGGER_NAME = "aio.steps"
 MAX_ERROR_MESSAGE = 300
-
-_PATTERNS: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [redacted]"),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
-    (re.compile(r"\bsb_(?:secret|publishable)_[A-Za-z0-9_-]+"), "[redacted-key]"),
-    (re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{64,}(?![0-9A-Za-z])"), "[redacted-hex]"),
-    (re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/?#@]*:)[^\s@]+@"), r"\1[redacted]@"),
-]
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-_secrets: set[str] = set()
-_secrets_lock = threading.Lock()
-
-
-def register_secret(value: str | SecretStr | None) -> None:
-    """Scrub this exact value from every later line (call at start-up with each configured
-    secret). Values shorter than 8 characters are ignored: they would mangle ordinary text."""
-    text = value.get_secret_value() if isinstance(value, SecretStr) else value
-    if text and len(text) >= 8:
-        with _secrets_lock:
-            _secrets.add(text)
-
-
-def redact(text: str) -> str:
-    """`text` with everything that looks like a credential replaced, and safe to encode: a lone
-    surrogate (what `json.loads` makes of a "\\ud800" escape or of an invalid UTF-8 byte in a
-    request body, echoed in a problem's detail) becomes U+FFFD. Unreplaced, no UTF-8 writer can
-    encode the text: the problem document was a 500 and the log line a "Logging error" traceback."""
-    text = _LONE_SURROGATE.sub("\ufffd", text)
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        text = text.replace(secret, "[redacted]")
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
-
 
 def new_request_id() -> str:
     return uuid.uuid4().hex

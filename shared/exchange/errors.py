@@ -5,14 +5,15 @@ The names tell the caller what to do:
     ExchangeError                      the exchange (or the road to it) said no / said nothing
     ├── ExchangeRejected               a definitive answer: the request had no effect
     │   ├── AuthenticationError        300-399  (key, timestamp, window, signature, permission)
-    │   ├── InvalidRequest             102, 203-205, 214, 215
+    │   ├── InvalidRequest             102, 110 (not 429), 203-205, 210, 214, 215
     │   ├── BelowMinimumSize           212, 217
     │   ├── InsufficientBalance        216
     │   ├── ClientOrderIdConflict      220
     │   ├── OrderNotCancellable        233: the order exists but is no longer open
     │   ├── OrderNotFound              240
     │   ├── MarketUnavailable          219, 423, 424, 431
-    │   └── RateLimitBanned            105 (or HTTP 429), also raised locally while banned
+    │   └── RateLimitBanned            105, 110 under HTTP 429 (or HTTP 429), also raised
+    │                                  locally while banned
     ├── OutcomeUnknown                 G10: the request may or may not have taken effect;
     │   ├── ExchangeServerError        5xx, 101, 107, 108,     never re-send, reconcile by
     │   │                              109, 400                 clientOrderId
@@ -20,15 +21,17 @@ The names tell the caller what to do:
     │   ├── ExchangeTransportError     connection reset / closed without an answer
     │   └── MalformedResponse          a success status with a body we cannot read
     ├── RateLimitWouldExceed           refused locally, nothing was sent
-    └── MarketListingUnavailable       the market listing to size an order could not be read;
-                                       the order was not sent
+    ├── MarketListingUnavailable       the market listing to size an order could not be read;
+    │                                  the order was not sent
+    └── MarketNotTrading               the market's status is not `trading`; not sent
 
     ExchangeUsageError                 our own code misused a client; nothing was sent
     ├── KeySeparationError             G3: the wrong role's method, or the wrong key
     │   └── MissingCredentials         the role's key/secret/operator id is not configured
     └── InvalidOrderRequest            an order that must not be sent (also a ValueError)
-        └── OrderBelowMinimum          rounded to the market's precision it is zero or below
-                                       the market's minimum size
+        ├── OrderBelowMinimum          rounded to the market's precision it is zero or below
+        │                              the market's minimum size
+        └── OrderAboveMaximum          above the market's maximum size
 
 `outcome_unknown` is True exactly for OutcomeUnknown (timeouts, transport errors, 5xx and codes
 101/107/108/109/400). `error_for` maps an HTTP answer to its exception with the two tables below.
@@ -43,7 +46,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, ClassVar, Self
 
@@ -180,7 +183,9 @@ class MarketUnavailable(ExchangeRejected):
 
 
 class RateLimitBanned(ExchangeRejected):
-    """105 / HTTP 429: the key or IP is banned until `ban_expires_at` (tz-aware UTC)."""
+    """105, or 110 under HTTP 429, or any HTTP 429: the key or IP is banned until
+    `ban_expires_at` (tz-aware UTC). Raised by the transport, it carries the expiry the
+    rate-limit budget keeps (the one in the answer, else the documented ban length)."""
 
     def __init__(self, message: str, *, ban_expires_at: datetime | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
@@ -233,6 +238,17 @@ class MarketListingUnavailable(ExchangeError):
     an order call never raises an OutcomeUnknown for a request other than its POST /order."""
 
 
+class MarketNotTrading(ExchangeError):
+    """The market's status (GET /markets, read just before) is not `trading`. Bitvavo's support
+    article on market statuses: a `halted` market still accepts orders and executes them when it
+    reopens — at a price nobody chose when the order was approved — and an `auction` refuses them;
+    ccxt counts only `trading` as active. Refused before anything was sent."""
+
+    def __init__(self, message: str, *, status: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.status = status
+
+
 # -- misuse of the clients (not an exchange answer) --------------------------------------------
 
 
@@ -271,6 +287,17 @@ class OrderBelowMinimum(InvalidOrderRequest):
         self.minimum = minimum
 
 
+class OrderAboveMaximum(InvalidOrderRequest):
+    """Above the market's maximum (maxOrderInBaseAsset / maxOrderInQuoteAsset). Refused before
+    anything was sent: the exchange would answer 210."""
+
+    def __init__(self, message: str, *, field: str, value: Decimal, maximum: Decimal) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
+        self.maximum = maximum
+
+
 # -- mapping an HTTP answer to an exception ----------------------------------------------------
 
 # Bitvavo errorCode → exception class. Codes win over the HTTP status except that 5xx and
@@ -285,6 +312,7 @@ ERROR_CODES: dict[int, type[ExchangeError]] = {
     203: InvalidParameter,
     204: InvalidParameter,
     205: InvalidParameter,
+    210: InvalidParameter,  # amount above the market's maximum
     212: BelowMinimumSize,
     214: InvalidParameter,  # price off the tick size / too many significant digits
     215: InvalidParameter,  # price with more than 15 decimals
@@ -312,6 +340,11 @@ ERROR_CODES: dict[int, type[ExchangeError]] = {
     431: MarketUnavailable,
 }
 
+# Bitvavo's rate-limit page answers an exceeded limit with HTTP 429 and errorCode 110; its older
+# error table, the SDKs and ccxt know 110 only as "Invalid endpoint" (an HTTP 400). Under 429 it is
+# a ban, otherwise a request we got wrong.
+RATE_LIMIT_CODE_UNDER_429 = 110
+
 # Codes not in ERROR_CODES: by range.
 ERROR_CODE_RANGES: tuple[tuple[range, type[ExchangeError]], ...] = (
     (range(300, 400), AuthenticationError),
@@ -332,9 +365,6 @@ HTTP_STATUSES: dict[int, type[ExchangeError]] = {
 OUTCOME_UNKNOWN_CODES = frozenset({101, 107, 108, 109, 400})
 
 _BAN_EXPIRY = re.compile(r" at (\d{10,})")
-# A key ban lasts about a minute from the moment it is imposed; without an expiry in the 105
-# message, the ban ends at the earliest a minute after the current rate-limit window resets.
-IMPLICIT_BAN = timedelta(seconds=60)
 
 
 def error_for(
@@ -342,7 +372,6 @@ def error_for(
     body: object,
     *,
     endpoint: str | None = None,
-    rate_limit_reset_at: datetime | None = None,
 ) -> ExchangeError:
     """The exception for an error answer: `body` is the parsed JSON (or anything else)."""
     code: int | None = None
@@ -362,13 +391,15 @@ def error_for(
     cls = _class_for(http_status, code)
     kw: dict[str, Any] = {"http_status": http_status, "error_code": code, "endpoint": endpoint}
     if cls is RateLimitBanned:
-        return RateLimitBanned(text, ban_expires_at=ban_expiry(text, rate_limit_reset_at), **kw)
+        return RateLimitBanned(text, ban_expires_at=ban_expiry(text), **kw)
     return cls(text, **kw)
 
 
 def _class_for(http_status: int | None, code: int | None) -> type[ExchangeError]:
     if code in OUTCOME_UNKNOWN_CODES or (http_status is not None and http_status >= 500):
         return ExchangeServerError
+    if code == RATE_LIMIT_CODE_UNDER_429:
+        return RateLimitBanned if http_status == 429 else InvalidRequest
     if code is not None:
         if code in ERROR_CODES:
             return ERROR_CODES[code]
@@ -383,15 +414,13 @@ def _class_for(http_status: int | None, code: int | None) -> type[ExchangeError]
     return MalformedResponse
 
 
-def ban_expiry(message: str, rate_limit_reset_at: datetime | None = None) -> datetime | None:
-    """The ban's end: the milliseconds after " at " in Bitvavo's 105 message (as the official
-    SDK parses it), else the bitvavo-ratelimit-resetat header + 60 s, else unknown (None: the
-    rate-limit budget then bans for 60 s from now)."""
+def ban_expiry(message: str) -> datetime | None:
+    """The ban's end stated in the answer: the milliseconds after " at " in Bitvavo's 105
+    message (as the official SDK parses it). None when the answer states none: the rate-limit
+    budget then applies the documented ban length (shared.exchange.ratelimit)."""
     match = _BAN_EXPIRY.search(message)
     if match:
         return datetime_from_ms(int(match.group(1)))
-    if rate_limit_reset_at is not None:
-        return rate_limit_reset_at + IMPLICIT_BAN
     return None
 
 

@@ -6,8 +6,9 @@ Decimal, integer milliseconds become tz-aware UTC datetimes. The transport parse
 Clients read every answer through `parse_answer` / `parse_rows`: an answer that does not fit its
 model is a MalformedResponse (outcome unknown), never a raw pydantic ValidationError.
 
-Outbound: `OrderRequest` validates an order before anything is signed and renders it as the
-exact body Bitvavo expects (amounts as strings, operatorId as int, clientOrderId as UUID text).
+Outbound: `OrderRequest` validates a market order (the only kind this backend places) before
+anything is signed and renders it as the exact body Bitvavo expects (amounts as strings,
+operatorId as int, clientOrderId as UUID text).
 """
 
 from __future__ import annotations
@@ -270,6 +271,23 @@ class Order(BitvavoModel):
         return self.filled_amount_quote / self.filled_amount
 
 
+class AccountTrade(BitvavoModel):
+    """One fill of the account (GET /trades): which order it belongs to, by both ids."""
+
+    id: str
+    order_id: str
+    client_order_id: uuid.UUID | None = None
+    timestamp: Timestamp
+    market: str
+    side: Literal["buy", "sell"]
+    amount: Amount
+    price: Amount
+    taker: bool | None = None
+    fee: Amount | None = None
+    fee_currency: str | None = None
+    settled: bool | None = None
+
+
 class OrderCancellation(BitvavoModel):
     """DELETE /order answer."""
 
@@ -295,7 +313,7 @@ def _plain(value: Decimal) -> str:
 
 
 class OrderRequest(BaseModel):
-    """A validated order, rendered by `to_body()` as POST /order's JSON body.
+    """A validated market order, rendered by `to_body()` as POST /order's JSON body.
 
     Shared by BitvavoTrade and PaperTrade so both refuse exactly the same requests."""
 
@@ -303,14 +321,10 @@ class OrderRequest(BaseModel):
 
     market: MarketName
     side: Literal["buy", "sell"]
-    order_type: Literal["market", "limit"]
     client_order_id: uuid.UUID
     operator_id: int | None = Field(default=None, ge=0, le=2**63 - 1)
     amount: Amount | None = None
     amount_quote: Amount | None = None
-    price: Amount | None = None
-    time_in_force: Literal["GTC", "IOC", "FOK"] | None = None
-    post_only: bool = False
 
     @field_validator("client_order_id", mode="before")
     @classmethod
@@ -324,7 +338,7 @@ class OrderRequest(BaseModel):
                 raise ValueError("clientOrderId must be a UUID") from None
         raise ValueError("clientOrderId must be a UUID")
 
-    @field_validator("amount", "amount_quote", "price")
+    @field_validator("amount", "amount_quote")
     @classmethod
     def _positive(cls, value: Decimal | None) -> Decimal | None:
         if value is not None and value <= 0:
@@ -332,17 +346,9 @@ class OrderRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _amounts_fit_type(self) -> OrderRequest:
-        if self.order_type == "market":
-            if (self.amount is None) == (self.amount_quote is None):
-                raise ValueError("a market order needs exactly one of amount and amount_quote")
-            if self.price is not None:
-                raise ValueError("a market order has no price")
-        else:
-            if self.amount is None or self.price is None:
-                raise ValueError("a limit order needs amount and price")
-            if self.amount_quote is not None:
-                raise ValueError("a limit order is placed by amount, not amount_quote")
+    def _one_amount(self) -> OrderRequest:
+        if (self.amount is None) == (self.amount_quote is None):
+            raise ValueError("a market order needs exactly one of amount and amount_quote")
         return self
 
     def to_body(self) -> dict[str, Any]:
@@ -350,18 +356,12 @@ class OrderRequest(BaseModel):
         body: dict[str, Any] = {
             "market": self.market,
             "side": self.side,
-            "orderType": self.order_type,
+            "orderType": "market",
         }
         if self.amount is not None:
             body["amount"] = _plain(self.amount)
         if self.amount_quote is not None:
             body["amountQuote"] = _plain(self.amount_quote)
-        if self.price is not None:
-            body["price"] = _plain(self.price)
-        if self.time_in_force is not None:
-            body["timeInForce"] = self.time_in_force
-        if self.post_only:
-            body["postOnly"] = True
         body["clientOrderId"] = str(self.client_order_id)
         if self.operator_id is not None:
             body["operatorId"] = self.operator_id
@@ -378,45 +378,15 @@ class OrderRequest(BaseModel):
         amount: Any = None,
         operator_id: int | None = None,
     ) -> OrderRequest:
-        return cls._checked(
-            market=market,
-            side=side,
-            order_type="market",
-            amount=amount,
-            amount_quote=amount_quote,
-            client_order_id=client_order_id,
-            operator_id=operator_id,
-        )
-
-    @classmethod
-    def limit_order(
-        cls,
-        market: str,
-        side: str,
-        amount: Any,
-        price: Any,
-        *,
-        client_order_id: uuid.UUID | str,
-        time_in_force: str = "GTC",
-        post_only: bool = False,
-        operator_id: int | None = None,
-    ) -> OrderRequest:
-        return cls._checked(
-            market=market,
-            side=side,
-            order_type="limit",
-            amount=amount,
-            price=price,
-            client_order_id=client_order_id,
-            time_in_force=time_in_force,
-            post_only=post_only,
-            operator_id=operator_id,
-        )
-
-    @classmethod
-    def _checked(cls, **fields: Any) -> OrderRequest:
         try:
-            return cls(**fields)
+            return cls.model_validate({
+                "market": market,
+                "side": side,
+                "amount": amount,
+                "amount_quote": amount_quote,
+                "client_order_id": client_order_id,
+                "operator_id": operator_id,
+            })
         except ValidationError as exc:
             raise InvalidOrderRequest(_describe(exc)) from None
 

@@ -4,16 +4,15 @@ Orders are sized exactly as BitvavoTrade sizes them (shared.exchange.precision, 
 injected `markets` lookup), so what paper accepts, live accepts. A market order fills at once at
 `price_source(market)` (trading_execute passes the public ticker price); the filled amount has
 the market's quantityDecimals. The taker fee is charged in the quote currency and, as on the
-exchange, a buy by amountQuote spends at most amountQuote, fee included. A limit order fills at
-the current price when it is marketable, otherwise it rests as `new` until cancelled. Orders are
-kept in memory so `get_order(client_order_id=…)` answers like the exchange would, and refusals
+exchange, a buy by amountQuote spends at most amountQuote, fee included. Orders are kept in
+memory so `get_order(client_order_id=…)` answers like the exchange would, and refusals
 use the exchange's exceptions (BelowMinimumSize 217, ClientOrderIdConflict 220,
 OrderNotCancellable 233, OrderNotFound 240) so callers handle one set; each names the order.
 A clientOrderId is never accepted twice while its order is remembered (at least as strict as
 Bitvavo, which only forbids reuse among open orders).
 
-Memory is bounded: open orders are kept until they end, finished ones (filled, cancelled, …) only
-the latest `max_finished_orders` (500 by default, ~2.5 MB). A trading_execute process places
+Memory is bounded: a paper order is over as soon as it is placed, and only the latest
+`max_finished_orders` (500 by default, ~2.5 MB) are kept. A trading_execute process places
 paper orders for as long as it lives; keeping every one of them grew its worker by ~5 KB per
 execution (+82 % RSS after 10,000 executions, found by bench/http_execute.py). The only reader of
 a finished paper order is /reconcile, for an execution whose result could not be recorded, within
@@ -31,7 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from datetime import datetime
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
-from typing import Any, Literal
+from typing import Any
 
 from shared.exchange.errors import (
     BelowMinimumSize,
@@ -42,6 +41,7 @@ from shared.exchange.errors import (
     datetime_from_ms,
     naming_order,
 )
+from shared.exchange.funds import DEFAULT_TAKER_FEE_RATE
 from shared.exchange.models import (
     Fill,
     Market,
@@ -54,9 +54,7 @@ from shared.exchange.precision import MarketLookup, listing, quantize_order
 from shared.exchange.ratelimit import Clock
 from shared.exchange.roles import Side
 
-DEFAULT_TAKER_FEE_RATE = Decimal("0.0025")
 DEFAULT_MAX_FINISHED_ORDERS = 500
-OPEN_STATUSES = frozenset({"new", "partiallyFilled"})
 FEE_QUANTUM = Decimal("1e-8")  # fees (in quote) round up to 8 decimals, as the sandbox's
 
 PriceSource = Callable[[str], Decimal]
@@ -83,7 +81,7 @@ class PaperTrade:
         self.operator_id = operator_id
         self._clock = clock
         self._orders: dict[uuid.UUID, Order] = {}
-        # Finished orders, oldest first: the ones forgotten first (open orders are never).
+        # Orders, oldest first: the ones forgotten first.
         self._finished: deque[uuid.UUID] = deque()
         self._max_finished = max_finished_orders
         self._lock = threading.Lock()
@@ -122,40 +120,6 @@ class PaperTrade:
                     )
             return self._place(request, fill_price=price, spec=spec)
 
-    def place_limit_order(
-        self,
-        market: str,
-        side: Side,
-        amount: Decimal,
-        price: Decimal,
-        *,
-        client_order_id: uuid.UUID | str,
-        time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC",
-        post_only: bool = False,
-    ) -> Order:
-        request = OrderRequest.limit_order(
-            market,
-            side,
-            amount,
-            price,
-            client_order_id=client_order_id,
-            time_in_force=time_in_force,
-            post_only=post_only,
-            operator_id=self.operator_id,
-        )
-        with naming_order(request.market, request.client_order_id):
-            spec = listing(self._markets, request.market)
-            request = quantize_order(request, spec)
-            assert request.price is not None
-            current = self._price(market)
-            marketable = current <= request.price if side == "buy" else current >= request.price
-            if marketable and post_only:
-                return self._place(request, fill_price=None, spec=spec, status="canceledPostOnly")
-            if not marketable and time_in_force != "GTC":
-                status = "canceledIOC" if time_in_force == "IOC" else "canceledFOK"
-                return self._place(request, fill_price=None, spec=spec, status=status)
-            return self._place(request, fill_price=current if marketable else None, spec=spec)
-
     def get_order(
         self,
         market: str,
@@ -174,27 +138,18 @@ class PaperTrade:
         client_order_id: uuid.UUID | str | None = None,
         order_id: str | None = None,
     ) -> OrderCancellation:
+        """A paper market order fills at once, so one that exists is never open: 233, as the
+        exchange answers for a filled order (240 for one it does not know)."""
         reference = OrderReference.of(market, client_order_id, order_id)
         with naming_order(reference.market, reference.client_order_id), self._lock:
-            order = self._find(reference, "DELETE /order")
-            if order.status not in ("new", "partiallyFilled"):
-                raise OrderNotCancellable(
-                    "Order must be active (status new or partiallyFilled) to allow "
-                    "updating/cancelling.",
-                    http_status=400,
-                    error_code=233,
-                    endpoint="DELETE /order",
-                )
-            assert order.client_order_id is not None
-            self._orders[order.client_order_id] = order.model_copy(
-                update={"status": "canceled", "updated": self._now()}
+            self._find(reference, "DELETE /order")
+            raise OrderNotCancellable(
+                "Order must be active (status new or partiallyFilled) to allow "
+                "updating/cancelling.",
+                http_status=400,
+                error_code=233,
+                endpoint="DELETE /order",
             )
-            self._finish(order.client_order_id)
-        return OrderCancellation(
-            order_id=order.order_id,
-            client_order_id=order.client_order_id,
-            operator_id=self.operator_id,
-        )
 
     # -- simulation ---------------------------------------------------------------------------
 
@@ -204,39 +159,24 @@ class PaperTrade:
             raise InvalidOrderRequest(f"no usable paper price for {market}: {price!r}")
         return price
 
-    def _place(
-        self,
-        request: OrderRequest,
-        *,
-        fill_price: Decimal | None,
-        spec: Market,
-        status: str | None = None,
-    ) -> Order:
+    def _place(self, request: OrderRequest, *, fill_price: Decimal, spec: Market) -> Order:
         now = self._now()
         fields: dict[str, Any] = {
             "order_id": str(uuid.uuid4()),
             "client_order_id": request.client_order_id,
             "market": request.market,
             "side": request.side,
-            "order_type": request.order_type,
+            "order_type": "market",
             "created": now,
             "updated": now,
             "amount": request.amount,
             "amount_quote": request.amount_quote,
-            "price": request.price,
             "fee_currency": request.market.split("-")[1],
-            "time_in_force": request.time_in_force,
-            "post_only": request.post_only if request.order_type == "limit" else None,
             "operator_id": request.operator_id,
             "self_trade_prevention": "decrementAndCancel",
             "visible": False,
         }
-        if fill_price is None:
-            fields["status"] = status or "new"
-            if status is None:
-                fields["amount_remaining"] = request.amount
-        else:
-            fields.update(self._fill(request, fill_price, now, spec))
+        fields.update(self._fill(request, fill_price, now, spec))
         order = Order(**fields)
         with self._lock:
             if request.client_order_id in self._orders:
@@ -247,13 +187,12 @@ class PaperTrade:
                     endpoint="POST /order",
                 )
             self._orders[request.client_order_id] = order
-            if order.status not in OPEN_STATUSES:
-                self._finish(request.client_order_id)
+            self._finish(request.client_order_id)
         return order
 
     def _finish(self, client_order_id: uuid.UUID) -> None:
-        """Remember that this order ended; forget the oldest finished ones beyond the bound.
-        Called with the lock held."""
+        """Remember this order; forget the oldest ones beyond the bound. Called with the lock
+        held."""
         self._finished.append(client_order_id)
         while len(self._finished) > self._max_finished:
             self._orders.pop(self._finished.popleft(), None)

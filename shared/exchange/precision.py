@@ -2,33 +2,39 @@
 
 Bitvavo's `/markets` listing decides what an order may look like (reference/bitvavo-api.md;
 ccxt reads it the same way): `amount` has at most `quantityDecimals` decimals, `amountQuote` at
-most `notionalDecimals`, and a `price` is a multiple of `tickSize` (validated since v2.12.0).
-Anything finer is refused by the exchange (205 / 214), so an AI-sized amount such as
-10.123456789 EUR would fail live while a paper trader filled it. Hence, for BitvavoTrade and
-PaperTrade alike:
+most `notionalDecimals`. Anything finer is refused by the exchange (205), so an AI-sized amount
+such as 10.123456789 EUR would fail live while a paper trader filled it. Hence, for BitvavoTrade
+and PaperTrade alike:
 
+- a market whose `status` is not `trading` is refused with MarketNotTrading (a `halted` market
+  accepts orders and fills them when it reopens, an `auction` refuses them; Bitvavo's support
+  article on market statuses) — the listing comes from a lookup that read the status moments ago
+  (shared.exchange.catalog);
 - amounts (`amount`, `amountQuote`) are rounded DOWN: never spend or sell more than proposed;
-- a limit price is snapped to the safe side of the tick: a buy DOWN (never pay more), a sell UP
-  (never receive less);
-- what is zero after rounding, or below `minOrderInBaseAsset` / `minOrderInQuoteAsset` (for a
-  limit order also amount × price), is refused with OrderBelowMinimum — nothing is sent.
+- what is zero after rounding, or below `minOrderInBaseAsset` / `minOrderInQuoteAsset`, is
+  refused with OrderBelowMinimum, what is above `maxOrderInBaseAsset` / `maxOrderInQuoteAsset`
+  with OrderAboveMaximum (the exchange would answer 210) — nothing is sent.
 
-A market order placed by `amount` cannot be checked against the quote minimum here (its price is
-the exchange's); the exchange answers 217 then, a definitive refusal.
+A market order placed by `amount` cannot be checked against the quote minimum or maximum here (its
+price is the exchange's); the exchange answers 217 / 210 then, a definitive refusal.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 
 from shared.exchange.errors import (
     ExchangeError,
     InvalidOrderRequest,
     MarketListingUnavailable,
+    MarketNotTrading,
+    OrderAboveMaximum,
     OrderBelowMinimum,
 )
 from shared.exchange.models import Market, OrderRequest
+
+TRADING = "trading"  # the one market status that takes orders and fills them now
 
 MarketLookup = Callable[[str], Market]
 """A market's listing by name (e.g. "BTC-EUR"). `MarketCatalog` (shared.exchange.catalog) is the
@@ -56,27 +62,30 @@ def listing(markets: MarketLookup, market: str) -> Market:
 
 
 def quantize_order(request: OrderRequest, market: Market) -> OrderRequest:
-    """`request` with its amounts rounded down and its price snapped to the tick, checked
-    against the market's minimums. Raises OrderBelowMinimum / InvalidOrderRequest."""
+    """`request` with its amounts rounded down, on a market that trades, checked against the
+    market's minimums and maximums. Raises MarketNotTrading / OrderBelowMinimum /
+    OrderAboveMaximum / InvalidOrderRequest."""
     if market.market != request.market:
         raise InvalidOrderRequest(f"{market.market}'s listing cannot size a {request.market} order")
+    if market.status != TRADING:
+        raise MarketNotTrading(
+            f"{market.market} is {market.status!r}, not {TRADING!r}: a halted market fills "
+            "orders only when it reopens and an auction refuses them; nothing was sent",
+            status=market.status,
+        )
     updates: dict[str, Decimal] = {}
     if request.amount is not None:
         amount = round_amount(market, request.amount)
         _at_least(market, "amount", amount, market.min_order_in_base_asset, market.base)
+        _at_most(market, "amount", amount, market.max_order_in_base_asset, market.base)
         updates["amount"] = amount
     if request.amount_quote is not None:
         amount_quote = round_amount_quote(market, request.amount_quote)
         minimum = market.min_order_in_quote_asset
         _at_least(market, "amountQuote", amount_quote, minimum, market.quote)
+        _at_most(market, "amountQuote", amount_quote, market.max_order_in_quote_asset,
+                 market.quote)
         updates["amount_quote"] = amount_quote
-    if request.price is not None:
-        price = snap_price(market, request.price, request.side)
-        _at_least(market, "price", price, None, market.quote)
-        updates["price"] = price
-        notional = updates["amount"] * price
-        minimum = market.min_order_in_quote_asset
-        _at_least(market, "amount × price", notional, minimum, market.quote)
     return request.model_copy(update=updates)
 
 
@@ -90,19 +99,6 @@ def round_amount_quote(market: Market, amount_quote: Decimal) -> Decimal:
     return _round_down(
         amount_quote, _decimals(market, market.notional_decimals, "notionalDecimals")
     )
-
-
-def snap_price(market: Market, price: Decimal, side: str) -> Decimal:
-    """A multiple of `tickSize` on the safe side: a buy rounds down, a sell rounds up."""
-    tick = market.tick_size
-    if tick is None or not tick.is_finite() or tick <= 0:
-        raise InvalidOrderRequest(f"{market.market}'s listing has no usable tickSize")
-    rounding = ROUND_FLOOR if side == "buy" else ROUND_CEILING
-    try:
-        ticks = (price / tick).to_integral_value(rounding=rounding)
-    except InvalidOperation:
-        raise InvalidOrderRequest(f"price is out of range for {market.market}") from None
-    return _tidy(ticks * tick)
 
 
 def _decimals(market: Market, value: int | None, name: str) -> int:
@@ -140,4 +136,17 @@ def _at_least(
             field=field,
             value=value,
             minimum=minimum,
+        )
+
+
+def _at_most(
+    market: Market, field: str, value: Decimal, maximum: Decimal | None, unit: str
+) -> None:
+    if maximum is not None and value > maximum:
+        raise OrderAboveMaximum(
+            f"{field} {format(value, 'f')} {unit} is above {market.market}'s maximum of "
+            f"{format(maximum, 'f')} {unit}; nothing was sent",
+            field=field,
+            value=value,
+            maximum=maximum,
         )

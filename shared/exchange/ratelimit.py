@@ -2,11 +2,15 @@
 
 Bitvavo gives every key (or IP) 1000 weight points per minute and reports what is left in
 `bitvavo-ratelimit-remaining` and when the window resets in `bitvavo-ratelimit-resetat` (ms).
-Going over earns a 105 ban (a minute for a key, fifteen for an IP). So we:
+Signed requests count against their key, unsigned ones against the IP they come from. Going over
+earns HTTP 429 with errorCode 110 (105 in the SDKs and ccxt, and in older answers). Bitvavo's
+rate-limit page gives the ban's length: a key is blocked until its window ends plus one minute
+(over the limit at 12:00:15, allowed again at 12:02:00), an IP for 15 minutes. So we:
   - stop *before* the limit: a request whose weight would take the budget below a safety margin
     waits for the reset when that is short enough, and is refused (RateLimitWouldExceed) when not;
-  - respect a ban: after a 105 answer every request is refused locally until it expires — the
-    time in the message, else a minute after the window's `resetat`, else a minute from now.
+  - respect a ban: after a ban answer every request is refused locally until it expires — the
+    time stated in the answer, else the documented length: for a key the window's end (its
+    `resetat`, else the next minute boundary of the clock) plus a minute, for an IP 15 minutes.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ Sleep = Callable[[float], None]
 
 DEFAULT_SAFETY_MARGIN = 25  # the heaviest single call we make (ticker/24h for all markets)
 DEFAULT_MAX_WAIT_SECONDS = 10.0
-DEFAULT_BAN_SECONDS = 60.0  # when neither the 105 answer nor a resetat header says more
+WINDOW_SECONDS = 60  # Bitvavo counts weight per minute
+KEY_BAN_AFTER_WINDOW_SECONDS = 60.0  # a banned key waits out its window, then one more minute
+IP_BAN_SECONDS = 15 * 60.0
 
 REMAINING_HEADER = "bitvavo-ratelimit-remaining"
 RESET_AT_HEADER = "bitvavo-ratelimit-resetat"
@@ -96,19 +102,22 @@ class RateLimitBudget:
             if resets_at is not None and resets_at.strip().isdigit():
                 self.resets_at = int(resets_at) / 1000
 
-    def reset_at_datetime(self) -> datetime | None:
-        """When the current window resets, if that is still ahead (a reset time in the past is
-        a stale header of an earlier answer and says nothing about now)."""
-        with self._lock:
-            if self.resets_at is None or self.resets_at <= self._clock():
-                return None
-            return _utc(self.resets_at)
-
-    def ban(self, until: datetime | None) -> None:
-        """After a 105: refuse everything until `until` (or DEFAULT_BAN_SECONDS from now)."""
+    def ban(self, until: datetime | None, *, by_ip: bool = False) -> datetime:
+        """After a ban answer: refuse everything until `until` (the expiry the answer states),
+        or, without one, for the documented length (an IP's ban when `by_ip`: the requests were
+        unsigned). Returns when the ban ends."""
         with self._lock:
             now = self._clock()
-            expiry = until.timestamp() if until is not None else now + DEFAULT_BAN_SECONDS
-            if expiry <= now:
-                expiry = now + DEFAULT_BAN_SECONDS
+            expiry = until.timestamp() if until is not None else None
+            if expiry is None or expiry <= now:
+                expiry = self._documented_ban_end(now, by_ip=by_ip)
             self.banned_until = max(expiry, self.banned_until or expiry)
+            return _utc(self.banned_until)
+
+    def _documented_ban_end(self, now: float, *, by_ip: bool) -> float:
+        if by_ip:
+            return now + IP_BAN_SECONDS
+        window_end = self.resets_at
+        if window_end is None or window_end <= now:  # unknown or stale: the next minute
+            window_end = (now // WINDOW_SECONDS + 1) * WINDOW_SECONDS
+        return window_end + KEY_BAN_AFTER_WINDOW_SECONDS

@@ -91,6 +91,20 @@ class BitvavoReadonly(TransportClient):
     def has_credentials(self) -> bool:
         return self._transport.credentials is not None
 
+    def signing(self) -> dict[str, str]:
+        """Whose rate-limit budget this client spends, as a start-up log line's fields (outcome,
+        severity, detail): Bitvavo counts signed requests against their key and unsigned ones
+        against the IP they come from."""
+        if self.has_credentials:
+            return {"outcome": "signed", "severity": "INFO", "rate_limit": "api_key",
+                    "detail": "requests are signed with the read-only key: Bitvavo counts them "
+                              "against that key's budget (1,000 points a minute)"}
+        return {"outcome": "unsigned", "severity": "WARNING", "rate_limit": "ip",
+                "detail": "no read-only key (BITVAVO_READONLY_API_KEY/SECRET): requests are "
+                          "unsigned, so Bitvavo counts them against this address's IP budget "
+                          "(1,000 points a minute, shared with everything else on that address; "
+                          "exceeding it bans the IP for 15 minutes)"}
+
     # -- public market data -----------------------------------------------------------------
 
     def time(self) -> datetime:
@@ -168,9 +182,6 @@ class BitvavoReadonly(TransportClient):
     # -- the trade role's methods: refused (G3) ----------------------------------------------
 
     def place_market_order(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise refuse_trading(_CLIENT, "place orders")
-
-    def place_limit_order(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise refuse_trading(_CLIENT, "place orders")
 
     def get_order(self, *args: Any, **kwargs: Any) -> NoReturn:

@@ -45,18 +45,6 @@ class OrderClient(Protocol):
         amount: Decimal | None = None,
     ) -> Order: ...
 
-    def place_limit_order(
-        self,
-        market: str,
-        side: Side,
-        amount: Decimal,
-        price: Decimal,
-        *,
-        client_order_id: uuid.UUID | str,
-        time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC",
-        post_only: bool = False,
-    ) -> Order: ...
-
     def get_order(
         self,
         market: str,

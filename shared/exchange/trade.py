@@ -12,7 +12,11 @@ here retries.
 
 Orders are sized to their market first (shared.exchange.precision) with the listing from the
 injected `markets` lookup — a MarketCatalog on a read-only client: this client never fetches
-market data itself (G3). What rounds to below the market minimum is refused before sending.
+market data itself (G3). What rounds to below the market minimum, what exceeds its maximum and
+any market that is not `trading` are refused before sending. With `fee_headroom`
+(shared.exchange.funds; trading_execute always passes it) a buy by amountQuote is also sized to fit
+the account's free quote balance with the taker fee on top: the one account read this client
+makes, GET /balance with the trade key (its own account, not market data), rarely.
 """
 
 from __future__ import annotations
@@ -20,19 +24,31 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import httpx
 from pydantic import SecretStr
 
-from shared.exchange.errors import KeySeparationError, MissingCredentials, naming_order
+from shared.exchange.errors import (
+    ExchangeError,
+    InvalidOrderRequest,
+    KeySeparationError,
+    MissingCredentials,
+    naming_order,
+)
+from shared.exchange.funds import FeeHeadroom, FreeBalance, fit_buy
 from shared.exchange.models import (
+    MARKET_PATTERN,
+    AccountTrade,
+    Balance,
     Order,
     OrderCancellation,
     OrderReference,
     OrderRequest,
     parse_answer,
+    parse_rows,
 )
 from shared.exchange.precision import MarketLookup, listing, quantize_order
 from shared.exchange.ratelimit import Clock, Sleep
@@ -65,6 +81,7 @@ class BitvavoTrade(TransportClient):
         operator_id: int | None,
         markets: MarketLookup,
         readonly_api_key: str | SecretStr | None = None,
+        fee_headroom: FeeHeadroom | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         http_transport: httpx.BaseTransport | None = None,
         clock: Clock = time.time,
@@ -96,6 +113,8 @@ class BitvavoTrade(TransportClient):
         assert key is not None and secret is not None
         self.operator_id: int = operator_id
         self._markets = markets
+        self._funds = (None if fee_headroom is None
+                       else FreeBalance(self._free_balance, fee_headroom, clock=clock))
         self._transport = BitvavoTransport(
             base_url,
             credentials=Credentials.of(key, secret),
@@ -148,31 +167,6 @@ class BitvavoTrade(TransportClient):
         )
         return self._place(request)
 
-    def place_limit_order(
-        self,
-        market: str,
-        side: Side,
-        amount: Decimal,
-        price: Decimal,
-        *,
-        client_order_id: uuid.UUID | str,
-        time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC",
-        post_only: bool = False,
-    ) -> Order:
-        """`amount` rounded down, `price` snapped to the tick on the safe side (a buy down,
-        a sell up)."""
-        request = OrderRequest.limit_order(
-            market,
-            side,
-            amount,
-            price,
-            client_order_id=client_order_id,
-            time_in_force=time_in_force,
-            post_only=post_only,
-            operator_id=self.operator_id,
-        )
-        return self._place(request)
-
     def get_order(
         self,
         market: str,
@@ -201,14 +195,56 @@ class BitvavoTrade(TransportClient):
             payload = self._transport.request("DELETE", "/order", params=params, signed=True)
             return parse_answer(OrderCancellation, payload, endpoint="DELETE /order")
 
+    # -- the account's history: how /reconcile finds an order GET /order does not ---------------
+
+    def orders(self, market: str, *, start: datetime | None = None,
+               end: datetime | None = None, limit: int = 1000) -> list[Order]:
+        """GET /orders: the market's orders created in [start, end], open and completed, newest
+        first, at most `limit` (1..1000). Weight 5."""
+        payload = self._transport.request(
+            "GET", "/orders", params=_history_params(market, start, end, limit), weight=5,
+            signed=True)
+        return parse_rows(Order, payload, endpoint="GET /orders")
+
+    def trades(self, market: str, *, start: datetime | None = None,
+               end: datetime | None = None, limit: int = 1000) -> list[AccountTrade]:
+        """GET /trades: the account's fills on the market in [start, end], each naming its order
+        (orderId, clientOrderId), newest first, at most `limit` (1..1000). Weight 5."""
+        payload = self._transport.request(
+            "GET", "/trades", params=_history_params(market, start, end, limit), weight=5,
+            signed=True)
+        return parse_rows(AccountTrade, payload, endpoint="GET /trades")
+
     def _place(self, request: OrderRequest) -> Order:
         # Sent once. No retry, whatever happens (G10); whatever is raised names the order.
         with naming_order(request.market, request.client_order_id):
-            request = quantize_order(request, listing(self._markets, request.market))
-            payload = self._transport.request(
-                "POST", "/order", body=request.to_body(), signed=True
-            )
-            return parse_answer(Order, payload, endpoint="POST /order")
+            # The free balance may be read (it may wait) before the listing's lookup, which is
+            # the last moment before sending that may wait (shared.execution.deadline).
+            free = self._funds.before(request) if self._funds is not None else None
+            market = listing(self._markets, request.market)
+            request = quantize_order(request, market)
+            if free is not None and self._funds is not None:
+                request = fit_buy(request, market, free, self._funds.headroom)
+            try:
+                payload = self._transport.request(
+                    "POST", "/order", body=request.to_body(), signed=True
+                )
+                order = parse_answer(Order, payload, endpoint="POST /order")
+            except ExchangeError as error:
+                if self._funds is not None:
+                    self._funds.after(request, error)
+                raise
+            if self._funds is not None:
+                self._funds.after(request, order)
+            return order
+
+    def _free_balance(self, symbol: str) -> Decimal:
+        """GET /balance?symbol= (weight 5): what is available of `symbol` (not in orders)."""
+        payload = self._transport.request(
+            "GET", "/balance", params={"symbol": symbol}, weight=5, signed=True
+        )
+        rows = parse_rows(Balance, payload, endpoint="GET /balance")
+        return sum((row.available for row in rows if row.symbol == symbol), Decimal(0))
 
     # -- the read-only role's methods: refused (G3) -----------------------------------------------
 
@@ -238,3 +274,24 @@ class BitvavoTrade(TransportClient):
 
     def balance(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise refuse_market_data(_CLIENT, "read balances")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _history_params(market: str, start: datetime | None, end: datetime | None,
+                    limit: int) -> dict[str, Any]:
+    """GET /orders and /trades' query: the market, start/end in integer milliseconds, limit."""
+    if not MARKET_PATTERN.fullmatch(market):
+        raise InvalidOrderRequest("market is not like BTC-EUR")
+    if not 1 <= limit <= 1000:
+        raise ValueError("limit must be within 1..1000")
+
+    def ms(moment: datetime | None) -> int | None:
+        if moment is None:
+            return None
+        if moment.tzinfo is None:
+            raise ValueError("start/end must be timezone-aware")
+        return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+    return {"market": market, "limit": limit, "start": ms(start), "end": ms(end)}

@@ -232,14 +232,12 @@ class BitvavoTransport:
             isinstance(payload, dict) and "errorCode" in payload
         )
         if is_error:
-            error = error_for(
-                response.status_code,
-                payload,
-                endpoint=endpoint,
-                rate_limit_reset_at=self.rate_limit.reset_at_datetime(),
-            )
+            error = error_for(response.status_code, payload, endpoint=endpoint)
             if isinstance(error, RateLimitBanned):
-                self.rate_limit.ban(error.ban_expires_at)
+                # Unsigned requests are counted (and banned) by IP, signed ones by key.
+                error.ban_expires_at = self.rate_limit.ban(
+                    error.ban_expires_at, by_ip=self.credentials is None
+                )
             self._log_error(error)
             raise error
         if payload is None:

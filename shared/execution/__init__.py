@@ -1,4 +1,4 @@
-"""trading_execute's domain (issue 7): the request path, the reconciler and what they share.
+"""trading_execute's domain: the request path, the reconciler and what they share.
 
 Import from the defining modules (no re-exports here):
 

@@ -1,4 +1,4 @@
-"""MAX_CLAIM_AGE, enforced at the last moment before POST /order (DESIGN.md).
+"""MAX_CLAIM_AGE, enforced at the last moment before POST /order: a stale claim is never sent.
 
 The order clients look up the market's listing (`markets=…`, shared.exchange.precision) and then,
 with nothing that can wait in between (pure quantizing, a rate-limit budget that never sleeps,

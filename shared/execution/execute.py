@@ -1,8 +1,9 @@
 """POST / — a user executes an own approved proposal, or the scanner (the service) a user's
 auto-approved one (SPEC §4).
 
-One request: parse → authenticate → claim RPC → exchange → record RPC → respond, each step one JSON
-log line. The claim is `claim_trade_execution`: the seven validators and the idempotent claim in
+One request: parse → claim RPC → exchange → record RPC, each step one JSON log line; the edge
+(shared.api.edge) has authenticated the caller and read the body before, and answers after. The
+claim is `claim_trade_execution`: the seven validators and the idempotent claim in
 one transaction (G1, G4–G6). The order goes out at most once: the claim's clientOrderId names it,
 nothing here retries (G10), and it is sent only within MAX_CLAIM_AGE of the claim's answer.
 
@@ -10,7 +11,9 @@ What can go wrong, and what the client is told:
 - before the claim commits (bad input 400/413, no valid token 401, the database unreachable during
   the claim 503 — nothing sent, the same Idempotency-Key may be retried);
 - the claim's own outcomes: replay (200/202 with the stored execution, 409 while still in flight),
-  409 already executed, 422 rejected with failed_checks or key reused, 404;
+  409 already executed, 422 rejected with failed_checks or key reused, 404, 429 the trade key's
+  order budget (shared by every instance, kept in the database) is used up for now — nothing
+  claimed or sent, Retry-After says when to send the same request again;
 - the exchange: whatever it answers or raises becomes the recorded status (shared.execution.results:
   201 for a result, 202 when the outcome is unknown);
 - the record RPC fails (connection dropped, …): the order is NOT re-sent; 202 with what is known,
@@ -22,78 +25,63 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
+from shared.api.edge import Call, Reply, internal_error, refused
 from shared.api.problems import ProblemError
-from shared.api.steplog import Step, StepLog
-from shared.auth import AuthError, Principal
+from shared.api.steplog import Step
 from shared.exchange.errors import AccessWindowError
 from shared.exchange.models import Order
 from shared.execution import replies
-from shared.execution.replies import Reply
 from shared.execution.results import Result, error_result, order_result
 from shared.execution.runtime import Runtime
-from shared.execution.submission import HttpRequest, parse_submission
+from shared.execution.submission import parse_submission
 from shared.rpc.errors import RpcError, RpcInvalidArgument, RpcUnavailable
 
-T = TypeVar("T")
 
-
-def execute(request: HttpRequest, runtime: Runtime) -> Reply:
-    log = runtime.step_log(request)
-    try:
-        with log.step("parse") as step:
-            submission = refused(step, parse_submission, request)
-        with log.step("auth") as step:
-            principal = refused(step, authenticate, runtime, request)
-            user_id = refused(step, submission.owner, principal)
-            step.set(caller=principal.role)
-        log.bind(user_id=user_id, proposal_id=submission.proposal_id)
-        with log.step("claim") as step:
-            claim = claim_execution(step, runtime, user_id, submission.proposal_id,
-                                    submission.idempotency_key,
-                                    require_auto_approval=principal.is_service)
-            claim_answered_at = time.monotonic()
-        execution = claim.get("execution") or {}
-        log.bind(execution_id=execution.get("id"), client_order_id=execution.get("client_order_id"))
-        if claim["outcome"] != "claimed":
-            return respond(log, lambda: replies.claim_reply(claim))
-        with log.step("exchange") as step:
-            result = place_order(step, runtime, execution, claim_answered_at)
-        with log.step("record") as step:
-            recorded = record_result(step, runtime, execution, result)
-        return respond(log, lambda: recorded)
-    except ProblemError as problem:
-        return respond(log, problem.response)
-    except Exception:  # noqa: BLE001 - our bug: the step that raised logged it (no traceback)
-        return respond(log, internal_error().response)
+def execute(call: Call, runtime: Runtime) -> Reply:
+    log, principal = call.log, call.principal
+    with log.step("parse") as step:
+        submission = refused(step, parse_submission, call.request)
+        user_id = refused(step, submission.owner, principal)
+        step.set(caller=principal.role)
+    log.bind(user_id=user_id, proposal_id=submission.proposal_id)
+    with log.step("claim") as step:
+        claim = claim_execution(step, runtime, user_id, submission.proposal_id,
+                                submission.idempotency_key,
+                                require_auto_approval=principal.is_service)
+        claim_answered_at = time.monotonic()
+    execution = claim.get("execution") or {}
+    log.bind(execution_id=execution.get("id"), client_order_id=execution.get("client_order_id"))
+    if claim["outcome"] != "claimed":
+        return replies.claim_reply(claim)
+    with log.step("exchange") as step:
+        result = place_order(step, runtime, execution, claim_answered_at)
+    with log.step("record") as step:
+        return record_result(step, runtime, execution, result)
 
 
 # -- the steps ------------------------------------------------------------------------------------
-def authenticate(runtime: Runtime, request: HttpRequest) -> Principal:
-    try:
-        return runtime.verifier.verify(request.header("authorization"))
-    except AuthError as error:
-        slug = "unauthorized" if error.status == 401 else "signing-keys-unavailable"
-        headers = {"WWW-Authenticate": error.www_authenticate} if error.status == 401 else \
-            {"Retry-After": "5"}
-        raise ProblemError(error.status, slug, error.reason, headers=headers) from None
-
-
 def claim_execution(step: Step, runtime: Runtime, user_id: uuid.UUID, proposal_id: uuid.UUID,
                     key: str, *, require_auto_approval: bool) -> Mapping[str, Any]:
     """The claim RPC. `require_auto_approval` for the service caller: it may execute a user's
-    auto-approved proposal only (SPEC §4), which the claim's proposal_state validator enforces."""
+    auto-approved proposal only (SPEC §4), which the claim's proposal_state validator enforces.
+    The trade key's order budget, shared by every instance, is taken by the same claim once its
+    validators passed: with no slot free it claims nothing (`rate_limited`, answered 429 with
+    Retry-After) and the same Idempotency-Key may be sent again."""
+    knobs = runtime.settings.execution
     try:
         claim = runtime.rpc.call("claim_trade_execution", {
             "p_user_id": user_id, "p_proposal_id": proposal_id, "p_idempotency_key": key,
-            "p_mode": runtime.mode, "p_require_auto_approval": require_auto_approval})
+            "p_mode": runtime.mode, "p_require_auto_approval": require_auto_approval,
+            "p_order_budget": knobs.order_budget,
+            "p_order_budget_window_seconds": knobs.order_budget_window_seconds})
     except RpcInvalidArgument as error:
         step.set("invalid_argument", severity="WARNING")
         raise ProblemError(400, "invalid-argument", error.message) from None
-    except RpcUnavailable:
-        step.set("database_unavailable", severity="ERROR")
+    except RpcUnavailable as error:
+        step.set("database_unavailable", severity="ERROR", cause=error.cause)
         raise ProblemError(503, "database-unavailable",
                            "the database did not answer; nothing was sent to the exchange. "
                            "Retrying with the same Idempotency-Key is safe",
@@ -107,6 +95,7 @@ def claim_execution(step: Step, runtime: Runtime, user_id: uuid.UUID, proposal_i
     execution = claim.get("execution") or {}
     step.set(claim["outcome"], reason=claim.get("reason"), execution_id=execution.get("id"),
              execution_status=execution.get("status"),
+             retry_after_seconds=claim.get("retry_after_seconds"),
              failed_checks=[c.get("check") for c in claim.get("failed_checks") or []] or None)
     return claim
 
@@ -165,32 +154,3 @@ def unrecorded(execution: Mapping[str, Any], result: Result) -> Reply:
     """202: what the claim and the exchange said, the database's state unknown to us."""
     return replies.json_reply({"execution": {**execution, "status": "unknown"},
                                "exchange_result": result, "recorded": False}, 202)
-
-
-def respond(log: StepLog, reply: Callable[[], Reply]) -> Reply:
-    """Build the answer (a ProblemError raised while building it is the answer) and log it."""
-    with log.step("respond") as step:
-        try:
-            body, status, headers = reply()
-        except ProblemError as problem:
-            body, status, headers = problem.response()
-        step.set(str(status), status=status,
-                 severity="ERROR" if status >= 500 else "WARNING" if status >= 400 else None)
-    return replies.with_request_id((body, status, headers), log.request_id)
-
-
-# -- helpers --------------------------------------------------------------------------------------
-def refused(step: Step, call: Callable[..., T], *args: Any) -> T:
-    """`call(*args)`; a ProblemError it raises is a refusal of the client's request: logged as the
-    step's outcome (its status), not as an error of ours."""
-    try:
-        return call(*args)
-    except ProblemError as problem:
-        step.set(str(problem.problem.status), severity="WARNING", problem=problem.problem.type,
-                 reason=problem.problem.detail)
-        raise
-
-
-def internal_error() -> ProblemError:
-    return ProblemError(500, "internal-error", "an internal error occurred; nothing about it is "
-                        "shown here, the logs have the request id")

@@ -3,24 +3,27 @@
     Reply = (body, status, headers)      what functions-framework / Flask return as a tuple
 
 Money travels as strings (SPEC §3): every Decimal is rendered in plain notation, never as a JSON
-number a client might read into a float. Every answer carries `X-Request-Id`, the id the step log
-lines of the request share.
+number a client might read into a float. The edge (shared.api.edge) adds `X-Request-Id`.
+
+    execution status                       new claim   replay (same Idempotency-Key)
+    claimed (no result yet: in flight)     —           409 /problems/in-flight, Retry-After: 1
+    unknown                                202         202 + Idempotent-Replayed: true
+    submitted, or final (failed too)       201         200 + Idempotent-Replayed: true
 """
 
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Mapping
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from shared.api.edge import Reply
 from shared.api.problems import ProblemError
-from shared.execution.results import http_status
 
-Reply = tuple[bytes, int, dict[str, str]]
-REQUEST_ID_HEADER = "X-Request-Id"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 
@@ -61,7 +64,24 @@ def claim_reply(claim: Mapping[str, Any]) -> Reply:
                                claim.get("failed_checks") or []))
     if outcome == "not_found":
         raise ProblemError(404, "not-found", "no such proposal")
+    if outcome == "rate_limited":
+        raise order_budget_exhausted(claim.get("retry_after_seconds"))
     raise ProblemError(500, "internal-error", "the claim answered with an unexpected outcome")
+
+
+def order_budget_exhausted(retry_after: Any) -> ProblemError:
+    """429: the trade key's order budget is used up for now. Nothing was claimed or sent; the
+    proposal is as it was, and the same request may be repeated after Retry-After."""
+    seconds = 1  # anything unusable means "soon"
+    # The RPC port reads every JSON number as a Decimal.
+    if isinstance(retry_after, int | Decimal) and not isinstance(retry_after, bool):
+        value = Decimal(retry_after)
+        if value.is_finite():
+            seconds = max(1, math.ceil(value))
+    return ProblemError(429, "order-budget-exhausted", "the trade key's order budget is used up "
+                        "for now; nothing was claimed or sent. Retry with the same "
+                        f"Idempotency-Key in {seconds} s", headers={"Retry-After": str(seconds)},
+                        retry_after_seconds=seconds)
 
 
 def in_flight(execution: Mapping[str, Any]) -> ProblemError:
@@ -70,9 +90,13 @@ def in_flight(execution: Mapping[str, Any]) -> ProblemError:
                         execution_id=execution.get("id"))
 
 
-def with_request_id(reply: Reply, request_id: str) -> Reply:
-    body, status, headers = reply
-    return body, status, {**headers, REQUEST_ID_HEADER: request_id}
+def http_status(status: str, *, replayed: bool) -> int:
+    """The answer's status for an execution (the table above); 409 for one still in flight."""
+    if status == "claimed":
+        return 409
+    if status == "unknown":
+        return 202
+    return 200 if replayed else 201
 
 
 def _plain(value: Any) -> Any:

@@ -2,7 +2,6 @@
 
     order_result(order)      an Order (POST /order's answer, or GET /order's)  → p_result
     error_result(error)      whatever placing the order raised                  → p_result
-    http_status(status, replayed=…)                                            → 201/200/202/409
 
 ## Exchange order status → execution status
 
@@ -31,9 +30,15 @@ submitted_at/completed_at when it learns the result.
     ClientOrderIdConflict (220): an open order with  → unknown (220)
       this clientOrderId EXISTS
     any other ExchangeRejected: 216, 217, 205, 3xx,  → rejected (Bitvavo's code, or http_<status>)
-      105 answered by the exchange, 219/423/424 …
+      105/110 answered by the exchange, 219/423/424 …;
+      216 also when raised before sending (the free
+      balance with the fee on top cannot cover the
+      market's minimum: what the exchange would say)
     ClaimTooOld: MAX_CLAIM_AGE passed                → failed (claim_too_old)
-    OrderBelowMinimum after quantizing               → failed (order_below_minimum)
+    OrderBelowMinimum / OrderAboveMaximum after      → failed (order_below_minimum /
+      quantizing                                        order_above_maximum)
+    MarketNotTrading: the market's status (read      → failed (market_not_trading)
+      just before) is halted, auction, …
     other InvalidOrderRequest / KeySeparationError   → failed (invalid_order / key_separation)
     RateLimitWouldExceed; RateLimitBanned raised     → failed (rate_limit_would_exceed /
       locally while a ban lasts                         rate_limit_banned)
@@ -43,22 +48,15 @@ submitted_at/completed_at when it learns the result.
     anything else (our bug, perhaps after sending)   → unknown (internal_error)
 
 `failed` means certainly not placed (SPEC §3): every `failed` row above is raised before POST
-/order leaves. `unknown` is never re-sent (G10): /reconcile settles it by clientOrderId.
-
-## HTTP
-
-    execution status                       new claim   replay (same Idempotency-Key)
-    claimed (no result yet: in flight)     —           409 /problems/in-flight, Retry-After: 1
-    unknown                                202         202 + Idempotent-Replayed: true
-    submitted, or final (failed too)       201         200 + Idempotent-Replayed: true
+/order leaves. `unknown` is never re-sent (G10): /reconcile settles it by clientOrderId. How an
+execution status answers over HTTP is shared.execution.replies'.
 """
 
 from __future__ import annotations
 
 from decimal import ROUND_DOWN, Context, Decimal
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-from shared.api.steplog import redact
 from shared.exchange.errors import (
     ClientOrderIdConflict,
     ExchangeError,
@@ -70,6 +68,8 @@ from shared.exchange.errors import (
     KeySeparationError,
     MalformedResponse,
     MarketListingUnavailable,
+    MarketNotTrading,
+    OrderAboveMaximum,
     OrderBelowMinimum,
     OutcomeUnknown,
     RateLimitBanned,
@@ -77,9 +77,8 @@ from shared.exchange.errors import (
 )
 from shared.exchange.models import Order
 from shared.execution.deadline import ClaimTooOld
+from shared.redaction import redact
 
-ExecutionStatus = Literal["claimed", "submitted", "filled", "partially_filled", "canceled",
-                          "rejected", "failed", "unknown"]
 Result = dict[str, Any]
 """record_execution_result's p_result: `status` and the keys SPEC §3 names."""
 
@@ -130,6 +129,8 @@ def error_result(error: BaseException) -> Result:
     if isinstance(error, ExchangeUsageError):
         if isinstance(error, OrderBelowMinimum):
             code = "order_below_minimum"
+        elif isinstance(error, OrderAboveMaximum):
+            code = "order_above_maximum"
         elif isinstance(error, KeySeparationError):
             code = "key_separation"
         else:
@@ -152,6 +153,8 @@ def _exchange_error_result(error: ExchangeError) -> Result:
         return _failed("rate_limit_banned", message)  # refused locally while banned: not sent
     if isinstance(error, MarketListingUnavailable):
         return _failed("market_listing_unavailable", message)
+    if isinstance(error, MarketNotTrading):
+        return _failed("market_not_trading", message)
     if isinstance(error, ExchangeRejected):
         return {"status": "rejected", "error_code": _code(error), "error_message": message}
     return {"status": "unknown", "error_code": _code(error), "error_message": message}
@@ -163,15 +166,6 @@ def not_at_exchange_result(age_seconds: int) -> Result:
     return _failed("not_found_at_exchange",
                    f"the exchange has no order with this clientOrderId {age_seconds} s or more "
                    "after the claim; it was never placed")
-
-
-def http_status(status: str, *, replayed: bool) -> int:
-    """The answer's status for an execution (the table above); 409 for one still in flight."""
-    if status == "claimed":
-        return 409
-    if status == "unknown":
-        return 202
-    return 200 if replayed else 201
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -3,10 +3,10 @@
     runtime = Runtime.start()       # at import of functions/trading_execute/main.py
 
 `start()` loads the settings (a ConfigurationError names every bad variable; live mode without the
-trade key refuses here), registers every configured secret with the step log's redaction, sends
-the step lines to stdout, builds the verifier and the exchange (G3 composition, shared.execution.
-venue), and warms the exchange: market listings read, server clock measured — at start-up, never
-on the claim path.
+trade key refuses here; the loader registers every configured secret with the step log's
+redaction), sends the step lines to stdout, builds the verifier and the exchange (G3 composition,
+shared.execution.venue), and warms the exchange: market listings read, server clock measured — at
+start-up, never on the claim path.
 
 The RPC port is opened on first use in the process that serves, not at import: functions-framework
 imports main.py in gunicorn's master and then forks the worker, and psycopg_pool's threads and
@@ -18,7 +18,6 @@ safely (the master never uses them again).
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Callable
 
@@ -26,12 +25,10 @@ from shared.api import steplog
 from shared.api.steplog import StepLog
 from shared.auth import Verifier
 from shared.execution.settings import ExecuteSettings, load_execute_settings
-from shared.execution.submission import HttpRequest
 from shared.execution.venue import Venue
 from shared.rpc.port import RpcPort
 from shared.rpc.settings import connect_rpc
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _configured = False
 
 
@@ -52,8 +49,6 @@ class Runtime:
         """Load, check and build everything (ConfigurationError when the settings are bad)."""
         global _configured
         settings = load_execute_settings()
-        for secret in settings.secrets():
-            steplog.register_secret(secret)
         if not _configured:
             steplog.configure()
             _configured = True
@@ -77,12 +72,6 @@ class Runtime:
                 self._rpc = self._rpc_factory()
                 self._rpc_pid = pid
             return self._rpc
-
-    def step_log(self, request: HttpRequest) -> StepLog:
-        """The step log of one request, with the caller's X-Request-Id when it is a sane one."""
-        given = request.header("x-request-id")
-        request_id = given if given and _REQUEST_ID.fullmatch(given) else None
-        return StepLog(request_id=request_id, mode=self.mode, route=request.path)
 
     def close(self) -> None:
         with self._lock:

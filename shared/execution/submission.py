@@ -4,9 +4,9 @@
     body: {"proposal_id": "<uuid>"}                       from a user token
           {"proposal_id": "<uuid>", "user_id": "<uuid>"}   from a service-role bearer
 
-At most MAX_BODY_BYTES, a JSON object, no other members, uuids in their canonical 36-character
-form. Every refusal is a 400 problem document (413 for a body that is too large) saying what was
-wrong, never echoing a value. Whether `user_id` may or must be present depends on who is calling,
+A JSON object (the edge has bounded its size), no other members, uuids in their canonical
+36-character form. Every refusal is a 400 problem document saying what was wrong, never echoing a
+value. Whether `user_id` may or must be present depends on who is calling,
 so `Submission.owner(principal)` decides it after authentication: a user token may not send it
 (400 unknown field — the user is the token's `sub`), the service must.
 """
@@ -20,28 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.api import body as body_json
+from shared.api.edge import HttpRequest
 from shared.api.problems import ProblemError
 from shared.auth import Principal
 
-MAX_BODY_BYTES = 4096
 IDEMPOTENCY_KEY_HEADER = "idempotency-key"
 # The same rule as trade_executions_idempotency_key_format (the database checks it again).
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _FIELDS = ("proposal_id", "user_id")
-
-
-@dataclass(frozen=True)
-class HttpRequest:
-    """An HTTP request as the function received it; header names in lower case."""
-
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name.lower())
 
 
 @dataclass(frozen=True)
@@ -88,8 +75,6 @@ def idempotency_key(value: str | None) -> str:
 
 def json_object(body: bytes) -> dict[str, Any]:
     """The body as a JSON object (an empty body is an empty object); strict: shared.api.body."""
-    if len(body) > MAX_BODY_BYTES:
-        raise body_too_large()
     try:
         return body_json.json_object(body)
     except body_json.InvalidJson as error:
@@ -98,10 +83,6 @@ def json_object(body: bytes) -> dict[str, Any]:
 
 def invalid_body(problems: list[str]) -> ProblemError:
     return ProblemError(400, "invalid-body", "; ".join(problems), errors=problems)
-
-
-def body_too_large() -> ProblemError:
-    return ProblemError(413, "body-too-large", f"the body must be at most {MAX_BODY_BYTES} bytes")
 
 
 def _uuid(document: Mapping[str, Any], name: str, problems: list[str],

@@ -7,15 +7,20 @@ the order client of the configured mode.
 
 - `live`: BitvavoTrade with the trade key, `markets=` the catalog (through DeadlineLookup, which
   enforces MAX_CLAIM_AGE right before POST /order), `clock=` the server clock, `operatorId` from
-  BITVAVO_OPERATOR_ID, the configured access window and read timeout, and a rate-limit budget that
-  refuses instead of sleeping (a wait would push the order past its claim's deadline).
-- `paper`: PaperTrade, sized by the same lookup, filled at the public ticker price with Bitvavo's
-  taker fee (0.25 %). Its orders live in this process's memory: after a restart they are gone.
+  BITVAVO_OPERATOR_ID, the configured access window and read timeout, a rate-limit budget that
+  refuses instead of sleeping (a wait would push the order past its claim's deadline), and fee
+  headroom: a buy fits the free balance with TAKER_FEE_RATE on top (GET /balance read rarely,
+  BALANCE_CACHE_SECONDS; shared.exchange.funds).
+- `paper`: PaperTrade, sized by the same lookup, filled at the public ticker price with the taker
+  fee (TAKER_FEE_RATE, 0.25 %). Its orders live in this process's memory: after a restart they are
+  gone.
 
-The catalog is read and the clock measured by `warm()` at start-up, never on the claim path; the
-clock is measured again after an AccessWindowError (`remeasure()`). Exchange errors propagate
-unchanged (shared.execution.results maps them); a ticker price that cannot be read for a paper fill
-is a MarketListingUnavailable — nothing was placed.
+The catalog is read and the clock measured by `warm()` at start-up; an order's lookup reads
+`/markets` again when the market's status is older than MARKET_STATUS_TTL_SECONDS (before the
+MAX_CLAIM_AGE check, never between it and POST /order), and refuses a market that is not
+`trading`. The clock is measured again after an AccessWindowError (`remeasure()`). Exchange errors
+propagate unchanged (shared.execution.results maps them); a ticker price that cannot be read for a
+paper fill is a MarketListingUnavailable — nothing was placed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import httpx
 from shared.exchange.catalog import MarketCatalog
 from shared.exchange.clock import ServerClock
 from shared.exchange.errors import ExchangeError, MarketListingUnavailable
+from shared.exchange.funds import FeeHeadroom
 from shared.exchange.models import Order, OrderCancellation
 from shared.exchange.paper import PaperTrade
 from shared.exchange.readonly import BitvavoReadonly
@@ -51,17 +57,22 @@ class Venue:
         transport_options: dict[str, Any] = {"timeout": timeout, "max_rate_limit_wait": 0.0,
                                              "http_transport": http_transport}
         self.readonly = BitvavoReadonly(exchange.bitvavo_rest_url, **transport_options)
-        self.catalog = MarketCatalog(self.readonly, ttl_seconds=knobs.market_catalog_ttl_seconds)
+        self.catalog = MarketCatalog(self.readonly, ttl_seconds=knobs.market_catalog_ttl_seconds,
+                                     status_ttl_seconds=knobs.market_status_ttl_seconds)
         self.clock = ServerClock()
         self.lookup = DeadlineLookup(self.catalog)
         self.orders: OrderClient
         if self.mode == "live":
             self.orders = BitvavoTrade.from_settings(
                 exchange, markets=self.lookup, clock=self.clock,
+                fee_headroom=FeeHeadroom(knobs.taker_fee_rate, knobs.balance_cache_seconds),
                 access_window_ms=knobs.bitvavo_access_window_ms, **transport_options)
         else:
             self.orders = PaperTrade(self._paper_price, markets=self.lookup,
+                                     taker_fee_rate=knobs.taker_fee_rate,
                                      operator_id=exchange.bitvavo_operator_id)
+        # The live account, whose order history and fills /reconcile searches and sweeps.
+        self.trade = self.orders if isinstance(self.orders, BitvavoTrade) else None
 
     # -- start-up -----------------------------------------------------------------------------
     def warm(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The RPC port (issue 7 §1): call the database's RPCs as service_role, one interface, two adapters.
+"""The RPC port: call the database's RPCs as service_role, one interface, two adapters.
 
 Import from the defining modules (no re-exports here):
 

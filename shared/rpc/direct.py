@@ -29,8 +29,11 @@ prepared statements (`prepare_threshold=None`), no session state (every setting 
 transaction-local), no startup options, and each call is a single transaction. The login role must
 be allowed to SET ROLE service_role (`authenticator` or `postgres` on Supabase).
 
-A broken connection mid-call raises RpcUnavailable: the call may have committed. Nothing here
-retries a call.
+A broken connection mid-call raises RpcUnavailable: the call may have committed. So does a FATAL
+(a pooler's timeout or refusal, a shutdown), whatever its SQLSTATE — in pipeline mode psycopg
+reports a pooler's FATAL only as the closed connection that follows it (`connection_lost`), a
+plain query would see the FATAL itself. Each RpcUnavailable names its cause (errors.py), which the
+503's log line shows. Nothing here retries a call.
 
 The pool belongs to the process that first calls through it, and is opened then (not when the port
 is built): functions-framework imports main.py in gunicorn's master and forks the worker from it,
@@ -56,7 +59,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.rpc.errors import RpcError, RpcUnavailable, error_for
 from shared.rpc.port import SERVICE_CLAIMS, SERVICE_ROLE, as_rows, decode_json, dumps, encode_args
@@ -225,13 +228,17 @@ class DirectRpc:
                    "statement_timeout": self._statement_timeout_ms}
         try:
             with self._connection() as conn:
-                # Both statements and the Sync leave in one write when the pipeline block ends;
-                # fetching inside the block would send a Flush and cost a second round trip.
-                with conn.pipeline():
-                    conn.execute(_REQUEST_SQL, request)
-                    cursor = conn.execute(query, params)
-                row = cursor.fetchone()
-        except psycopg.Error as exc:
+                try:
+                    # Both statements and the Sync leave in one write when the pipeline block
+                    # ends; fetching inside the block would send a Flush and cost a second round
+                    # trip.
+                    with conn.pipeline():
+                        conn.execute(_REQUEST_SQL, request)
+                        cursor = conn.execute(query, params)
+                    row = cursor.fetchone()
+                except psycopg.Error as exc:
+                    raise _translate(exc, fn, broken=conn.broken) from exc
+        except psycopg.Error as exc:  # no connection: the pool's timeout, a closed port
             raise _translate(exc, fn) from exc
         text = row[0] if row else None
         return None if text is None else decode_json(text)
@@ -254,18 +261,29 @@ class DirectRpc:
             pool.putconn(conn)
 
 
-def _translate(exc: psycopg.Error, fn: str) -> RpcError:
-    """psycopg's exception → the port's. The SQLSTATE decides (errors.error_for); without one, a
-    connection-level failure (OperationalError/InterfaceError: dropped connection, pool timeout,
-    connect failure) is RpcUnavailable — outcome unknown."""
+def _translate(exc: psycopg.Error, fn: str, *, broken: bool = False) -> RpcError:
+    """psycopg's exception → the port's. No free connection in the pool is `pool_timeout`; a
+    failure without a SQLSTATE on a connection-level error (dropped connection, closed port) is
+    `connection_lost`; otherwise errors.error_for decides from the SQLSTATE, the message and the
+    severity (a FATAL, e.g. a pooler's, is unavailable whatever its code). An error that left the
+    connection broken is unavailable too: the session is gone, and with it whatever it did."""
+    if isinstance(exc, PoolTimeout):
+        return RpcUnavailable(_first_line(str(exc)) or "no free connection in time", fn=fn,
+                              cause="pool_timeout")
     code = exc.sqlstate
     if code is None:
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-            return RpcUnavailable(_first_line(str(exc)) or type(exc).__name__, fn=fn)
+        if broken or isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            return RpcUnavailable(_first_line(str(exc)) or type(exc).__name__, fn=fn,
+                                  cause="connection_lost")
         return RpcError(_first_line(str(exc)) or type(exc).__name__, fn=fn)
     diag = exc.diag
-    return error_for(diag.message_primary or _first_line(str(exc)), code=code,
-                     details=diag.message_detail, hint=diag.message_hint, fn=fn)
+    error = error_for(diag.message_primary or _first_line(str(exc)), code=code,
+                      details=diag.message_detail, hint=diag.message_hint, fn=fn,
+                      severity=diag.severity_nonlocalized or diag.severity)
+    if broken and not error.outcome_unknown:
+        return RpcUnavailable(error.message, code=code, details=error.details, hint=error.hint,
+                              fn=fn, cause="connection_lost")
+    return error
 
 
 def _first_line(text: str) -> str:

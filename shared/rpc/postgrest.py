@@ -17,7 +17,11 @@ in `.execute()`, which we bypass), so a write is never sent twice.
 Errors map through errors.error_for exactly like DirectRpc's: PostgREST's body
 `{"code", "message", "details", "hint"}` decides by its code; without a code, 401/403 →
 RpcPermissionDenied and 5xx → RpcUnavailable; transport errors and timeouts → RpcUnavailable
-(outcome unknown). The service key is never part of a message or a repr.
+(outcome unknown). PostgREST's own answers when the database or a pooler in front of it fails —
+503 PGRST000 (could not connect) and PGRST001 (the connection failed mid-request; libpq's text,
+a pooler's FATAL included, in `details`), 504 PGRST003 (its pool had no connection in time), a
+pooler's FATAL XX000 passed on as a 500 — are RpcUnavailable with the cause they name. The service
+key is never part of a message or a repr.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import httpx
 from supabase import create_client
 from supabase.lib.client_options import SyncClientOptions
 
-from shared.rpc.errors import RpcError, RpcUnavailable, error_for
+from shared.rpc.errors import Cause, RpcError, RpcUnavailable, error_for
 from shared.rpc.port import as_rows, decode_json, encode_args
 
 DEFAULT_TIMEOUT = 15.0
@@ -93,9 +97,13 @@ class PostgrestRpc:
         try:
             response = request.send(httpx.Headers())
         except httpx.TimeoutException as exc:
-            raise RpcUnavailable(f"no answer in time ({type(exc).__name__})", fn=fn) from exc
+            raise RpcUnavailable(f"no answer in time ({type(exc).__name__})", fn=fn,
+                                 cause="timeout") from exc
         except httpx.TransportError as exc:
-            raise RpcUnavailable(self._scrub(f"{type(exc).__name__}: {exc}"), fn=fn) from exc
+            cause: Cause = "connect_failed" if isinstance(exc, httpx.ConnectError) \
+                else "connection_lost"
+            raise RpcUnavailable(self._scrub(f"{type(exc).__name__}: {exc}"), fn=fn,
+                                 cause=cause) from exc
         if response.is_success:
             if response.status_code == 204 or not response.content:
                 return None

@@ -1,4 +1,6 @@
 """Auto-execute: an auto-approved proposal is handed to trading_execute, never executed here.
+The dispatcher (shared.scanning.dispatch) decides which proposals and when; this module is the one
+request.
 
     POST EXECUTE_FUNCTION_URL
     Authorization: Bearer <SUPABASE_SERVICE_ROLE_KEY>
@@ -6,18 +8,19 @@
     Content-Type: application/json
     {"proposal_id": "<uuid>", "user_id": "<uuid>"}
 
-The scanner has no trade client (G3); trading_execute claims and places the order. A repeated tick
-never executes twice: the Idempotency-Key is derived from the proposal id, and a job re-run in the
-same due period hands on the same proposal (create_scan_proposal / get_scan_context), so every
-request for one proposal carries one key; trading_execute answers a repeat with the stored result
-(or 409 while it is in flight), and trade_executions' unique (proposal_id) and unique
-(user_id, idempotency_key) make a second execution impossible whoever calls.
+The scanner has no trade client (G3); trading_execute claims and places the order. A repeated
+request never executes twice: the Idempotency-Key is derived from the proposal id, so every
+request for one proposal, from any tick or instance, carries one key; trading_execute answers a
+repeat with the stored result (or 409 while it is in flight), and trade_executions' unique
+(proposal_id) and unique (user_id, idempotency_key) make a second execution impossible whoever
+calls.
 
 Answers (SPEC §4): 201 executed (or rejected by the exchange), 200 + Idempotent-Replayed: true a
 replay, 202 outcome unknown (the reconciler settles it), 409 in flight / already executed, 422
-failed its checks, 404 not found — all definite: the job is done. A 5xx, 401/403 (our key is
-wrong) or no answer is not: `ExecuteUnavailable` fails the job, which runs again after its
-backoff in the same period and repeats the request with the same key.
+failed its checks, 404 not found — all definite: that proposal is done. 429 is the trade key's
+order budget used up for now: nothing was claimed, the answer carries Retry-After
+(`rate_limited`, `retry_after`). A 5xx, 401/403 (our key is wrong) or no answer is not definite:
+`ExecuteUnavailable`; the proposal stays in the queue and a later request repeats the same key.
 """
 
 from __future__ import annotations
@@ -36,16 +39,24 @@ def idempotency_key(proposal_id: str) -> str:
 
 
 class ExecuteUnavailable(Exception):
-    """trading_execute gave no definite answer; the job fails and repeats the request later."""
+    """trading_execute gave no definite answer; the proposal stays queued for a later request."""
 
 
 @dataclass(frozen=True)
 class ExecuteAnswer:
     http_status: int
     # created | ok | replayed | accepted | in_flight | conflict | rejected | not_found | refused
+    # | rate_limited
     outcome: str
     execution_status: str | None
     replayed: bool
+    retry_after: int | None = None  # rate_limited: seconds until the order budget has room
+
+
+def _retry_after(response: httpx.Response) -> int:
+    """Retry-After in seconds (trading_execute sends an integer); 1 when missing or unreadable."""
+    text = response.headers.get("Retry-After", "").strip()
+    return max(1, int(text)) if text.isdigit() else 1
 
 
 _OUTCOMES = {201: "created", 202: "accepted", 404: "not_found", 422: "rejected", 400: "refused"}
@@ -85,7 +96,9 @@ class ExecuteClient:
             raise ExecuteUnavailable(f"no answer from trading_execute ({type(exc).__name__})"
                                      ) from None
         status = response.status_code
-        if status >= 500 or status in (401, 403, 408, 429):
+        if status == 429:
+            return ExecuteAnswer(status, "rate_limited", None, False, _retry_after(response))
+        if status >= 500 or status in (401, 403, 408):
             raise ExecuteUnavailable(f"trading_execute answered HTTP {status}")
         body: Any
         try:

@@ -81,7 +81,6 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{worker_id}",
                                         daemon=True)
-        self.beats = 0
 
     def track(self, job_id: str, claim_sent_at: float) -> Lease:
         lease = Lease(job_id, self._lease_seconds, claim_sent_at, self._clock)
@@ -123,7 +122,6 @@ class Heartbeat:
             self._log.event("heartbeat", "error", severity="WARNING", jobs=len(leases),
                             error=type(exc).__name__, error_code=exc.code)
             return
-        self.beats += 1
         extended = {str(job_id) for job_id in held}
         lost = [lease.job_id for lease in leases if lease.job_id not in extended]
         for lease in leases:

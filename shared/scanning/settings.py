@@ -1,6 +1,7 @@
-"""scan_scheduler's configuration (SPEC §6): four pydantic-settings models, loaded at import.
+"""scan_scheduler's configuration (SPEC §6): five pydantic-settings models, loaded at import by
+the one loader (shared.settings).
 
-    ScanSettings.load() -> ScanSettings(rpc, auth, exchange, scanner)
+    ScanSettings.load() -> ScanSettings(rpc, auth, exchange, scanner, http)
 
 - `rpc` (RpcSettings): DATABASE_URL, or SUPABASE_URL + SUPABASE_SERVICE_ROLE_KEY.
 - `auth` (AuthSettings): who may call the tick — the service-role key (and/or SUPABASE_JWT_SECRET,
@@ -8,22 +9,25 @@
 - `exchange` (ReadonlyExchangeSettings): BITVAVO_REST_URL and the optional read-only key pair.
   It has no field for the trade key (G3): the scanner cannot be configured with one.
 - `scanner` (ScannerSettings, below): the oracle, the OpenAI connection, the tick's timing.
+- `http` (HttpSettings): the edge's read deadline (shared.api.edge).
 
 Key separation (G3) at start-up: BITVAVO_TRADE_API_KEY or BITVAVO_TRADE_API_SECRET set (non-empty,
 in any letter case, as pydantic-settings would read it) in the scanner's environment refuses the
 start, naming the variable. The trade key belongs in trading_execute's environment only; a scanner
 that merely carries it would leak it to everything the scanner runs or logs.
 
-Every model is loaded through `shared.settings.load_settings`; all their problems are reported
-together in one ConfigurationError that names variables, never values. Cross-field rules that span
-the models (the service key the auto-execute path needs) are checked last.
+All their problems are reported together in one ConfigurationError that names variables, never
+values. Cross-field rules that span the models (the service key the auto-execute path needs) are
+checked last.
 
 Timing, one rule: a tick claims no batch after TICK_TIME_BUDGET_SECONDS; a claimed batch is bounded
 by its I/O timeouts (a market-data request per market it has not read yet, at most one model call
-of OPENAI_TIMEOUT_SECONDS per snapshot with no retry, a few RPCs), and a model call or an execute
-request starts only while its timeout still fits before the tick's hard deadline
-(FUNCTION_TIMEOUT_SECONDS minus a reserve for the release; a call that does not fit gives its jobs
-back unrun). So a tick ends — every batch released — before the function's own timeout, and every
+of OPENAI_TIMEOUT_SECONDS per snapshot with no retry, a few RPCs), and a model call starts only
+while its timeout still fits before the tick's hard deadline (FUNCTION_TIMEOUT_SECONDS minus a
+reserve for the release and the answer; a call that does not fit gives its jobs back unrun). After
+every batch is released, the auto-execute dispatch (shared.scanning.dispatch) starts an execute
+request (EXECUTE_TIMEOUT_SECONDS) or waits out a 429 only while that still fits before the same
+deadline. So a tick ends — every batch released — before the function's own timeout, and every
 lease outlives it (TICK_TIME_BUDGET_SECONDS < JOB_LEASE_SECONDS; the heartbeat extends leases while
 jobs run). FUNCTION_TIMEOUT_SECONDS is at most 540 s: run_maintenance settles a shared model bill
 that no tick settled 10 minutes after its call, when its tick is certainly over.
@@ -31,22 +35,21 @@ that no tick settled 10 minutes after its call, when its tick is certainly over.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.api.steplog import register_secret
+from shared.api.edge import HttpSettings
 from shared.auth import AuthSettings
 from shared.exchange.readonly import CANDLE_INTERVALS
 from shared.exchange.settings import ReadonlyExchangeSettings
 from shared.rpc.settings import RpcSettings
-from shared.settings import ConfigurationError, load_settings
+from shared.settings import FunctionSettings
 
 # gpt_model_prices.model's check: a model name we can reserve budget for.
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,99}")
@@ -103,6 +106,10 @@ class ScannerSettings(BaseSettings):
     # -- auto-execute ----------------------------------------------------------------------------
     execute_function_url: str | None = None
     execute_timeout_seconds: float = Field(default=20.0, gt=0, le=120)
+    # Execute requests in flight at once, and how long in all a tick may wait for the trade key's
+    # order budget to have room again after 429s (shared.scanning.dispatch).
+    dispatch_concurrency: int = Field(default=4, ge=1, le=32)
+    dispatch_max_wait_seconds: float = Field(default=30.0, ge=0, le=300)
     trading_mode: Literal["paper", "live"] = "paper"
 
     # -- the tick --------------------------------------------------------------------------------
@@ -207,55 +214,37 @@ class ScannerSettings(BaseSettings):
 
 
 @dataclass(frozen=True)
-class ScanSettings:
+class ScanSettings(FunctionSettings):
     """Everything scan_scheduler reads from its environment, by concern."""
+
+    function: ClassVar[str] = "scan_scheduler"
 
     rpc: RpcSettings
     auth: AuthSettings
     exchange: ReadonlyExchangeSettings
     scanner: ScannerSettings
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     @classmethod
-    def load(cls) -> ScanSettings:
-        """Load every model from the environment; all problems in one ConfigurationError."""
-        parts: dict[str, object] = {}
-        problems = [
-            f"ScanSettings: invalid configuration\n  {name} is set: the trade key belongs in "
-            "trading_execute's environment only (G3, key separation); remove it from "
-            "scan_scheduler's" for name in trade_credentials_in(os.environ)]
-        for name, model in (("rpc", RpcSettings), ("auth", AuthSettings),
-                            ("exchange", ReadonlyExchangeSettings), ("scanner", ScannerSettings)):
-            try:
-                parts[name] = load_settings(model)
-            except ConfigurationError as exc:
-                problems.append(str(exc))
-        if problems:
-            raise ConfigurationError("\n".join(problems))
-        settings = cls(**parts)  # type: ignore[arg-type]
-        settings._check_together()
-        return settings
+    def refuse(cls, environ: Mapping[str, str]) -> list[str]:
+        return [f"ScanSettings: invalid configuration\n  {name} is set: the trade key belongs in "
+                "trading_execute's environment only (G3, key separation); remove it from "
+                "scan_scheduler's" for name in trade_credentials_in(environ)]
 
-    def _check_together(self) -> None:
+    def problems(self) -> list[str]:
+        problems = []
         if self.scanner.execute_function_url and self.service_key is None:
-            raise ConfigurationError(
+            problems.append(
                 "ScanSettings: invalid configuration\n  SUPABASE_SERVICE_ROLE_KEY is not set: "
                 "EXECUTE_FUNCTION_URL needs it (the scanner authenticates to trading_execute "
                 "with the service-role key)")
         if self.auth.supabase_service_role_key is None and self.auth.supabase_jwt_secret is None:
-            raise ConfigurationError(
+            problems.append(
                 "ScanSettings: invalid configuration\n  SUPABASE_SERVICE_ROLE_KEY is not set: the "
                 "tick accepts only the service role (set it, or SUPABASE_JWT_SECRET for a legacy "
                 "service_role JWT)")
+        return problems
 
     @property
     def service_key(self) -> SecretStr | None:
         return self.auth.supabase_service_role_key or self.rpc.supabase_service_role_key
-
-    def register_secrets(self) -> None:
-        """Scrub every configured secret from every later log line (steplog)."""
-        for secret in (self.rpc.database_url, self.rpc.supabase_service_role_key,
-                       self.auth.supabase_jwt_secret, self.auth.supabase_service_role_key,
-                       self.exchange.bitvavo_readonly_api_key,
-                       self.exchange.bitvavo_readonly_api_secret,
-                       self.scanner.openai_api_key):
-            register_secret(secret)

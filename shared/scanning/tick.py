@@ -23,8 +23,11 @@ The tick, top to bottom:
      per market and side);
    - one release_job_locks call: succeeded, failed with its error (the database backs a failed
      job off: 30 s × 2^(failures − 1), at most its interval), or given back unrun.
-5. At the end: settle_oracle_answers for the calls this tick made, then the auto-approved
-   proposals are handed on once (`Scanner.auto_execute`).
+5. At the end: settle_oracle_answers for the calls this tick made, then one auto-execute dispatch
+   (shared.scanning.dispatch): the auto-approved proposals waiting in the database — this tick's
+   and any earlier tick's left over — go to trading_execute within the trade key's order budget;
+   what does not fit waits for the next tick. The dispatch runs even when nothing was due, so a
+   tick drains what earlier ticks left.
 
 A rate limit is not a failure: when the exchange refuses (RateLimitWouldExceed: the budget would
 run out; RateLimitBanned: a ban) the tick sends nothing more to the exchange, claims nothing more,
@@ -56,14 +59,16 @@ from typing import TYPE_CHECKING, Any
 
 from shared.api.body import InvalidJson, json_object
 from shared.api.problems import ProblemError
-from shared.api.steplog import StepLog, redact
+from shared.api.steplog import StepLog
 from shared.exchange.errors import RateLimitBanned, RateLimitWouldExceed
 from shared.exchange.readonly import BitvavoReadonly
+from shared.redaction import redact
 from shared.rpc.errors import RpcError
 from shared.rpc.port import RpcPort
 from shared.rpc.settings import connect_rpc
 from shared.scanning.answers import AnswerBook, Asker, NoTimeLeft
-from shared.scanning.autoexecute import ExecuteClient, ExecuteUnavailable, idempotency_key
+from shared.scanning.autoexecute import ExecuteClient
+from shared.scanning.dispatch import Dispatcher, DispatchReport
 from shared.scanning.lease import Heartbeat, Lease, LeaseLost
 from shared.scanning.marketdata import MarketData, MarketSnapshot
 from shared.scanning.oracle import BudgetDenied, NoSignal, Signal, Unusable
@@ -177,6 +182,7 @@ class TickReport:
     lags_ms: list[float] = field(default_factory=list)
     release_error: str | None = None
     claim_error: str | None = None
+    dispatch: DispatchReport | None = None
     outcomes: list[JobOutcome] = field(default_factory=list)
 
     def count(self, outcome: JobOutcome) -> None:
@@ -212,6 +218,7 @@ class TickReport:
             "lag_max_ms": round(max(self.lags_ms, default=0.0)),
             "stopped": self.stopped, "worker_id": self.worker_id,
             "elapsed_ms": round(self.elapsed_ms),
+            "dispatch": self.dispatch.as_json() if self.dispatch else None,
         }
 
 
@@ -219,14 +226,14 @@ class Scanner:
     """The long-lived parts of scan_scheduler (one per process); `tick` runs one tick."""
 
     def __init__(self, settings: ScannerSettings, rpc: RpcPort, market: BitvavoReadonly,
-                 oracle: RulesOracle | OpenAIOracle, executor: ExecuteClient | None, *,
+                 oracle: RulesOracle | OpenAIOracle, dispatcher: Dispatcher | None, *,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.rpc = rpc
         self.market = market
         self.oracle = oracle
-        self.executor = executor
+        self.dispatcher = dispatcher
         self.clock = clock
         self.wall_clock = wall_clock
 
@@ -242,48 +249,17 @@ class Scanner:
             oracle = OpenAIOracle(settings.scanner)
         else:
             oracle = RulesOracle(settings.scanner)
-        executor = None
+        dispatcher = None  # without EXECUTE_FUNCTION_URL auto-approved proposals wait for the user
         if settings.scanner.execute_function_url and settings.service_key is not None:
-            executor = ExecuteClient(settings.scanner.execute_function_url, settings.service_key,
-                                     settings.scanner.execute_timeout_seconds)
-        return cls(settings.scanner, rpc, market, oracle, executor)
+            client = ExecuteClient(settings.scanner.execute_function_url, settings.service_key,
+                                   settings.scanner.execute_timeout_seconds)
+            dispatcher = Dispatcher(rpc, client,
+                                    concurrency=settings.scanner.dispatch_concurrency,
+                                    max_wait_seconds=settings.scanner.dispatch_max_wait_seconds)
+        return cls(settings.scanner, rpc, market, oracle, dispatcher)
 
     def tick(self, max_jobs: int | None = None, *, request_id: str | None = None) -> TickReport:
         return Tick(self, max_jobs, request_id=request_id).run()
-
-    def auto_execute(self, proposals: Sequence[tuple[str, str]], log: StepLog,
-                     time_left: Callable[[], float]) -> int:
-        """Hands the tick's auto-approved proposals, (proposal id, user id), to trading_execute,
-        each under its Idempotency-Key auto:<proposal_id>; returns how many were requested. A
-        proposal that is not requested (no time left, no answer) stays approved."""
-        executor = self.executor
-        if not proposals:
-            return 0
-        if executor is None:
-            log.event("execute_request", "skipped", severity="WARNING", proposals=len(proposals),
-                      reason="EXECUTE_FUNCTION_URL is not set: auto-approved proposals wait")
-            return 0
-
-        def request(item: tuple[str, str]) -> int:
-            proposal_id, user_id = item
-            if time_left() < executor.timeout:
-                log.event("execute_request", "no_time_left", severity="WARNING",
-                          proposal_id=proposal_id)
-                return 0
-            with log.step("execute_request", proposal_id=proposal_id, user_id=user_id,
-                          idempotency_key=idempotency_key(proposal_id)) as step:
-                try:
-                    answer = executor.request(proposal_id, user_id, request_id=log.request_id)
-                except ExecuteUnavailable as exc:
-                    step.set("unavailable", severity="WARNING", error_message=_error_text(exc))
-                    return 1
-                step.set(answer.outcome, http_status=answer.http_status,
-                         execution_status=answer.execution_status, replayed=answer.replayed)
-            return 1
-
-        with ThreadPoolExecutor(max_workers=self.settings.scan_concurrency,
-                                thread_name_prefix="execute") as pool:
-            return sum(pool.map(request, proposals))
 
 
 @dataclass
@@ -328,7 +304,6 @@ class Tick:
         self.answers = AnswerBook(self.rpc, scanner.oracle, self.worker_id, self.log,
                                   self.time_left)
         self.report = TickReport(worker_id=self.worker_id)
-        self.to_execute: list[tuple[str, str]] = []
         self._stop_reason: str | None = None
 
     def time_left(self) -> float:
@@ -377,9 +352,11 @@ class Tick:
             # The bills stay recorded on their answers; run_maintenance splits them later.
             self.log.event("settle", "error", severity="ERROR", error=type(exc).__name__,
                            error_code=exc.code)
-        report.executions_requested = self.scanner.auto_execute(self.to_execute, self.log,
-                                                                self.time_left)
         self.heartbeat.stop()
+        dispatcher = self.scanner.dispatcher
+        if dispatcher is not None:
+            report.dispatch = dispatcher.run(self.log, self.time_left)
+            report.executions_requested = report.dispatch.requested
         report.exchange_weight = self.market_data.requests
         report.model_calls = self.answers.model_calls
         report.oracle_answers = len(self.answers.answer_ids)
@@ -400,7 +377,8 @@ class Tick:
                 # again after its lease expires.
                 self.report.claim_error = _error_text(exc)
                 step.set("error", severity="ERROR", error=type(exc).__name__,
-                         error_code=exc.code, error_message=self.report.claim_error)
+                         error_code=exc.code, cause=exc.cause,
+                         error_message=self.report.claim_error)
                 return None
             step.set(claimed=len(rows), job_ids=[str(r["id"]) for r in rows])
         return [(row, sent) for row in rows]
@@ -452,13 +430,13 @@ class Tick:
                 outcome.error = "get_scan_contexts: the job is no longer leased to this worker"
                 job.lease.lose(outcome.error)
             elif context.get("proposal"):
-                # This due period already proposed (an earlier run died before its release): hand
-                # the same proposal on, never propose twice.
+                # This due period already proposed (an earlier run died before its release): the
+                # same proposal stands (an auto-approved one waits in the dispatch queue); never
+                # propose twice.
                 existing = context["proposal"]
                 outcome.result = outcome.proposal = "replayed"
                 outcome.proposal_id = str(existing["proposal_id"])
                 outcome.proposal_status = existing.get("status")
-                self._maybe_execute(outcome, existing.get("status"), existing.get("decided_by"))
             else:
                 job.room = order_room(context.get("sizing") or {})
                 if not job.room.has_room:
@@ -576,11 +554,6 @@ class Tick:
                 outcome.proposal = "created" if kind == "created" else "replayed"
                 outcome.proposal_id = str(result["proposal_id"])
                 outcome.proposal_status = result.get("status")
-                self._maybe_execute(outcome, result.get("status"), result.get("decided_by"))
-
-    def _maybe_execute(self, outcome: JobOutcome, status: Any, decided_by: Any) -> None:
-        if status == "approved" and decided_by == "auto" and outcome.proposal_id:
-            self.to_execute.append((outcome.proposal_id, outcome.user_id))
 
     def _release(self, jobs: list[_Job], started_at: str) -> None:
         for job in jobs:
@@ -600,7 +573,8 @@ class Tick:
                 # already made is handed on again, never made twice.
                 self.report.release_error = _error_text(exc)
                 step.set("error", severity="ERROR", error=type(exc).__name__,
-                         error_code=exc.code, error_message=self.report.release_error)
+                         error_code=exc.code, cause=exc.cause,
+                         error_message=self.report.release_error)
             else:
                 self.report.released += int(answer.get("released_count", 0))
                 not_released = [r["job_id"] for r in answer.get("results", [])

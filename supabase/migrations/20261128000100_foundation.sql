@@ -18,6 +18,12 @@
  * (tests/test_advisor.py), is what guards them.
  */
 
+-- Every migration starts so: a DDL lock that has to queue behind a long transaction (a trigger
+-- or a foreign key on auth.users takes SHARE ROW EXCLUSIVE) fails the push after 5 s instead of
+-- holding up sign-ups and every write to that table while it waits. Session-level, so it also
+-- holds under plain psql (no transaction); it ends with the migration's session.
+set lock_timeout = '5s';
+
 -- =============================================================================================
 -- Section - default privileges: new functions and sequences are closed
 -- =============================================================================================
@@ -320,6 +326,13 @@ revoke all on function private.create_trading_settings_for_new_user() from publi
 create trigger on_auth_user_created_trading_settings
   after insert on auth.users
   for each row execute function private.create_trading_settings_for_new_user();
+
+-- Users who signed up before this migration (a live project) get the same safe defaults. After the
+-- trigger: from then on the trigger covers new users (under `supabase db push` its lock on
+-- auth.users holds sign-ups until this file commits), so nobody falls between the two. Idempotent.
+insert into public.trading_settings (user_id)
+select u.id from auth.users u
+on conflict (user_id) do nothing;
 
 -- =============================================================================================
 -- Section - trading_allowlist (G4, the user's half)

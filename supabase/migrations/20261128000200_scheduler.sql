@@ -25,6 +25,8 @@
  * RPCs below, which are service-only.
  */
 
+set lock_timeout = '5s';  -- a queued DDL lock fails the push instead of blocking writes
+
 -- =============================================================================================
 -- Section - scan_jobs
 -- =============================================================================================

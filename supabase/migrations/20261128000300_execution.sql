@@ -8,9 +8,21 @@
  *   decide_trade_proposal      authenticated; approve or reject an own pending proposal
  *   claim_trade_execution      service-only; the seven validators and the claim in one transaction
  *                              (G1 idempotency, G4 allowlist, G5 cooldown, G6 anti-flip); for the
- *                              service caller, auto-approved proposals only (SPEC §4)
+ *                              service caller, auto-approved proposals only (SPEC §4); within the
+ *                              trade key's order budget when given one
  *   record_execution_result    service-only; the state machine, the ledger write, the proposal outcome
  *   list_unsettled_executions  service-only; the reconciler's work list (G10)
+ *   private.exchange_discrepancies   what the exchange did that the executions did not say: an order
+ *                              with no execution, or one whose execution says otherwise (G9, G10)
+ *   list_sweep_markets         service-only; the markets and the window the reconciler's sweep reads
+ *   record_exchange_orders     service-only; the sweep: every order of the account matched to its
+ *                              execution by clientOrderId, each discrepancy recorded and audited
+ *   acknowledge_exchange_discrepancy  service-only; the operator closes a discrepancy they handled
+ *   lease_auto_approved_proposals  service-only; the scanner's auto-execute queue, oldest first,
+ *                              leased briefly to one dispatcher at a time
+ *   release_auto_execution_leases  service-only; a dispatcher gives back what it did not send
+ *   private.order_budget_seconds, private.take_order_budget
+ *                              the trade key's order budget, shared by every trading_execute instance
  *   private.uuid_v7            the time-ordered ids of the three tables, so they grow cheaply
  *   private.order_cap,         the order room: the smallest order cap and its source, today's
  *   private.daily_executions   (UTC) counting executions — read by the claim's order_limits and
@@ -27,7 +39,9 @@
  *   claimed   → submitted | unknown | filled | partially_filled | canceled | rejected | failed
  *   submitted → unknown | filled | partially_filled | canceled | rejected | failed
  *   unknown   → submitted | filled | partially_filled | canceled | rejected | failed
- *   filled, partially_filled, canceled, rejected, failed: final, never change
+ *   filled, partially_filled, canceled, rejected, failed: final, never change — with one exception:
+ *   failed | rejected | canceled without a fill → submitted | filled | partially_filled | canceled,
+ *     once, by record_exchange_orders only, when the exchange has the order (corrected_at set)
  *
  * `unknown` means "the last exchange call's outcome is not known" (timeout, 5xx, 101/107/109, crash);
  * it may follow `submitted` (a status poll timed out) and may become `submitted` again (the
@@ -35,6 +49,15 @@
  * certainly not placed. Repeating a final result is a no-op (`unchanged`); repeating an open status
  * records the facts it adds (exchange order id, a growing fill, error details). Anything else on a
  * final execution is the outcome `illegal_transition`, never an exception.
+ *
+ * `failed` is a belief, however careful: the reconciler records it only after GET /order by
+ * clientOrderId, the market's orders and fills (GET /orders, GET /trades) around the send time all
+ * came back empty and the request's access window plus a margin has long passed (shared/execution/
+ * reconcile.py). If the exchange executes the order all the same, the sweep finds it, records what
+ * happened against the execution (the one exception above; the ledger gets the fill once, the
+ * proposal follows) and records the contradiction in private.exchange_discrepancies, which `oracle
+ * verify` fails on until an operator acknowledges it. An order with no execution at all is recorded
+ * there too; no ledger row is invented for it (it belongs to no user).
  *
  * A fill is never erased: once a report carried filled_amount > 0, money moved. A later `failed` or
  * `rejected`, or a smaller filled_amount, contradicts that fact and is refused (`illegal_transition`,
@@ -50,6 +73,8 @@
  * every table here revokes that first. No role has write grants on these tables: every write goes
  * through the SECURITY DEFINER functions below.
  */
+
+set lock_timeout = '5s';  -- a queued DDL lock fails the push instead of blocking writes
 
 -- =============================================================================================
 -- Section - ids
@@ -140,6 +165,9 @@ create index trade_proposals_scan_job_idx
 create unique index trade_proposals_one_open_scan_proposal_idx
   on public.trade_proposals (user_id, market, side)
   where scan_job_id is not null and status in ('pending', 'approved');
+-- lease_auto_approved_proposals: the auto-execute queue, oldest first.
+create index trade_proposals_auto_approved_idx
+  on public.trade_proposals (created_at, id) where status = 'approved' and decided_by = 'auto';
 
 alter table public.trade_proposals enable row level security;
 
@@ -168,6 +196,10 @@ begin
        (old.status = 'pending' and new.status in ('approved', 'rejected', 'expired'))
     or (old.status = 'approved' and new.status in ('executing', 'expired'))
     or (old.status = 'executing' and new.status in ('executed', 'failed'))
+    -- The exchange placed the order of an execution recorded as never placed (record_exchange_orders).
+    or (old.status = 'failed' and new.status in ('executing', 'executed')
+        and exists (select from public.trade_executions e
+                     where e.proposal_id = old.id and e.corrected_at is not null))
   ) then
     raise exception 'trade_proposals: % → % is not allowed (proposal %)', old.status, new.status, old.id
       using errcode = '42501';
@@ -212,6 +244,9 @@ create table public.trade_executions (
   submitted_at timestamptz,
   completed_at timestamptz,
   updated_at timestamptz not null default now(),
+  -- When record_exchange_orders recorded what the exchange did against a final result that said
+  -- no order was ever filled (failed, rejected, canceled without a fill); null otherwise.
+  corrected_at timestamptz,
   -- What cooldown, anti-flip and daily limits count (G5, G6): every execution that may have moved
   -- money — in flight, filled, or canceled after a partial fill. One definition, used by the
   -- validators and by the partial indexes below.
@@ -262,6 +297,10 @@ create table public.trade_executions (
   -- record_execution_result refuses the report that would make it so; this is the backstop.
   constraint trade_executions_no_fill_unless_placed check (
     status not in ('rejected', 'failed') or coalesce(filled_amount, 0) = 0
+  ),
+  -- A correction records the exchange's order: never `failed`/`rejected` again.
+  constraint trade_executions_corrected_placed check (
+    corrected_at is null or status not in ('rejected', 'failed')
   )
 );
 
@@ -287,6 +326,20 @@ revoke all on public.trade_executions from public, anon, authenticated, service_
 grant select on public.trade_executions to authenticated;
 grant select on public.trade_executions to service_role;
 
+-- The final execution statuses, defined once: an execution that reached one never changes again
+-- (but for the one correction below), and every other status is still open. The state machine,
+-- the table's guard and record_execution_result all ask it.
+create or replace function private.execution_status_is_final(p_status text) returns boolean
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  return p_status in ('filled', 'partially_filled', 'canceled', 'rejected', 'failed');
+end;
+$$;
+revoke all on function private.execution_status_is_final(text) from public, anon, authenticated;
+
 -- The order state machine in one place; record_execution_result and the trigger below both ask it.
 -- PL/pgSQL like every helper on the claim and result paths (see "execution helpers" below).
 create or replace function private.execution_transition_allowed(p_from text, p_to text) returns boolean
@@ -296,17 +349,29 @@ set search_path = ''
 as $$
 begin
   return case p_from
-    when 'claimed' then p_to in ('submitted', 'unknown', 'filled', 'partially_filled', 'canceled',
-                                 'rejected', 'failed')
-    when 'submitted' then p_to in ('unknown', 'filled', 'partially_filled', 'canceled', 'rejected',
-                                   'failed')
-    when 'unknown' then p_to in ('submitted', 'filled', 'partially_filled', 'canceled', 'rejected',
-                                 'failed')
+    when 'claimed' then p_to in ('submitted', 'unknown') or private.execution_status_is_final(p_to)
+    when 'submitted' then p_to = 'unknown' or private.execution_status_is_final(p_to)
+    when 'unknown' then p_to = 'submitted' or private.execution_status_is_final(p_to)
     else false
   end;
 end;
 $$;
 revoke all on function private.execution_transition_allowed(text, text) from public, anon, authenticated;
+
+-- The one way out of a final state: a result that said no order ever filled (failed, rejected,
+-- canceled without a fill) becomes what the exchange's order shows (record_exchange_orders).
+create or replace function private.execution_correction_allowed(p_from text, p_from_filled numeric,
+                                                                p_to text) returns boolean
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  return (p_from in ('failed', 'rejected') or (p_from = 'canceled' and coalesce(p_from_filled, 0) = 0))
+     and p_to in ('submitted', 'filled', 'partially_filled', 'canceled');
+end;
+$$;
+revoke all on function private.execution_correction_allowed(text, numeric, text) from public, anon, authenticated;
 
 -- Backstop for the state machine, whoever writes: identity columns never change, status moves only
 -- along private.execution_transition_allowed, a final execution's result never changes, a recorded
@@ -315,6 +380,9 @@ create or replace function private.guard_trade_execution_update() returns trigge
 language plpgsql
 set search_path = ''
 as $$
+declare
+  v_correction boolean := old.corrected_at is null and new.corrected_at is not null
+    and private.execution_correction_allowed(old.status, old.filled_amount, new.status);
 begin
   if (new.id, new.proposal_id, new.user_id, new.idempotency_key, new.client_order_id, new.mode,
       new.market, new.side, new.amount_quote)
@@ -324,7 +392,12 @@ begin
     raise exception 'trade_executions: what was claimed never changes (execution %)', old.id
       using errcode = '42501';
   end if;
-  if old.status in ('filled', 'partially_filled', 'canceled', 'rejected', 'failed')
+  if old.corrected_at is not null and new.corrected_at is distinct from old.corrected_at
+     or old.corrected_at is null and new.corrected_at is not null and not v_correction then
+    raise exception 'trade_executions: % → % is not a correction the exchange''s order allows (execution %)',
+      old.status, new.status, old.id using errcode = '42501';
+  end if;
+  if private.execution_status_is_final(old.status) and not v_correction
      and (new.status, new.exchange_order_id, new.filled_amount, new.filled_amount_quote, new.price,
           new.fee_paid, new.fee_currency, new.error_code, new.error_message, new.completed_at)
          is distinct from
@@ -333,7 +406,8 @@ begin
     raise exception 'trade_executions: a % execution is final (execution %)', old.status, old.id
       using errcode = '42501';
   end if;
-  if new.status <> old.status and not private.execution_transition_allowed(old.status, new.status) then
+  if new.status <> old.status and not v_correction
+     and not private.execution_transition_allowed(old.status, new.status) then
     raise exception 'trade_executions: % → % is not allowed (execution %)', old.status, new.status, old.id
       using errcode = '42501';
   end if;
@@ -410,6 +484,88 @@ create policy "users can read their own trade history"
   using (user_id = (select auth.uid()));
 
 -- =============================================================================================
+-- Section - private.exchange_discrepancies (what the exchange did that no execution says)
+-- =============================================================================================
+-- One row per (exchange order, kind) that record_exchange_orders found:
+--   orphan_order            an order on the account with no execution of that clientOrderId (or
+--                           none at all): placed behind the backend's back, or by another system
+--   execution_contradicted  the execution said no order ever filled (failed, rejected, canceled
+--                           without a fill) and the exchange has it: recorded_status is what the
+--                           execution says now (the correction)
+--   figures_differ          a final execution whose recorded fill, or order id, is not the
+--                           exchange's; the execution is left as it is (a fill is never erased)
+-- `facts` is the order as the exchange reported it. Operator data: not exposed through the API
+-- (schema private), read by `oracle status` / `oracle verify` as the database owner; it changes
+-- only when acknowledged (acknowledge_exchange_discrepancy), and nothing deletes it.
+create table private.exchange_discrepancies (
+  id uuid primary key default private.uuid_v7(),
+  kind text not null,
+  market text not null,
+  exchange_order_id text not null,
+  client_order_id text,
+  execution_id uuid references public.trade_executions (id) on delete restrict,
+  side text,
+  exchange_status text,
+  execution_status text,
+  recorded_status text,
+  facts jsonb not null,
+  detected_at timestamptz not null default now(),
+  acknowledged_at timestamptz,
+  acknowledged_note text,
+  -- Seen again by every later sweep of its window: recorded (and audited) once.
+  constraint exchange_discrepancies_order_kind_key unique (market, exchange_order_id, kind),
+  constraint exchange_discrepancies_kind check (
+    kind in ('orphan_order', 'execution_contradicted', 'figures_differ')
+  ),
+  constraint exchange_discrepancies_market_format check (market ~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$'),
+  constraint exchange_discrepancies_side check (side is null or side in ('buy', 'sell')),
+  constraint exchange_discrepancies_text_lengths check (
+    length(exchange_order_id) between 1 and 128
+    and (client_order_id is null or length(client_order_id) between 1 and 64)
+    and (exchange_status is null or length(exchange_status) between 1 and 64)
+    and (acknowledged_note is null or length(acknowledged_note) between 1 and 1000)
+  ),
+  -- An orphan has no execution; the other kinds are about one.
+  constraint exchange_discrepancies_execution check ((kind = 'orphan_order') = (execution_id is null)),
+  constraint exchange_discrepancies_acknowledged check ((acknowledged_at is null) = (acknowledged_note is null))
+);
+-- `oracle status` and `oracle verify`: the open ones, oldest first.
+create index exchange_discrepancies_open_idx
+  on private.exchange_discrepancies (detected_at) where acknowledged_at is null;
+-- The trade_executions foreign key.
+create index exchange_discrepancies_execution_idx
+  on private.exchange_discrepancies (execution_id) where execution_id is not null;
+
+alter table private.exchange_discrepancies enable row level security;
+
+-- Written and read only by the SECURITY DEFINER functions below (and the owner); no API role.
+revoke all on private.exchange_discrepancies from public, anon, authenticated, service_role;
+
+-- Evidence: only the acknowledgement may be added, once; nothing is deleted.
+create or replace function private.guard_exchange_discrepancy_change() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if tg_op = 'DELETE' then
+    raise exception 'exchange_discrepancies: a discrepancy is never deleted (%)', old.id
+      using errcode = '42501';
+  end if;
+  if old.acknowledged_at is not null
+     or (pg_catalog.to_jsonb(new) - array['acknowledged_at', 'acknowledged_note'])
+        is distinct from (pg_catalog.to_jsonb(old) - array['acknowledged_at', 'acknowledged_note']) then
+    raise exception 'exchange_discrepancies: only an open discrepancy''s acknowledgement may be added (%)',
+      old.id using errcode = '42501';
+  end if;
+  return new;
+end;
+$$;
+revoke all on function private.guard_exchange_discrepancy_change() from public, anon, authenticated;
+
+create trigger exchange_discrepancies_guard before update or delete on private.exchange_discrepancies
+  for each row execute function private.guard_exchange_discrepancy_change();
+
+-- =============================================================================================
 -- Section - execution helpers (private)
 -- =============================================================================================
 -- Every helper is PL/pgSQL, also the one-expression ones. Each pins search_path (the advisor's
@@ -431,6 +587,23 @@ begin
 end;
 $$;
 revoke all on function private.execution_json(public.trade_executions) from public, anon, authenticated;
+
+-- claim_trade_execution's answer (SPEC §3), built in one place:
+-- {"outcome", "execution" (the row, or null), "failed_checks", "reason"}.
+create or replace function private.claim_answer(p_outcome text, p_execution public.trade_executions,
+                                                p_failed_checks jsonb, p_reason text) returns jsonb
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return pg_catalog.jsonb_build_object('outcome', p_outcome,
+    'execution', private.execution_json(p_execution),
+    'failed_checks', coalesce(p_failed_checks, '[]'::jsonb), 'reason', p_reason);
+end;
+$$;
+revoke all on function private.claim_answer(text, public.trade_executions, jsonb, text)
+  from public, anon, authenticated;
 
 -- A timestamp for a human-readable reason: ISO 8601 in UTC, whatever the session's TimeZone.
 create or replace function private.utc_text(p_at timestamptz) returns text
@@ -800,6 +973,99 @@ revoke execute on function public.decide_trade_proposal(uuid, text) from public,
 grant execute on function public.decide_trade_proposal(uuid, text) to authenticated;
 
 -- =============================================================================================
+-- Section - the trade key's order budget (private)
+-- =============================================================================================
+-- Bitvavo gives the trade key 1,000 weight points a minute (POST /order weighs 1) and bans a key
+-- that goes over until its window ends plus a minute (errorCode 105/110). Every trading_execute
+-- instance signs with the same key, so what each process sees in the rate-limit headers is not
+-- enough to share it: a burst of auto-approved proposals sent to several instances at once would
+-- overrun it between two answers. The budget is kept here instead, for all instances: a claim that
+-- passed its validators takes one slot (claim_trade_execution's p_order_budget) or, when none is
+-- free, claims nothing and answers `rate_limited` with the seconds until one frees up.
+--
+-- The window slides: a slot taken at second s counts until s + p_window_seconds. trading_execute
+-- passes the exchange's window (60 s) plus how long after its claim an order can still reach the
+-- exchange (MAX_CLAIM_AGE + the access window) plus 2 s for the one-second buckets, so any span of
+-- the exchange's window, wherever the exchange starts it and whatever its clock says, receives at
+-- most p_budget orders. The budget is set below the key's limit (trading_execute's ORDER_BUDGET,
+-- 800 by default) to leave /reconcile's reads (GET /order, /orders, /trades) their room.
+--
+-- One row per second in which slots were taken; rows that left every window are deleted by the
+-- next take, so the table holds at most one window of rows.
+create table private.order_budget_seconds (
+  second timestamptz primary key,
+  weight integer not null,
+  constraint order_budget_seconds_weight_positive check (weight > 0)
+);
+
+alter table private.order_budget_seconds enable row level security;
+
+-- Written and read only by private.take_order_budget; no API role touches it.
+revoke all on private.order_budget_seconds from public, anon, authenticated, service_role;
+
+-- Takes p_weight points of the trade key's budget when the last p_window_seconds seconds used at
+-- most p_budget - p_weight of it, atomically for every caller (one transaction-scoped lock, held to
+-- the caller's commit, so a claim that rolls back gives its slot back). Answers
+-- {"granted", "used", "budget", "window_seconds", "retry_after_seconds"}: `used` counts this
+-- take when granted; `retry_after_seconds` (refused only) is when enough weight leaves the window.
+create or replace function private.take_order_budget(
+  p_weight integer,
+  p_budget integer,
+  p_window_seconds integer
+) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  v_now timestamptz;
+  v_second timestamptz;
+  v_window interval;
+  v_used bigint;
+  v_frees_at timestamptz;
+begin
+  if p_budget is null or p_budget < 1 then
+    raise exception 'the order budget must be a positive integer, got %', coalesce(p_budget::text, 'null')
+      using errcode = '22023';
+  end if;
+  if p_weight is null or p_weight not between 1 and p_budget then
+    raise exception 'the weight must be between 1 and the budget (%), got %', p_budget,
+      coalesce(p_weight::text, 'null') using errcode = '22023';
+  end if;
+  if p_window_seconds is null or p_window_seconds not between 1 and 86400 then
+    raise exception 'the order budget window must be 1..86400 seconds, got %',
+      coalesce(p_window_seconds::text, 'null') using errcode = '22023';
+  end if;
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('order_budget', 0));
+  v_now := pg_catalog.clock_timestamp();
+  v_second := pg_catalog.date_trunc('second', v_now);
+  v_window := pg_catalog.make_interval(secs => p_window_seconds::double precision);
+
+  delete from private.order_budget_seconds b where b.second <= v_second - v_window;
+  select coalesce(sum(b.weight), 0) into v_used from private.order_budget_seconds b;
+
+  if v_used + p_weight <= p_budget then
+    insert into private.order_budget_seconds as b (second, weight) values (v_second, p_weight)
+    on conflict (second) do update set weight = b.weight + excluded.weight;
+    return pg_catalog.jsonb_build_object('granted', true, 'used', v_used + p_weight,
+      'budget', p_budget, 'window_seconds', p_window_seconds, 'retry_after_seconds', null);
+  end if;
+
+  -- The oldest seconds leave the window first: enough weight has left once the seconds up to the
+  -- first whose running total covers the excess have.
+  select t.second + v_window into v_frees_at
+    from (select b.second, sum(b.weight) over (order by b.second) as running
+            from private.order_budget_seconds b) t
+   where t.running >= v_used + p_weight - p_budget
+   order by t.second
+   limit 1;
+  return pg_catalog.jsonb_build_object('granted', false, 'used', v_used, 'budget', p_budget,
+    'window_seconds', p_window_seconds,
+    'retry_after_seconds', greatest(1, ceil(extract(epoch from v_frees_at - v_now))::integer));
+end;
+$$;
+revoke all on function private.take_order_budget(integer, integer, integer) from public, anon, authenticated;
+
+-- =============================================================================================
 -- Section - execution RPCs (service-only)
 -- =============================================================================================
 
@@ -813,12 +1079,21 @@ grant execute on function public.decide_trade_proposal(uuid, text) to authentica
 -- its user approved by hand is executed only by that user, and the check is made here, under the
 -- proposal's row lock, so a decision racing the claim cannot slip between check and claim.
 -- trading_execute passes true for a service-role bearer and false for a user's token.
+--
+-- p_order_budget / p_order_budget_window_seconds: the trade key's order budget shared by every
+-- trading_execute instance (private.take_order_budget). Taken last, once all seven validators
+-- passed, so a replay, a conflict or a rejection never spends a slot (a user cannot drain the budget
+-- with requests that place nothing). No slot free → outcome `rate_limited` with
+-- `retry_after_seconds`: nothing claimed, the proposal stays approved, and the same
+-- Idempotency-Key may be sent again. Null (the default): no budget is applied.
 create or replace function public.claim_trade_execution(
   p_user_id uuid,
   p_proposal_id uuid,
   p_idempotency_key text,
   p_mode text,
-  p_require_auto_approval boolean default false
+  p_require_auto_approval boolean default false,
+  p_order_budget integer default null,
+  p_order_budget_window_seconds integer default null
 ) returns jsonb
 language plpgsql
 security definer
@@ -842,6 +1117,7 @@ declare
   v_sum numeric;
   v_opposite text;
   v_detail jsonb;
+  v_slot jsonb;
 begin
   if p_user_id is null then
     raise exception 'p_user_id is required' using errcode = '22023';
@@ -859,6 +1135,15 @@ begin
   end if;
   if p_require_auto_approval is null then
     raise exception 'p_require_auto_approval must be true or false, got null' using errcode = '22023';
+  end if;
+  if p_order_budget is not null and p_order_budget < 1 then
+    raise exception 'p_order_budget must be a positive integer or null, got %', p_order_budget
+      using errcode = '22023';
+  end if;
+  if p_order_budget is not null and (p_order_budget_window_seconds is null
+                                     or p_order_budget_window_seconds not between 1 and 86400) then
+    raise exception 'p_order_budget_window_seconds must be 1..86400 with p_order_budget, got %',
+      coalesce(p_order_budget_window_seconds::text, 'null') using errcode = '22023';
   end if;
   -- Every statement below must see claims committed while we waited for the lock; a transaction
   -- snapshot (REPEATABLE READ / SERIALIZABLE) would hide them.
@@ -878,14 +1163,12 @@ begin
   if found then
     if v_existing.proposal_id = p_proposal_id then
       perform private.audit('claim.replayed', p_user_id, p_proposal_id, v_existing.id, v_detail);
-      return pg_catalog.jsonb_build_object('outcome', 'replayed',
-        'execution', private.execution_json(v_existing), 'failed_checks', '[]'::jsonb, 'reason', null);
+      return private.claim_answer('replayed', v_existing, '[]', null);
     end if;
     perform private.audit('claim.conflict', p_user_id, p_proposal_id, v_existing.id,
       v_detail || pg_catalog.jsonb_build_object('reason', 'idempotency_key_reused',
                                                 'key_proposal_id', v_existing.proposal_id));
-    return pg_catalog.jsonb_build_object('outcome', 'conflict', 'execution', null,
-      'failed_checks', '[]'::jsonb, 'reason', 'idempotency_key_reused');
+    return private.claim_answer('conflict', null, '[]', 'idempotency_key_reused');
   end if;
 
   -- G1: the proposal already has an execution under another key (only the user's own are seen).
@@ -895,9 +1178,7 @@ begin
   if found then
     perform private.audit('claim.conflict', p_user_id, p_proposal_id, v_existing.id,
       v_detail || pg_catalog.jsonb_build_object('reason', 'already_executed'));
-    return pg_catalog.jsonb_build_object('outcome', 'conflict',
-      'execution', private.execution_json(v_existing), 'failed_checks', '[]'::jsonb,
-      'reason', 'already_executed');
+    return private.claim_answer('conflict', v_existing, '[]', 'already_executed');
   end if;
 
   -- G8: a missing proposal and another user's proposal look the same. The row lock orders this
@@ -908,8 +1189,7 @@ begin
      for update;
   if not found then
     perform private.audit('claim.not_found', p_user_id, p_proposal_id, null, v_detail);
-    return pg_catalog.jsonb_build_object('outcome', 'not_found', 'execution', null,
-      'failed_checks', '[]'::jsonb, 'reason', 'proposal_not_found');
+    return private.claim_answer('not_found', null, '[]', 'proposal_not_found');
   end if;
 
   select * into v_settings from public.trading_settings s where s.user_id = p_user_id;
@@ -1043,8 +1323,19 @@ begin
     perform private.audit('claim.rejected', p_user_id, p_proposal_id, null,
       v_detail || pg_catalog.jsonb_build_object('failed_checks', v_failed,
         'market', v_proposal.market, 'side', v_proposal.side, 'amount_quote', v_proposal.amount_quote));
-    return pg_catalog.jsonb_build_object('outcome', 'rejected', 'execution', null,
-      'failed_checks', v_failed, 'reason', 'validation_failed');
+    return private.claim_answer('rejected', null, v_failed, 'validation_failed');
+  end if;
+
+  -- The trade key's order budget, last: only a claim that will send an order takes a slot.
+  if p_order_budget is not null then
+    v_slot := private.take_order_budget(1, p_order_budget, p_order_budget_window_seconds);
+    if not (v_slot ->> 'granted')::boolean then
+      perform private.audit('claim.rate_limited', p_user_id, p_proposal_id, null,
+        v_detail || pg_catalog.jsonb_build_object('order_budget', v_slot,
+          'market', v_proposal.market, 'side', v_proposal.side, 'amount_quote', v_proposal.amount_quote));
+      return private.claim_answer('rate_limited', null, '[]', 'order_budget_exhausted')
+        || pg_catalog.jsonb_build_object('retry_after_seconds', v_slot -> 'retry_after_seconds');
+    end if;
   end if;
 
   insert into public.trade_executions (proposal_id, user_id, idempotency_key, client_order_id, mode,
@@ -1060,13 +1351,13 @@ begin
       'checks', pg_catalog.jsonb_build_array('allowlist', 'proposal_state', 'order_limits', 'cooldown',
                                              'anti_flip', 'daily_limits', 'trading_enabled'),
       'failed_checks', '[]'::jsonb, 'client_order_id', v_execution.client_order_id,
-      'market', v_execution.market, 'side', v_execution.side, 'amount_quote', v_execution.amount_quote));
-  return pg_catalog.jsonb_build_object('outcome', 'claimed', 'execution', private.execution_json(v_execution),
-    'failed_checks', '[]'::jsonb, 'reason', null);
+      'market', v_execution.market, 'side', v_execution.side, 'amount_quote', v_execution.amount_quote,
+      'order_budget', v_slot));
+  return private.claim_answer('claimed', v_execution, '[]', null);
 end;
 $$;
-revoke execute on function public.claim_trade_execution(uuid, uuid, text, text, boolean) from public, anon, authenticated;
-grant execute on function public.claim_trade_execution(uuid, uuid, text, text, boolean) to service_role;
+revoke execute on function public.claim_trade_execution(uuid, uuid, text, text, boolean, integer, integer) from public, anon, authenticated;
+grant execute on function public.claim_trade_execution(uuid, uuid, text, text, boolean, integer, integer) to service_role;
 
 -- Moves an execution along the state machine only; a fill, once reported, is never erased or
 -- reduced; a repeated open status adds the facts it brings; contradictions are the outcome
@@ -1094,7 +1385,6 @@ declare
   c_keys constant text[] := array['status', 'exchange_order_id', 'filled_amount', 'filled_amount_quote',
                                   'price', 'fee_paid', 'fee_currency', 'error_code', 'error_message',
                                   'submitted_at', 'completed_at'];
-  c_final constant text[] := array['filled', 'partially_filled', 'canceled', 'rejected', 'failed'];
   c_clock_skew constant interval := interval '1 minute';
   v_unknown_keys text[];
   v_status text;
@@ -1132,8 +1422,8 @@ begin
       using errcode = '22023', hint = 'allowed: ' || array_to_string(c_keys, ', ');
   end if;
   v_status := p_result ->> 'status';
-  if pg_catalog.jsonb_typeof(p_result -> 'status') is distinct from 'string' or v_status not in
-     ('submitted', 'filled', 'partially_filled', 'canceled', 'rejected', 'failed', 'unknown') then
+  if pg_catalog.jsonb_typeof(p_result -> 'status') is distinct from 'string'
+     or not (v_status in ('submitted', 'unknown') or private.execution_status_is_final(v_status)) then
     raise exception 'p_result.status must be one of submitted, filled, partially_filled, canceled, rejected, failed, unknown; got %',
       coalesce(p_result -> 'status', 'null'::jsonb) using errcode = '22023';
   end if;
@@ -1171,7 +1461,7 @@ begin
       v_old.claimed_at using errcode = '22023';
   end if;
 
-  if v_old.status = any (c_final) then
+  if private.execution_status_is_final(v_old.status) then
     v_refusal := case when v_old.status <> v_status then 'execution_final' end;
   elsif v_old.status <> v_status and not private.execution_transition_allowed(v_old.status, v_status) then
     v_refusal := 'transition_not_allowed';
@@ -1190,14 +1480,14 @@ begin
     return pg_catalog.jsonb_build_object('outcome', 'illegal_transition', 'reason', v_refusal,
       'execution', private.execution_json(v_old));
   end if;
-  if v_old.status = any (c_final) then
+  if private.execution_status_is_final(v_old.status) then
     -- Repeating the same final result: a no-op (final executions never change).
     perform private.audit('execution.result_unchanged', v_old.user_id, v_old.proposal_id, v_old.id,
       pg_catalog.jsonb_build_object('status', v_old.status, 'result', p_result));
     return pg_catalog.jsonb_build_object('outcome', 'unchanged', 'execution', private.execution_json(v_old));
   end if;
 
-  v_final := v_status = any (c_final);
+  v_final := private.execution_status_is_final(v_status);
   -- Figures reported earlier (e.g. with `submitted`) stay unless this report has newer ones.
   v_filled := coalesce(v_filled, v_old.filled_amount);
   v_filled_quote := coalesce(v_filled_quote, v_old.filled_amount_quote);
@@ -1320,3 +1610,442 @@ end;
 $$;
 revoke execute on function public.list_unsettled_executions(integer, integer) from public, anon, authenticated;
 grant execute on function public.list_unsettled_executions(integer, integer) to service_role;
+
+-- =============================================================================================
+-- Section - the orphan sweep (service-only): every order of the account maps to an execution
+-- =============================================================================================
+
+-- What the reconciler's sweep reads: every market of market_allowlist (claims need one) and of the
+-- open executions, and its window [since, now] by the database's clock, the one that stamps
+-- claimed_at. Reads only.
+create or replace function public.list_sweep_markets(p_window_seconds integer) returns jsonb
+language plpgsql
+stable
+security definer
+set search_path = ''
+as $$
+declare
+  v_now timestamptz := now();
+  v_markets text[];
+begin
+  if p_window_seconds is null or p_window_seconds not between 60 and 604800 then
+    raise exception 'p_window_seconds must be between 60 and 604800, got %',
+      coalesce(p_window_seconds::text, 'null') using errcode = '22023';
+  end if;
+  -- Index: trade_executions_unsettled_idx for the open executions.
+  select coalesce(array_agg(m.market order by m.market), '{}') into v_markets
+    from (select a.market from public.market_allowlist a
+          union
+          select e.market from public.trade_executions e
+           where e.status in ('claimed', 'submitted', 'unknown')) m;
+  return pg_catalog.jsonb_build_object('markets', pg_catalog.to_jsonb(v_markets),
+    'since', v_now - make_interval(secs => p_window_seconds), 'now', v_now);
+end;
+$$;
+revoke execute on function public.list_sweep_markets(integer) from public, anon, authenticated;
+grant execute on function public.list_sweep_markets(integer) to service_role;
+
+-- The sweep (G9, G10): each order the exchange lists, matched to its execution by clientOrderId
+-- (and market), is either what the execution says (`matched`), still being settled (`open`: the
+-- execution is claimed/submitted/unknown and the reconciler's own read settles it), or a
+-- discrepancy, recorded once in private.exchange_discrepancies and audited (`exchange.discrepancy`):
+--   no execution                                   orphan_order; nothing else is written (no user
+--                                                  owns it: no ledger row is invented)
+--   the execution says no order ever filled        execution_contradicted: the execution is corrected
+--   (failed, rejected, canceled without a fill)    to what the exchange did (the state machine's one
+--   and the exchange has it placed (open, a fill,  way out of a final state, corrected_at), the
+--   or canceled / expired for failed / rejected)   ledger gets the fill once, the proposal follows
+--                                                  (executed, or executing while the order is open),
+--                                                  and `execution.status_changed` is audited with
+--                                                  `corrected: true`
+--   a final execution whose fill or order id is    figures_differ: recorded, the execution is left
+--   not the exchange's                             as it is (a fill is never erased or rewritten)
+-- A `rejected` order without a fill agrees with any execution that says nothing filled. An order
+-- whose answer contradicts itself (result status `unknown`) is `skipped`.
+--
+-- p_orders: a JSON array (at most 10,000) of {"market", "exchange_order_id", "client_order_id"
+-- (null when the order has none), "side", "exchange_status" (null when only its fills were
+-- listed), "result"} where result is what record_execution_result would take for that order
+-- (shared.execution.results.order_result). Invalid input raises 22023 and records nothing.
+-- Executions are locked one at a time in clientOrderId order, so concurrent sweeps and reconciles
+-- queue instead of deadlocking; a second sweep of the same orders records nothing new (`known`).
+-- Answer: {"examined", "matched", "open", "orphans", "corrected", "figures_differ",
+-- "discrepancies" (new ones of every kind), "known", "skipped"}.
+create or replace function public.record_exchange_orders(p_orders jsonb) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  c_keys constant text[] := array['market', 'exchange_order_id', 'client_order_id', 'side',
+                                  'exchange_status', 'result'];
+  c_result_keys constant text[] := array['status', 'exchange_order_id', 'filled_amount',
+                                         'filled_amount_quote', 'price', 'fee_paid', 'fee_currency',
+                                         'error_code', 'error_message'];
+  c_uuid constant text := '^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$';
+  v_order jsonb;
+  v_result jsonb;
+  v_unknown_keys text[];
+  v_market text;
+  v_order_id text;
+  v_client_order_id text;
+  v_side text;
+  v_exchange_status text;
+  v_status text;
+  v_filled numeric;
+  v_filled_quote numeric;
+  v_price numeric;
+  v_fee numeric;
+  v_fee_currency text;
+  v_execution public.trade_executions;
+  v_kind text;
+  v_discrepancy_id uuid;
+  v_history boolean;
+  v_proposal_status text;
+  v_now timestamptz := pg_catalog.clock_timestamp();
+  v_examined integer := 0;
+  v_matched integer := 0;
+  v_open integer := 0;
+  v_orphans integer := 0;
+  v_corrected integer := 0;
+  v_differ integer := 0;
+  v_known integer := 0;
+  v_skipped integer := 0;
+begin
+  if p_orders is null or pg_catalog.jsonb_typeof(p_orders) <> 'array' then
+    raise exception 'p_orders must be a JSON array' using errcode = '22023';
+  end if;
+  if pg_catalog.jsonb_array_length(p_orders) > 10000 then
+    raise exception 'p_orders has % orders, at most 10000 per call', pg_catalog.jsonb_array_length(p_orders)
+      using errcode = '22023';
+  end if;
+
+  for v_order in
+    select o.value from pg_catalog.jsonb_array_elements(p_orders) o
+     order by o.value ->> 'client_order_id', o.value ->> 'market', o.value ->> 'exchange_order_id'
+  loop
+    v_examined := v_examined + 1;
+    if pg_catalog.jsonb_typeof(v_order) <> 'object' then
+      raise exception 'p_orders[] must be JSON objects, got %', v_order using errcode = '22023';
+    end if;
+    select array_agg(k order by k) into v_unknown_keys
+      from pg_catalog.jsonb_object_keys(v_order) k where k <> all (c_keys);
+    if v_unknown_keys is not null then
+      raise exception 'p_orders[] has unknown keys: %', array_to_string(v_unknown_keys, ', ')
+        using errcode = '22023', hint = 'allowed: ' || array_to_string(c_keys, ', ');
+    end if;
+    v_market := v_order ->> 'market';
+    if v_market is null or v_market !~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$' then
+      raise exception 'p_orders[].market must look like BTC-EUR, got %', coalesce(v_order -> 'market', 'null'::jsonb)
+        using errcode = '22023';
+    end if;
+    v_order_id := private.result_text(v_order, 'exchange_order_id', 128);
+    if v_order_id is null then
+      raise exception 'p_orders[].exchange_order_id is required' using errcode = '22023';
+    end if;
+    v_client_order_id := private.result_text(v_order, 'client_order_id', 64);
+    v_exchange_status := private.result_text(v_order, 'exchange_status', 64);
+    v_side := v_order ->> 'side';
+    if v_side is not null and v_side not in ('buy', 'sell') then
+      raise exception 'p_orders[].side must be buy or sell, got %', v_side using errcode = '22023';
+    end if;
+    v_result := v_order -> 'result';
+    if v_result is null or pg_catalog.jsonb_typeof(v_result) <> 'object' then
+      raise exception 'p_orders[].result must be a JSON object' using errcode = '22023';
+    end if;
+    select array_agg(k order by k) into v_unknown_keys
+      from pg_catalog.jsonb_object_keys(v_result) k where k <> all (c_result_keys);
+    if v_unknown_keys is not null then
+      raise exception 'p_orders[].result has unknown keys: %', array_to_string(v_unknown_keys, ', ')
+        using errcode = '22023', hint = 'allowed: ' || array_to_string(c_result_keys, ', ');
+    end if;
+    v_status := v_result ->> 'status';
+    if pg_catalog.jsonb_typeof(v_result -> 'status') is distinct from 'string' or v_status not in
+       ('submitted', 'filled', 'partially_filled', 'canceled', 'rejected', 'unknown') then
+      raise exception 'p_orders[].result.status must be one of submitted, filled, partially_filled, canceled, rejected, unknown; got %',
+        coalesce(v_result -> 'status', 'null'::jsonb) using errcode = '22023';
+    end if;
+    v_filled := coalesce(private.result_numeric(v_result, 'filled_amount'), 0);
+    v_filled_quote := private.result_numeric(v_result, 'filled_amount_quote');
+    v_price := nullif(private.result_numeric(v_result, 'price'), 0);
+    v_fee := private.result_numeric(v_result, 'fee_paid');
+    v_fee_currency := private.result_text(v_result, 'fee_currency', 16);
+    if v_filled > 0 then
+      if coalesce(v_filled_quote, 0) = 0 and v_price is null then
+        raise exception 'p_orders[].result: a fill needs filled_amount_quote or price' using errcode = '22023';
+      end if;
+      v_filled_quote := coalesce(nullif(v_filled_quote, 0), v_filled * v_price);
+      v_price := coalesce(v_price, v_filled_quote / v_filled);
+    elsif v_status in ('filled', 'partially_filled') then
+      raise exception 'p_orders[].result: a % order needs filled_amount > 0', v_status using errcode = '22023';
+    end if;
+    if v_status = 'unknown' then
+      v_skipped := v_skipped + 1;  -- the exchange's answer contradicts itself: nothing to compare
+      continue;
+    end if;
+
+    v_execution := null;
+    if v_client_order_id ~ c_uuid then
+      select * into v_execution from public.trade_executions e
+       where e.client_order_id = v_client_order_id::uuid and e.market = v_market;
+    end if;
+    v_kind := case
+      when v_execution.id is null then 'orphan_order'
+      when v_execution.status in ('claimed', 'submitted', 'unknown') then null
+      when v_execution.exchange_order_id <> v_order_id then 'figures_differ'
+      when not v_execution.counts_toward_limits then
+        case when v_filled > 0 or v_status = 'submitted'
+                  or (v_status = 'canceled' and v_execution.status <> 'canceled')
+             then 'execution_contradicted' end
+      when v_filled <> coalesce(v_execution.filled_amount, 0) or v_status = 'submitted'
+        then 'figures_differ'
+    end;
+    if v_execution.id is not null and v_execution.status in ('claimed', 'submitted', 'unknown') then
+      v_open := v_open + 1;
+      continue;
+    end if;
+    if v_kind is null then
+      v_matched := v_matched + 1;
+      continue;
+    end if;
+
+    v_history := false;
+    v_proposal_status := null;
+    if v_kind = 'execution_contradicted' then
+      -- Again under the row lock: a concurrent sweep may have corrected it meanwhile.
+      select * into v_execution from public.trade_executions e where e.id = v_execution.id for update;
+      if v_execution.corrected_at is not null or v_execution.counts_toward_limits then
+        v_known := v_known + 1;
+        continue;
+      end if;
+    end if;
+
+    insert into private.exchange_discrepancies (kind, market, exchange_order_id, client_order_id,
+      execution_id, side, exchange_status, execution_status, recorded_status, facts, detected_at)
+    values (v_kind, v_market, v_order_id, v_client_order_id, v_execution.id, v_side, v_exchange_status,
+            v_execution.status, case when v_kind = 'execution_contradicted' then v_status end,
+            v_order, v_now)
+    on conflict (market, exchange_order_id, kind) do nothing
+    returning id into v_discrepancy_id;
+    if v_discrepancy_id is null then
+      v_known := v_known + 1;  -- recorded (and audited) by an earlier sweep
+      continue;
+    end if;
+
+    if v_kind = 'execution_contradicted' then
+      update public.trade_executions e
+         set status = v_status,
+             exchange_order_id = v_order_id,
+             filled_amount = v_filled,
+             filled_amount_quote = case when v_filled > 0 then v_filled_quote end,
+             price = case when v_filled > 0 then v_price end,
+             fee_paid = coalesce(v_fee, e.fee_paid),
+             fee_currency = coalesce(v_fee_currency, e.fee_currency),
+             error_code = 'exchange_contradicted',
+             error_message = left(format('the exchange has order %s (%s) for this clientOrderId; the execution '
+                                         'had been recorded %s (%s)', v_order_id,
+                                         coalesce(v_exchange_status, 'listed by its fills'), e.status,
+                                         coalesce(e.error_code, 'no code')), 2000),
+             submitted_at = coalesce(e.submitted_at, v_now),
+             completed_at = case when v_status = 'submitted' then null else v_now end,
+             corrected_at = v_now
+       where e.id = v_execution.id;
+      if v_filled > 0 then
+        insert into public.trade_history (execution_id, proposal_id, user_id, market, side, amount,
+                                          amount_quote, price, fee_paid, fee_currency, mode, executed_at)
+        values (v_execution.id, v_execution.proposal_id, v_execution.user_id, v_execution.market,
+                v_execution.side, v_filled, v_filled_quote, v_price, coalesce(v_fee, 0),
+                v_fee_currency, v_execution.mode, v_now)
+        on conflict (execution_id) do nothing;
+        v_history := found;
+        v_proposal_status := 'executed';
+      elsif v_status = 'submitted' then
+        v_proposal_status := 'executing';
+      end if;
+      if v_proposal_status is not null then
+        update public.trade_proposals p set status = v_proposal_status
+         where p.id = v_execution.proposal_id and p.status in ('failed', 'executing')
+           and p.status <> v_proposal_status;
+      end if;
+      perform private.audit('execution.status_changed', v_execution.user_id, v_execution.proposal_id,
+        v_execution.id, pg_catalog.jsonb_build_object('from', v_execution.status, 'to', v_status,
+          'result', v_result, 'corrected', true, 'discrepancy_id', v_discrepancy_id,
+          'trade_history_written', v_history, 'proposal_status', v_proposal_status));
+      v_corrected := v_corrected + 1;
+    elsif v_kind = 'orphan_order' then
+      v_orphans := v_orphans + 1;
+    else
+      v_differ := v_differ + 1;
+    end if;
+    perform private.audit('exchange.discrepancy', v_execution.user_id, v_execution.proposal_id,
+      v_execution.id, pg_catalog.jsonb_build_object('kind', v_kind, 'discrepancy_id', v_discrepancy_id,
+        'market', v_market, 'exchange_order_id', v_order_id, 'client_order_id', v_client_order_id,
+        'exchange_status', v_exchange_status, 'execution_status', v_execution.status,
+        'recorded_status', case when v_kind = 'execution_contradicted' then v_status end,
+        'order', v_order));
+  end loop;
+
+  return pg_catalog.jsonb_build_object('examined', v_examined, 'matched', v_matched, 'open', v_open,
+    'orphans', v_orphans, 'corrected', v_corrected, 'figures_differ', v_differ,
+    'discrepancies', v_orphans + v_corrected + v_differ, 'known', v_known, 'skipped', v_skipped);
+end;
+$$;
+revoke execute on function public.record_exchange_orders(jsonb) from public, anon, authenticated;
+grant execute on function public.record_exchange_orders(jsonb) to service_role;
+
+-- The operator closes a discrepancy they have handled (`oracle verify` stops failing on it): once,
+-- with a note saying what was done; audited (`exchange.discrepancy_acknowledged`).
+create or replace function public.acknowledge_exchange_discrepancy(p_discrepancy_id uuid, p_note text)
+returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_discrepancy private.exchange_discrepancies;
+begin
+  if p_discrepancy_id is null then
+    raise exception 'p_discrepancy_id is required' using errcode = '22023';
+  end if;
+  if p_note is null or length(btrim(p_note)) = 0 or length(p_note) > 1000 then
+    raise exception 'p_note must say what was done (1..1000 characters)' using errcode = '22023';
+  end if;
+  select * into v_discrepancy from private.exchange_discrepancies d
+   where d.id = p_discrepancy_id for update;
+  if not found then
+    return pg_catalog.jsonb_build_object('outcome', 'not_found', 'discrepancy_id', p_discrepancy_id);
+  end if;
+  if v_discrepancy.acknowledged_at is not null then
+    return pg_catalog.jsonb_build_object('outcome', 'already_acknowledged', 'discrepancy_id',
+      p_discrepancy_id, 'acknowledged_at', v_discrepancy.acknowledged_at);
+  end if;
+  update private.exchange_discrepancies d
+     set acknowledged_at = now(), acknowledged_note = p_note
+   where d.id = p_discrepancy_id
+  returning * into v_discrepancy;
+  perform private.audit('exchange.discrepancy_acknowledged', null, null, v_discrepancy.execution_id,
+    pg_catalog.jsonb_build_object('discrepancy_id', p_discrepancy_id, 'kind', v_discrepancy.kind,
+      'market', v_discrepancy.market, 'exchange_order_id', v_discrepancy.exchange_order_id,
+      'note', p_note, 'db_user', session_user, 'role', auth.role()));
+  return pg_catalog.jsonb_build_object('outcome', 'acknowledged', 'discrepancy_id', p_discrepancy_id,
+    'acknowledged_at', v_discrepancy.acknowledged_at);
+end;
+$$;
+revoke execute on function public.acknowledge_exchange_discrepancy(uuid, text) from public, anon, authenticated;
+grant execute on function public.acknowledge_exchange_discrepancy(uuid, text) to service_role;
+
+-- =============================================================================================
+-- Section - the auto-execute queue (service-only)
+-- =============================================================================================
+-- The scanner's dispatch (shared/scanning/dispatch.py) drains the auto-approved proposals through
+-- trading_execute. Several ticks may dispatch at once (cron starts one per scanner instance); a
+-- short lease gives each proposal to one dispatcher at a time, so they send disjoint sets instead
+-- of every one sending everything (each repeat would only be a replay or a 409, but a request, a
+-- claim and an audit row each). The lease is an efficiency, not a guarantee: when it runs out with
+-- a request still on its way, another dispatcher may send the same proposal, and the claim's
+-- idempotency (G1) answers it. Expired leases are deleted by run_maintenance.
+create table private.auto_execution_leases (
+  proposal_id uuid primary key references public.trade_proposals (id) on delete cascade,
+  dispatcher text not null,
+  leased_until timestamptz not null,
+  constraint auto_execution_leases_dispatcher_length check (length(dispatcher) between 1 and 200)
+);
+
+alter table private.auto_execution_leases enable row level security;
+
+-- Written and read only by lease_auto_approved_proposals, release_auto_execution_leases and
+-- run_maintenance.
+revoke all on private.auto_execution_leases from public, anon, authenticated, service_role;
+
+-- Leases to p_dispatcher, for p_lease_seconds, up to p_limit (1..1000) auto-approved proposals
+-- that are not executed yet (status `approved`: a claim moves a proposal to `executing` in the
+-- transaction that creates its execution), not expired, and not leased to another dispatcher,
+-- oldest first; returns them in that order. A proposal whose claim was rejected (an audited
+-- `claim.rejected`) has had its definite answer and is left out: it waits for its expiry, or for
+-- its user. One refused for the order budget (`claim.rate_limited`) stays in the queue, and a
+-- dispatcher may lease its own proposals again (after waiting for the budget).
+create or replace function public.lease_auto_approved_proposals(
+  p_dispatcher text,
+  p_limit integer default 100,
+  p_lease_seconds integer default 30
+)
+returns table (
+  proposal_id uuid,
+  user_id uuid,
+  market text,
+  side text,
+  amount_quote numeric,
+  created_at timestamptz,
+  expires_at timestamptz
+)
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if p_dispatcher is null or length(p_dispatcher) not between 1 and 200 then
+    raise exception 'p_dispatcher must be 1..200 characters' using errcode = '22023';
+  end if;
+  if p_limit is null or p_limit not between 1 and 1000 then
+    raise exception 'p_limit must be 1..1000, got %', coalesce(p_limit::text, 'null')
+      using errcode = '22023';
+  end if;
+  if p_lease_seconds is null or p_lease_seconds not between 1 and 3600 then
+    raise exception 'p_lease_seconds must be 1..3600, got %', coalesce(p_lease_seconds::text, 'null')
+      using errcode = '22023';
+  end if;
+  -- The proposal rows a concurrent dispatcher is leasing right now are skipped, not waited for;
+  -- the lease row's own conflict check decides between two that saw it free.
+  return query
+    with candidates as (
+      select p.id
+        from public.trade_proposals p
+        left join private.auto_execution_leases l on l.proposal_id = p.id
+       where p.status = 'approved' and p.decided_by = 'auto'
+         and p.expires_at > pg_catalog.now()
+         and (l.proposal_id is null or l.leased_until <= pg_catalog.now()
+              or l.dispatcher = p_dispatcher)
+         and not exists (select from public.execution_audit_log a
+                          where a.proposal_id = p.id and a.event = 'claim.rejected')
+       order by p.created_at, p.id
+       limit p_limit
+         for update of p skip locked
+    ), leased as (
+      insert into private.auto_execution_leases as l (proposal_id, dispatcher, leased_until)
+      select c.id, p_dispatcher,
+             pg_catalog.now() + pg_catalog.make_interval(secs => p_lease_seconds::double precision)
+        from candidates c
+      on conflict on constraint auto_execution_leases_pkey do update
+         set dispatcher = excluded.dispatcher, leased_until = excluded.leased_until
+       where l.leased_until <= pg_catalog.now() or l.dispatcher = excluded.dispatcher
+      returning l.proposal_id
+    )
+    select p.id, p.user_id, p.market, p.side, p.amount_quote, p.created_at, p.expires_at
+      from public.trade_proposals p
+      join leased x on x.proposal_id = p.id
+     order by p.created_at, p.id;
+end;
+$$;
+revoke execute on function public.lease_auto_approved_proposals(text, integer, integer) from public, anon, authenticated;
+grant execute on function public.lease_auto_approved_proposals(text, integer, integer) to service_role;
+
+-- Ends every lease p_dispatcher holds (a dispatch run calls it when it stops, so the proposals it
+-- leased but did not send go to the next dispatcher at once); returns how many.
+create or replace function public.release_auto_execution_leases(p_dispatcher text) returns integer
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_released integer;
+begin
+  if p_dispatcher is null or length(p_dispatcher) not between 1 and 200 then
+    raise exception 'p_dispatcher must be 1..200 characters' using errcode = '22023';
+  end if;
+  delete from private.auto_execution_leases l where l.dispatcher = p_dispatcher;
+  get diagnostics v_released = row_count;
+  return v_released;
+end;
+$$;
+revoke execute on function public.release_auto_execution_leases(text) from public, anon, authenticated;
+grant execute on function public.release_auto_execution_leases(text) to service_role;

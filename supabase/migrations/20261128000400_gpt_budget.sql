@@ -30,6 +30,8 @@
  * and late settlement leaves an audit row (G9).
  */
 
+set lock_timeout = '5s';  -- a queued DDL lock fails the push instead of blocking writes
+
 -- =============================================================================================
 -- Section - gpt_model_prices
 -- =============================================================================================

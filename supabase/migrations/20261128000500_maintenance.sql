@@ -5,7 +5,8 @@
  *   run_maintenance          every minute: frees expired scan-job leases, expires stale trade
  *                            proposals, splits shared model bills a dead tick left unsettled,
  *                            releases GPT reservations older than their lifetime
- *                            (private.gpt_reservation_lifetime: 15 minutes)
+ *                            (private.gpt_reservation_lifetime: 15 minutes), deletes run-out
+ *                            auto-execute dispatch leases
  *   cron 'run-maintenance'   * * * * *  select public.run_maintenance()
  *   cron 'purge-cron-history' daily: pg_cron's own run log older than 7 days
  *   cron 'invoke-scan-scheduler' (hosted Supabase only, when pg_net's net.http_post and Vault
@@ -21,6 +22,8 @@
  * each job is unscheduled by name first, so re-applying the file leaves exactly one of each.
  */
 
+set lock_timeout = '5s';  -- a queued DDL lock fails the push instead of blocking writes
+
 -- In pg_catalog, as Supabase installs it (its Cron docs), never in public where the advisor flags
 -- it (extension_in_public); the job tables live in schema `cron` either way.
 create extension if not exists pg_cron with schema pg_catalog;
@@ -29,11 +32,13 @@ create extension if not exists pg_cron with schema pg_catalog;
 -- Section - run_maintenance (service-only)
 -- =============================================================================================
 
--- Frees leases of crashed workers (G2), expires proposals past expires_at that were never executed,
--- splits the recorded bill of every shared model answer whose tick died before settling it (G7,
--- private.settle_oracle_answer in the scanning migration), and releases GPT reservations whose call
--- never settled within their lifetime (15 minutes, G7); returns the counts. A settle arriving after
--- the release is still recorded (settle_gpt_usage).
+-- Frees leases of crashed workers (G2), expires proposals past expires_at that were never executed
+-- (each audited with why: not decided, or approved and not executed before it expired — with the
+-- last claim answer it got, e.g. `claim.rate_limited` when the trade key's order budget kept it
+-- waiting), splits the recorded bill of every shared model answer whose tick died before settling
+-- it (G7, private.settle_oracle_answer in the scanning migration), and releases GPT reservations
+-- whose call never settled within their lifetime (15 minutes, G7); returns the counts. A settle
+-- arriving after the release is still recorded (settle_gpt_usage).
 create or replace function public.run_maintenance() returns jsonb
 language plpgsql
 security definer
@@ -41,8 +46,8 @@ set search_path = ''
 as $$
 declare
   v_expired_locks integer;
-  v_expired_proposals integer;
-  v_released_reservations integer;
+  v_expired_proposals bigint;  -- count(*)'s type: no hidden cast
+  v_released_reservations bigint;
   v_settled_answers integer := 0;
   v_answer_id uuid;
 begin
@@ -64,16 +69,33 @@ begin
 
   -- Only proposals nobody started executing: `executing` and later states belong to
   -- trade_executions' state machine and are settled by the reconciler, never by age.
-  with expired as (
-    update public.trade_proposals p
-       set status = 'expired'
+  -- An approved proposal that expires was never claimed: its last claim attempt, if any, says
+  -- why (refused for the order budget, rejected by a validator); none means it was never sent.
+  -- The rows are locked first so that the status they expire from is the one they had.
+  with stale as (
+    select p.id, p.status
+      from public.trade_proposals p
      where p.status in ('pending', 'approved')
        and p.expires_at <= now()
-    returning p.id, p.user_id, p.expires_at
+       for update
+  ), expired as (
+    update public.trade_proposals p
+       set status = 'expired'
+      from stale s
+     where p.id = s.id
+    returning p.id, p.user_id, p.expires_at, p.decided_by, s.status as status_was
   ), audited as (
     insert into public.execution_audit_log (user_id, proposal_id, event, detail)
     select e.user_id, e.id, 'proposal.expired',
-           jsonb_build_object('expires_at', e.expires_at, 'by', 'run_maintenance')
+           jsonb_build_object('expires_at', e.expires_at, 'by', 'run_maintenance',
+             'status_was', e.status_was, 'decided_by', e.decided_by,
+             'reason', case e.status_was when 'pending' then 'not_decided_before_expiry'
+                                         else 'not_executed_before_expiry' end,
+             'last_claim', (select jsonb_build_object('event', a.event, 'at', a.created_at)
+                              from public.execution_audit_log a
+                             where a.proposal_id = e.id and a.event like 'claim.%'
+                             order by a.id desc
+                             limit 1))
     from expired e
     returning 1
   )
@@ -96,6 +118,9 @@ begin
     returning 1
   )
   select count(*) into v_released_reservations from audited;
+
+  -- A dispatch lease that ran out means nothing any more (lease_auto_approved_proposals).
+  delete from private.auto_execution_leases l where l.leased_until <= now();
 
   return jsonb_build_object(
     'expired_locks', v_expired_locks,

@@ -54,6 +54,8 @@
  * Every RPC here is service-only.
  */
 
+set lock_timeout = '5s';  -- a queued DDL lock fails the push instead of blocking writes
+
 -- =============================================================================================
 -- Section - private.scan_period_proposals
 -- =============================================================================================

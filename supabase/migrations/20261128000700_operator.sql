@@ -21,6 +21,8 @@
  * and are reconciled as usual (G10); scans and proposals go on (they move no money).
  */
 
+set lock_timeout = '5s';  -- a queued DDL lock fails the push instead of blocking writes
+
 -- =============================================================================================
 -- Section - set_trading_halted (service-only)
 -- =============================================================================================

@@ -50,11 +50,21 @@ values ('6a000000-0000-4000-8000-000000000001', 'a0000000-0000-4000-8000-0000000
 -- =============================================================================================
 create temp table rpcs (ord serial, fn text, args text[], returns text, callers text, call text);
 insert into rpcs (fn, args, returns, callers, call) values
-  ('claim_trade_execution', '{uuid,uuid,text,text,boolean}', 'jsonb', 'service', null),
+  ('claim_trade_execution', '{uuid,uuid,text,text,boolean,integer,integer}', 'jsonb', 'service', null),
   ('record_execution_result', '{uuid,jsonb}', 'jsonb', 'service',
    $$select public.record_execution_result('ea000000-0000-4000-8000-000000000002', '{"status": "failed", "error_code": "x"}')$$),
   ('list_unsettled_executions', '{integer,integer}', 'setof trade_executions', 'service',
    $$select * from public.list_unsettled_executions(0, 50)$$),
+  ('list_sweep_markets', '{integer}', 'jsonb', 'service',
+   $$select public.list_sweep_markets(3600)$$),
+  ('record_exchange_orders', '{jsonb}', 'jsonb', 'service',
+   $$select public.record_exchange_orders('[]')$$),
+  ('acknowledge_exchange_discrepancy', '{uuid,text}', 'jsonb', 'service',
+   $$select public.acknowledge_exchange_discrepancy('ea000000-0000-4000-8000-000000000002', 'from a browser')$$),
+  ('lease_auto_approved_proposals', '{text,integer,integer}', 'setof record', 'service',
+   $$select * from public.lease_auto_approved_proposals('browser-dispatcher', 100, 30)$$),
+  ('release_auto_execution_leases', '{text}', 'integer', 'service',
+   $$select public.release_auto_execution_leases('browser-dispatcher')$$),
   ('create_trade_proposal', '{uuid,text,text,numeric,numeric,text,text,text,numeric,uuid,integer}', 'jsonb', 'service',
    $$select public.create_trade_proposal('a0000000-0000-4000-8000-000000000001', 'TAPA-EUR', 'buy', 10, 1, 'x', 'manual')$$),
   ('claim_due_scan_jobs', '{text,integer,integer}', 'setof scan_jobs', 'service',

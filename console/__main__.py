@@ -1,0 +1,5 @@
+"""`python -m console …` is `oracle …`."""
+
+from console.cli import main
+
+raise SystemExit(main())
