@@ -96,10 +96,9 @@ create table public.gpt_usage_log (
   released_at timestamptz,
   release_reason text,
   -- A reservation for a shared oracle answer (one model call for every user whose scan read the
-  -- same market snapshot; the scanning migration adds the foreign key to private.oracle_answers)
-  -- and, once settled, how many reservations the call's bill was split among: the row's cost is
-  -- its share, its token counts are the call's.
-  oracle_answer_id uuid,
+  -- same market snapshot) and, once settled, how many reservations the call's bill was split
+  -- among: the row's cost is its share, its token counts are the call's.
+  oracle_answer_id uuid references private.oracle_answers (id),
   shared_by integer check (shared_by >= 1),
   -- OpenAI reports cached tokens as part of the prompt tokens.
   constraint gpt_usage_log_cached_within_prompt check (cached_prompt_tokens <= prompt_tokens),
@@ -123,6 +122,9 @@ create index gpt_usage_log_reserved_created_idx on public.gpt_usage_log (created
 create index gpt_usage_log_scan_job_idx on public.gpt_usage_log (scan_job_id) where scan_job_id is not null;
 -- The gpt_model_prices foreign key: deleting or renaming a price checks the usage log by model.
 create index gpt_usage_log_model_idx on public.gpt_usage_log (model);
+-- The reservations that paid into an answer (the oracle_answers foreign key).
+create index gpt_usage_log_oracle_answer_idx on public.gpt_usage_log (oracle_answer_id)
+  where oracle_answer_id is not null;
 
 alter table public.gpt_usage_log enable row level security;
 

@@ -7,12 +7,15 @@
  *     → the oracle, once per market snapshot (claim_oracle_answer; ORACLE=openai: every user
  *       reserves with reserve_gpt_budgets, one model call, record_oracle_answer)
  *     → create_scan_proposals → release_job_locks; at the tick's end settle_oracle_answers splits
- *       each call's bill among the users who used it, and auto-approved proposals go to
- *       trading_execute (Idempotency-Key auto:<proposal_id>)
+ *       each call's bill among the users who used it, and the dispatch sends the auto-approved
+ *       proposals waiting in the queue (the execution migration's lease_auto_approved_proposals)
+ *       to trading_execute (Idempotency-Key auto:<proposal_id>)
  *
  *   private.scan_period_proposals  the proposal a job made in its current due period (one row per job)
  *   private.oracle_answers         one oracle answer per market snapshot, under a unique key, so
  *                                  concurrent ticks make one call; proposals and reservations name it
+ *                                  (the table is created by the execution migration, before the
+ *                                  proposals and reservations that reference it)
  *   get_scan_contexts              before the oracle, per job: does this worker still hold the lease,
  *                                  how big may the user's next order be, did this period already
  *                                  propose, which sides already have an open proposal
@@ -31,10 +34,10 @@
  * A due period runs from the job's last success (or its creation) to its next success:
  * `coalesce(last_success_at, created_at)` names it. A run that dies half-way (SIGKILL, lost lease,
  * failed release) leaves last_success_at alone, so every later run of the job until one succeeds is
- * in the same period and finds the proposal already made: it hands the same proposal (same
- * Idempotency-Key) to trading_execute again instead of proposing anew. With trade_executions'
- * unique (proposal_id) and unique (user_id, idempotency_key), a repeated tick can therefore never
- * execute twice.
+ * in the same period and finds the proposal already made instead of proposing anew (an
+ * auto-approved one waits in the dispatch queue, every request for it under the same
+ * Idempotency-Key). With trade_executions' unique (proposal_id) and unique (user_id,
+ * idempotency_key), a repeated tick can therefore never execute twice.
  *
  * The fence: a worker whose lease was taken over (it stalled past lock_expires_at and another worker
  * claimed the job) must not write results. create_scan_proposals checks `locked_by = p_worker_id`
@@ -74,79 +77,6 @@ alter table private.scan_period_proposals enable row level security;
 
 -- Written and read only by the SECURITY DEFINER functions below; no API role touches it.
 revoke all on private.scan_period_proposals from public, anon, authenticated, service_role;
-
--- =============================================================================================
--- Section - private.oracle_answers
--- =============================================================================================
--- One row per oracle answer. The key is everything the answer depends on: the market and candle
--- interval, a SHA-256 digest of exactly what the oracle sees (the prompt's messages and response
--- schema, or the rules' candles and parameters), the oracle and model, the prompt and schema
--- versions, the completion cap. Life: `pending` (claimed_by is making the call, until
--- claimed_until) → `answered` (the answer; its bill once known) | `failed` (no answer). The bill
--- (tokens and cost) is null while unknown (a call that timed out may or may not be billed);
--- settled_at is set once it was split among the reservations (shared_by of them).
-create table private.oracle_answers (
-  id uuid primary key default private.uuid_v7(),
-  market text not null check (market ~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$'),
-  candle_interval text not null check (candle_interval ~ '^[0-9]{1,2}[mhdWM]$'),
-  input_digest text not null check (input_digest ~ '^[0-9a-f]{64}$'),
-  oracle text not null check (oracle in ('rules', 'openai')),
-  model text not null default '' check (length(model) <= 100),
-  prompt_version text not null check (length(prompt_version) between 1 and 50),
-  schema_version text not null check (length(schema_version) between 1 and 50),
-  max_prompt_tokens integer not null default 0 check (max_prompt_tokens between 0 and 10000000),
-  max_completion_tokens integer not null default 0 check (max_completion_tokens between 0 and 10000000),
-  status text not null check (status in ('pending', 'answered', 'failed')),
-  claimed_by text check (claimed_by is null or length(claimed_by) between 1 and 200),
-  claimed_until timestamptz,
-  answer jsonb check (answer is null or jsonb_typeof(answer) = 'object'),
-  failure text check (failure is null or length(failure) <= 500),
-  prompt_tokens integer check (prompt_tokens >= 0),
-  cached_prompt_tokens integer check (cached_prompt_tokens >= 0),
-  completion_tokens integer check (completion_tokens >= 0),
-  cost_usd numeric check (cost_usd >= 0 and cost_usd < 'Infinity'),
-  request_id text check (request_id is null or length(request_id) <= 200),
-  shared_by integer check (shared_by >= 0),
-  created_at timestamptz not null default now(),
-  answered_at timestamptz,
-  settled_at timestamptz,
-  constraint oracle_answers_bill_complete check (
-    num_nulls(prompt_tokens, cached_prompt_tokens, completion_tokens, cost_usd) in (0, 4)),
-  constraint oracle_answers_cached_within_prompt check (cached_prompt_tokens <= prompt_tokens),
-  constraint oracle_answers_pending_claimed check (
-    status <> 'pending' or (claimed_by is not null and claimed_until is not null)),
-  constraint oracle_answers_answered_complete check (
-    status <> 'answered' or (answer is not null and answered_at is not null)),
-  constraint oracle_answers_settled_billed check (
-    settled_at is null or (prompt_tokens is not null and shared_by is not null))
-);
--- The key: one live answer per snapshot, whatever the number of instances asking; a failed attempt
--- leaves the key free for the next.
-create unique index oracle_answers_key_idx on private.oracle_answers
-  (market, candle_interval, input_digest, oracle, model, prompt_version, schema_version,
-   max_completion_tokens)
-  where status <> 'failed';
--- run_maintenance: bills recorded but never split (the tick that made the call died before).
-create index oracle_answers_unsettled_idx on private.oracle_answers (answered_at)
-  where settled_at is null and prompt_tokens is not null;
-
-alter table private.oracle_answers enable row level security;
-
--- Written and read only by the SECURITY DEFINER functions below; no API role touches it.
-revoke all on private.oracle_answers from public, anon, authenticated, service_role;
-
--- The reservations that paid into an answer (gpt_budget migration's column).
-alter table public.gpt_usage_log
-  add constraint gpt_usage_log_oracle_answer_fkey
-  foreign key (oracle_answer_id) references private.oracle_answers (id);
-create index gpt_usage_log_oracle_answer_idx on public.gpt_usage_log (oracle_answer_id)
-  where oracle_answer_id is not null;
-
--- Each scanner proposal names the answer it came from.
-alter table public.trade_proposals
-  add column oracle_answer_id uuid references private.oracle_answers (id);
-create index trade_proposals_oracle_answer_idx on public.trade_proposals (oracle_answer_id)
-  where oracle_answer_id is not null;
 
 -- =============================================================================================
 -- Section - scanning RPCs (service-only)
