@@ -73,7 +73,8 @@ sandbox: setup ## the local Bitvavo sandbox on 127.0.0.1:$(SANDBOX_PORT)
 
 # Benchmarks: never part of `make test`. Each prints a table of ratios measured in the same run.
 BENCH_PY := .bench-venv/bin/python
-BENCHMARKS := bench/scheduler.py bench/claim_path.py bench/budget.py bench/http_execute.py bench/scan_burst.py
+BENCHMARKS := bench/scheduler.py bench/claim_path.py bench/budget.py bench/http_execute.py \
+	bench/scan_scale.py bench/scan_burst.py
 
 bench: setup ## benchmarks in a bench-only environment (.bench-venv, bench/node_modules); prints the tables
 	@bench/setup.sh

@@ -12,6 +12,8 @@
     gpt            GPT spend vs the hourly and daily limits, top N users (private.gpt_spend: the
                    same figures reserve_gpt_budget decides on)
     leases         scan jobs: leases held / expired-but-held / due / enabled / failing (G2)
+    scheduling     scheduling lag (a job's claim − its next_run_at) of the jobs claimed in the
+                   window, p50 / p99 / max, and how late the oldest job due right now is
 
 Every value is JSON-able after `views.jsonable` (Decimal money, UTC datetimes).
 """
@@ -139,6 +141,22 @@ def snapshot(conn: psycopg.Connection[Any], *, window: timedelta, top: int) -> d
                    min(j.next_run_at) filter (where j.enabled and j.locked_by is null)
                      as next_run_at
             from public.scan_jobs j""")[0],
+        "scheduling": _rows(conn, """
+            with claimed as (
+              select j.last_claim_lag_seconds as lag from public.scan_jobs j
+              where j.last_claim_lag_seconds is not null
+                and greatest(j.locked_at, j.last_run_at) >= now() - %(w)s::interval)
+            select (select count(*) from claimed) as claimed,
+                   (select percentile_disc(0.5) within group (order by c.lag) from claimed c)
+                     as lag_p50_seconds,
+                   (select percentile_disc(0.99) within group (order by c.lag) from claimed c)
+                     as lag_p99_seconds,
+                   (select max(c.lag) from claimed c) as lag_max_seconds,
+                   (select round(max(extract(epoch from now() - j.next_run_at)), 3)
+                      from public.scan_jobs j
+                     where j.enabled and j.next_run_at <= now()
+                       and (j.locked_by is null or j.lock_expires_at <= now()))
+                     as oldest_due_seconds""", {"w": window})[0],
     }
 
 

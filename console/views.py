@@ -139,6 +139,11 @@ def render_status(out: IO[str], snap: Mapping[str, Any], target: str) -> None:
                                 "disabled", "failing", "next run"],
                   [[leases["held"], leases["expired_held"], leases["due"], leases["enabled"],
                     leases["disabled"], leases["failing"], leases["next_run_at"]]]))
+    lag = snap["scheduling"]
+    c.print(table("scheduling lag (claim − next_run_at, s)",
+                  ["jobs claimed", "p50", "p99", "max", "oldest due now"],
+                  [[lag["claimed"], lag["lag_p50_seconds"], lag["lag_p99_seconds"],
+                    lag["lag_max_seconds"], lag["oldest_due_seconds"]]]))
 
 
 # -- locks ----------------------------------------------------------------------------------------

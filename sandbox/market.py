@@ -13,6 +13,12 @@ the base price. Everything is integer or Decimal arithmetic, rounded to the mark
 Minute m's candle runs from price(m-1) (open) to price(m) (close) with hashed wicks; the ticker,
 the book and market-order fills use price(now) and a spread around it; resting limit orders fill
 when a later minute's candle reaches their price (see matching.py). Resolution is one minute.
+
+An illiquid market (`quiet_pct` > 0, THIN-EUR) has intervals without trades, as Bitvavo does: a
+hashed `quiet_pct` % of its hours see no trade at all, and so does `quiet_pct` % of the minutes of
+the other hours. Bitvavo sends no candle for an interval without trades, so its candles skip them
+(and its public trades); its last price is the last minute that traded. The book and the 24-hour
+ticker ignore the gaps.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class Market:
     min_quote: Decimal
     volume_unit: Decimal  # typical base volume traded per minute
     max_open_orders: int = 100
+    quiet_pct: int = 0  # hours, and minutes of the other hours, without a trade (module doc)
 
     def listing(self) -> dict[str, object]:
         """The `/markets` row, with Bitvavo's field names and string/number types."""
@@ -88,6 +95,8 @@ MARKETS: dict[str, Market] = {
                Decimal("0.01"), Decimal("5"), Decimal("60")),
         Market("XRP-EUR", "XRP", "EUR", Decimal("2.1"), Decimal("0.00001"), 6, 2,
                Decimal("1"), Decimal("5"), Decimal("9000")),
+        Market("THIN-EUR", "THIN", "EUR", Decimal("0.8"), Decimal("0.0001"), 2, 2,
+               Decimal("10"), Decimal("5"), Decimal("40"), quiet_pct=40),
     )
 }
 
@@ -98,6 +107,7 @@ ASSETS: dict[str, tuple[str, int, str, str, list[str]]] = {
     "ETH": ("Ethereum", 18, "0.0015", "0.003", ["ETH"]),
     "SOL": ("Solana", 9, "0.008", "0.016", ["SOL"]),
     "XRP": ("XRP", 6, "0.2", "0.4", ["XRP"]),
+    "THIN": ("Thin (illiquid, sandbox only)", 2, "1", "2", ["THIN"]),
 }
 
 
@@ -158,6 +168,21 @@ def price_at_minute(seed: int, market: str, minute: int) -> Decimal:
     return spec.to_tick(spec.base_price * (1 + offset / _UNITS))
 
 
+@lru_cache(maxsize=1 << 18)
+def trades_in_minute(seed: int, market: str, minute: int) -> bool:
+    """Whether anything traded on `market` during `minute` (always, but on an illiquid market)."""
+    quiet = MARKETS[market].quiet_pct
+    if quiet == 0:
+        return True
+    if _hash_int("quiet-hour", seed, market, minute // 60) % 100 < quiet:
+        return False
+    return _hash_int("quiet-minute", seed, market, minute) % 100 >= quiet
+
+
+# How far back the last trade of an illiquid market is looked for (a week of minutes).
+_LAST_TRADE_SEARCH = 7 * 1440
+
+
 @dataclass(frozen=True)
 class Candle:
     start_ms: int
@@ -211,7 +236,11 @@ class PricePath:
         self.seed = seed
 
     def price(self, market: str, now_ms: int) -> Decimal:
-        return price_at_minute(self.seed, market, now_ms // MINUTE_MS)
+        minute = now_ms // MINUTE_MS
+        if MARKETS[market].quiet_pct:
+            minute = next((m for m in range(minute, minute - _LAST_TRADE_SEARCH, -1)
+                           if trades_in_minute(self.seed, market, m)), minute)
+        return price_at_minute(self.seed, market, minute)
 
     def candle(self, market: str, minute: int) -> Candle:
         return minute_candle(self.seed, market, minute)
@@ -287,19 +316,28 @@ class PricePath:
         last_minute = now_minute if end_ms is None else min(now_minute, (end_ms - 1) // MINUTE_MS)
         rows: list[list[object]] = []
         first, end = _bucket_bounds(interval, last_minute)
-        while len(rows) < limit:
+        # An illiquid market's empty intervals send no row; stop looking back after as many again.
+        looked, bound = 0, 2 * limit if MARKETS[market].quiet_pct else limit
+        while len(rows) < limit and looked < bound:
             if start_ms is not None and first * MINUTE_MS < start_ms:
                 break
-            rows.append(self._bucket_row(market, first, min(end, now_minute + 1)))
+            row = self._bucket_row(market, first, min(end, now_minute + 1))
+            if row is not None:
+                rows.append(row)
+            looked += 1
             first, end = _bucket_bounds(interval, first - 1)
         return rows
 
-    def _bucket_row(self, market: str, first: int, end: int) -> list[object]:
+    def _bucket_row(self, market: str, first: int, end: int) -> list[object] | None:
         count = end - first
         stride = max(1, count // _SAMPLES_PER_BUCKET)
         minutes = list(range(first, end, stride))
         if minutes[-1] != end - 1:
             minutes.append(end - 1)
+        if MARKETS[market].quiet_pct:
+            minutes = [m for m in minutes if trades_in_minute(self.seed, market, m)]
+            if not minutes:
+                return None  # nothing traded: Bitvavo sends no candle
         sampled = [self.candle(market, m) for m in minutes]
         volume = sum((c.volume for c in sampled), Decimal(0)) * stride
         return [
@@ -321,7 +359,7 @@ class PricePath:
             at = minute * MINUTE_MS + _hash_int("trade-at", self.seed, market, minute) % MINUTE_MS
             if start_ms is not None and at < start_ms:
                 break
-            if at <= upper:
+            if at <= upper and trades_in_minute(self.seed, market, minute):
                 candle = self.candle(market, minute)
                 trade_hash = _hash_int("trade", self.seed, market, minute)
                 trades.append({

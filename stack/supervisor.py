@@ -249,7 +249,7 @@ class Stack:
         self._wait_ready(execute)
         self._wait_ready(scanner)
         self.cron = LocalCron(service_key=local.SERVICE_ROLE_KEY, jobs=[
-            Job(TICK_JOB, f"{self.scanner_url}/", cfg.tick_seconds, {"max_jobs": 10}),
+            Job(TICK_JOB, f"{self.scanner_url}/", cfg.tick_seconds, {}),
             Job(RECONCILE_JOB, f"{self.execute_url}/reconcile", cfg.reconcile_seconds),
         ])
         self.state = "ready"

@@ -77,10 +77,11 @@ def send(sent: dict[str, Any]) -> httpx.Response:
 
 
 def rotate_key_and_send(db: Database, job: str) -> httpx.Response:
-    """Rotate the service key in Vault: the job's next request carries the new key (no
-    migration needed), which the function then refuses; returns its answer."""
+    """Rotate the service key in Vault: the job's next requests carry the new key (no
+    migration needed), which the function then refuses; returns the answer to the first."""
     db.query("update vault.secrets set secret = 'rotated-key-0123456789' "
              "where name = 'scan_scheduler_service_key'")
-    (rotated,) = run_job(db, job)
-    assert rotated["headers"]["Authorization"] == "Bearer rotated-key-0123456789"
-    return send(rotated)
+    rotated = run_job(db, job)
+    assert rotated and {r["headers"]["Authorization"] for r in rotated} == {
+        "Bearer rotated-key-0123456789"}
+    return send(rotated[0])

@@ -315,3 +315,94 @@ class Forwarder:
     def __exit__(self, *exc: object) -> None:
         self.server.__exit__(*exc)
         self._client.close()
+
+
+class SandboxProxy:
+    """A pass-through proxy to the sandbox that records every answer's rate-limit headers, and
+    can play three parts (all off by default):
+
+    - `pin_ms`: the market clock pinned — candles end before `pin_ms` (an hour boundary in the
+      past, so every bucket is complete) and `GET /ticker/price` answers each market's price at
+      `pin_ms`: every read in the test sees the same market, minute after minute;
+    - `exhaust_after`: from the n-th answer on, the rate-limit headers say the budget is spent
+      (remaining 0, the window resetting in 55 s), as Bitvavo's own would near the limit;
+    - `ban`: a path prefix answered 429 / errorCode 105 (a ban), as Bitvavo answers an exceeded
+      limit."""
+
+    def __init__(self, sandbox: SandboxServer, *, pin_ms: int | None = None,
+                 exhaust_after: int | None = None, ban: str | None = None) -> None:
+        self.sandbox = sandbox
+        self.pin_ms = pin_ms
+        self.exhaust_after = exhaust_after
+        self.ban = ban
+        self.answers: list[tuple[str, dict[str, str]]] = []  # (path, headers) in answer order
+        self._lock = threading.Lock()
+        self._client = httpx.Client(base_url=sandbox.root, timeout=30.0)
+        self.server = RecordingServer(self._forward)
+
+    @property
+    def rest_url(self) -> str:
+        return self.server.url + "/v2"
+
+    def weight(self) -> int:
+        """Weight spent, from the sandbox's own headers: per window (bitvavo-ratelimit-resetat),
+        the limit minus the lowest remaining seen."""
+        spent: dict[str, int] = {}
+        for _, headers in self.snapshot():
+            window = headers.get("bitvavo-ratelimit-resetat")
+            if window is None:
+                continue
+            used = int(headers["bitvavo-ratelimit-limit"]) - int(
+                headers["bitvavo-ratelimit-remaining"])
+            spent[window] = max(spent.get(window, 0), used)
+        return sum(spent.values())
+
+    def snapshot(self) -> list[tuple[str, dict[str, str]]]:
+        with self._lock:
+            return list(self.answers)
+
+    def _forward(self, request: Recorded) -> tuple[int, Mapping[str, str], bytes | str]:
+        path = request.path
+        if self.ban is not None and path.startswith(self.ban):
+            until = int(time.time() * 1000) + 60_000
+            return 429, {}, json.dumps({"errorCode": 105, "error": (
+                "Your IP or API key has been banned for not respecting the rate limit. The ban "
+                f"expires at {until}.")})
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in ("host", "content-length", "connection")}
+        if self.pin_ms is not None and path.startswith("/v2/ticker/price"):
+            status, keep, content = self._pinned_prices(headers)
+        else:
+            if self.pin_ms is not None and "/candles" in path:
+                path += f"&end={self.pin_ms}"
+            answer = self._client.request(request.method, path, headers=headers,
+                                          content=request.body or None)
+            status, content = answer.status_code, answer.content
+            keep = {k: v for k, v in answer.headers.items()
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection",
+                                         "content-encoding")}
+        with self._lock:
+            self.answers.append((request.path, {k.lower(): v for k, v in keep.items()}))
+            spent = self.exhaust_after is not None and len(self.answers) >= self.exhaust_after
+        if spent:
+            keep = {**keep, "bitvavo-ratelimit-remaining": "0",
+                    "bitvavo-ratelimit-resetat": str(int(time.time() * 1000) + 55_000)}
+        return status, keep, content
+
+    def _pinned_prices(self, headers: dict[str, str]
+                       ) -> tuple[int, dict[str, str], bytes | str]:
+        # The real request, for its rate-limit headers; the prices, from the pinned minute.
+        answer = self._client.get("/v2/ticker/price", headers=headers)
+        keep = {k: v for k, v in answer.headers.items() if k.lower().startswith("bitvavo-")}
+        prices = [{"market": row["market"],
+                   "price": self.sandbox.price_at(row["market"], self.pin_ms or 0)["price"]}
+                  for row in answer.json()]
+        return 200, {**keep, "Content-Type": "application/json"}, json.dumps(prices)
+
+    def __enter__(self) -> SandboxProxy:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__(*exc)
+        self._client.close()

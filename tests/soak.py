@@ -162,8 +162,9 @@ FAULTS: list[tuple[str, dict[str, Any]]] = [
 DB_CUT_AFTER: dict[str, tuple[str | None, ...]] = {
     "execute": ("claim_trade_execution", "record_execution_result", "list_unsettled_executions",
                 None),
-    "scanners": ("claim_due_scan_jobs", "get_scan_context", "reserve_gpt_budget",
-                 "settle_gpt_usage", "create_scan_proposal", "release_job_locks", None),
+    "scanners": ("claim_due_scan_jobs", "get_scan_contexts", "reserve_gpt_budgets",
+                 "record_oracle_answer", "create_scan_proposals", "release_job_locks",
+                 "settle_oracle_answers", None),
 }
 
 WEIGHTS = {"execute": 40, "fault": 14, "tick": 16, "reconcile": 7, "kill": 4, "due": 6,
@@ -264,11 +265,12 @@ class Ledger:
 
 # -- the fake model (G7 at every call) ------------------------------------------------------------
 class FakeModel:
-    """An OpenAI-compatible chat completions endpoint. Each call must carry the id of a `reserved`
-    gpt_usage_log row (X-Client-Request-Id), and at that moment the user's settled + reserved
-    spend must be within both limits. It answers, by a seeded draw per call: a valid signal,
-    hold, a malformed answer, a refusal, an HTTP 500, no usage, or nothing within the scanner's
-    timeout; usage as OpenAI reports it, never above what was reserved."""
+    """An OpenAI-compatible chat completions endpoint. Each call must carry the id of a shared
+    oracle answer (X-Client-Request-Id) with at least one reservation, every one of them
+    `reserved`, and at that moment each of those users' settled + reserved spend must be within
+    both limits. It answers, by a seeded draw per call: a valid signal, hold, a malformed answer,
+    a refusal, an HTTP 500, no usage, or nothing within the scanner's timeout; usage as OpenAI
+    reports it, never above what was reserved."""
 
     def __init__(self, db: Database, ledger: Ledger, seed: int) -> None:
         self.db = db
@@ -328,20 +330,20 @@ class FakeModel:
             from public.gpt_usage_log l
             join public.trading_settings s using (user_id)
             cross join lateral private.gpt_spend(l.user_id) g
-            where l.id::text = %s""", (rid,))
+            where l.oracle_answer_id::text = %s""", (rid,))
         if not rows:
             self.ledger.violation(f"G7: a model call without a reservation ({rid!r})")
             return 1000, 200
-        status, user, max_prompt, max_completion, hour, day, hourly, daily = rows[0]
-        if status != "reserved":
-            self.ledger.violation(f"G7: a model call on a {status} reservation {rid}")
-        if body.get("max_completion_tokens") != max_completion:
-            self.ledger.violation(f"G7: completion cap {body.get('max_completion_tokens')} is not "
-                                  f"the reserved {max_completion} ({rid})")
-        if hour > hourly or day > daily:
-            self.ledger.violation(f"G7: user {user} spends {hour} this hour / {day} today at a "
-                                  f"call, limits {hourly} / {daily}")
-        return int(max_prompt or 1000), int(max_completion or 200)
+        for status, user, _, max_completion, hour, day, hourly, daily in rows:
+            if status != "reserved":
+                self.ledger.violation(f"G7: a model call on a {status} reservation ({rid})")
+            if body.get("max_completion_tokens") != max_completion:
+                self.ledger.violation(f"G7: completion cap {body.get('max_completion_tokens')} "
+                                      f"is not the reserved {max_completion} ({rid})")
+            if hour > hourly or day > daily:
+                self.ledger.violation(f"G7: user {user} spends {hour} this hour / {day} today "
+                                      f"at a call, limits {hourly} / {daily}")
+        return int(rows[0][2] or 1000), int(rows[0][3] or 200)
 
 
 # -- the processes --------------------------------------------------------------------------------

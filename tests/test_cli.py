@@ -182,12 +182,17 @@ def test_status_shows_switches_counts_rejections_cooldowns_budget_and_leases(
     leases = data["leases"]
     assert (leases["held"], leases["expired_held"], leases["due"], leases["enabled"]) == (
         1, 1, 1, 2)
+    # Scheduling lag: the claimed job fell due at its creation and was claimed just after.
+    lag = data["scheduling"]
+    assert lag["claimed"] == 1 and Decimal(lag["lag_max_seconds"]) == Decimal(
+        lag["lag_p50_seconds"]) >= 0
+    assert Decimal(lag["oldest_due_seconds"]) > 0  # the crashed worker's job is due
 
     text = oracle(capsys, "--db-url", db.url, "status")
     assert text.code == 0, text.err
     for expected in ("TRADING HALTED", "status test", "rejections by validator", "anti_flip",
                      "cooldowns in force", email, market, "GPT spend vs limits",
-                     "expired, still held"):
+                     "expired, still held", "scheduling lag"):
         assert expected in text.out, expected
 
 

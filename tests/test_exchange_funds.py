@@ -6,6 +6,8 @@ again after the exchange refused a buy for funds."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -225,6 +227,39 @@ def test_the_figure_is_trusted_for_its_ttl_then_read_again() -> None:
     zero = FreeBalance(read, FeeHeadroom(balance_ttl_seconds=0), clock=clock)
     with pytest.raises(StopIteration):  # a TTL of 0 reads for every buy
         zero.before(request("10"))
+
+
+def test_concurrent_buys_with_no_figure_read_the_balance_once() -> None:
+    """A dispatch sends several buys at once to a process that has no figure yet: one of them
+    reads GET /balance (weight 5 on the trade key), the others wait for that read instead of
+    each making their own."""
+    reads: list[str] = []
+    release = threading.Event()
+
+    def read(symbol: str) -> Decimal:
+        reads.append(symbol)
+        release.wait(timeout=10)
+        return Decimal("500")
+
+    funds = FreeBalance(read, FeeHeadroom(balance_ttl_seconds=10))
+    start = threading.Barrier(8)
+    answers: list[Decimal | None] = []
+
+    def buy() -> None:
+        start.wait(timeout=10)
+        answers.append(funds.before(request("10")))
+
+    threads = [threading.Thread(target=buy) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 2  # time for every buy to reach the read (or wait for it)
+    while len(reads) < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert answers == [Decimal("500")] * 8
+    assert reads == ["EUR"]
 
 
 def test_fit_buy_sizes_down_rounds_down_and_refuses_below_the_minimum() -> None:

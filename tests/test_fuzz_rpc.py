@@ -156,6 +156,12 @@ def world(pg_session: SessionCluster) -> Iterator[World]:
                                    p_max_completion_tokens=50)["reservation_id"])
                         for _ in range(3)]
         users = [str(owner), str(other)]
+        answers = [str(db.rpc("claim_oracle_answer", p_worker_id=WORKER, p_market=MARKETS[0],
+                              p_candle_interval="1h", p_input_digest=f"{n:064x}",
+                              p_oracle="openai", p_model="gpt-4o-mini", p_prompt_version="p",
+                              p_schema_version="s", p_max_prompt_tokens=100,
+                              p_max_completion_tokens=50, p_claim_seconds=3600,
+                              p_answer=None)["answer_id"]) for n in range(3)]
         optional = {fn: set(names[len(names) - defaults:]) if defaults else set()
                     for fn, names, defaults in db.query(
                         "select p.proname, coalesce(p.proargnames, '{}'), p.pronargdefaults "
@@ -163,7 +169,8 @@ def world(pg_session: SessionCluster) -> Iterator[World]:
                         "where n.nspname = 'public'")}
         built = World(db, rpc, fingerprint, users, {
             "user": users, "proposal": proposals + pending + [str(propose(db, other))],
-            "execution": executions, "job": jobs, "reservation": reservations}, optional)
+            "execution": executions, "job": jobs, "reservation": reservations,
+            "answer": answers}, optional)
         built.params = strategies(built)
         yield built
     finally:
@@ -319,6 +326,81 @@ def release_results_param(world: World) -> Param:
         [{"job_id": jobs[2], "succeeded": True}], edges)
 
 
+def id_list_param(world: World, kind: str) -> Param:
+    """A JSON array of known ids, or of anything else, or not an array; past 1,000 entries."""
+    known = world.ids[kind]
+    many = [str(uuid.uuid4()) for _ in range(1001)]
+    return Param(st.lists(st.sampled_from(known), max_size=len(known), unique=True),
+                 st.one_of(st.lists(st.one_of(uuid_text(known), st.integers(), st.none(),
+                                              json_values(floats=False, max_leaves=2)),
+                                    max_size=4),
+                           json_values(floats=False), odd_text()),
+                 known[:1],
+                 (None, [], {}, "[]", "[", [None], [""], ["x"], [known[0].upper()],
+                  [known[0], known[0]], many[:1000], many, [1], [[known[0]]]))
+
+
+def json_object_param() -> Param:
+    """Any JSON document where an object is expected."""
+    return Param(st.just({"kind": "no_signal", "reason": "fuzz"}),
+                 st.one_of(json_values(floats=False), odd_text()),
+                 {"kind": "no_signal", "reason": "fuzz"},
+                 (None, {}, [], "x", 1, "{", {"kind": "x" * 100_000}))
+
+
+def scan_proposals_param(world: World) -> Param:
+    """create_scan_proposals' p_proposals: plausible entries for known jobs, or entries with
+    every member fuzzed, other shapes, one past the 1,000 limit, a job named twice."""
+    jobs = world.ids["job"]
+    valid_entry = st.fixed_dictionaries(
+        {"job_id": st.sampled_from(jobs), "side": st.sampled_from(["buy", "sell"]),
+         "amount_quote": st.sampled_from(["10", 7, "5"]),
+         "confidence": st.sampled_from(["0.9", 1, "0.5"]),
+         "source": st.sampled_from(["rules", "openai", "manual"])},
+        optional={"rationale": PLAIN_TEXT, "model": st.sampled_from(["gpt-4o-mini", None]),
+                  "reference_price": st.sampled_from(["50000", None]),
+                  "oracle_answer_id": st.sampled_from([*world.ids["answer"], None])})
+    valid = st.lists(valid_entry, max_size=len(jobs), unique_by=lambda e: e["job_id"])
+    money = st.one_of(numeric_text(), st.integers(-10**45, 10**45), st.none(),
+                      json_values(floats=False, max_leaves=2))
+    text = st.one_of(odd_text(), st.integers(), st.none())
+    entry = st.fixed_dictionaries({}, optional={
+        "job_id": uuid_param(world, "job").fuzz, "side": text, "amount_quote": money,
+        "confidence": money, "rationale": text, "source": text, "model": text,
+        "reference_price": money, "oracle_answer_id": uuid_text(world.ids["answer"])})
+    good = {"job_id": jobs[0], "side": "buy", "amount_quote": "10", "confidence": "0.9",
+            "source": "rules"}
+    edges = (None, [], {}, "[]", [None], [{}], [good, good], [{**good, "extra": 1}],
+             [{**good, "amount_quote": "NaN"}], [{**good, "amount_quote": "1e400000"}],
+             [{**good, "amount_quote": "0." + "0" * 16383 + "1"}],
+             [{**good, "confidence": "-0"}], [{**good, "rationale": "x" * 10001}],
+             [{**good, "rationale": "nul\u0000"}], [{**good, "model": "x" * 101}],
+             [{**good, "oracle_answer_id": str(uuid.uuid4())}],
+             [{**good, "job_id": str(uuid.uuid4())} for _ in range(1001)])
+    return Param(valid, st.one_of(st.lists(st.one_of(entry, valid_entry), max_size=4),
+                                  json_values(floats=False), odd_text()),
+                 [good], edges)
+
+
+def gpt_requests_param(world: World) -> Param:
+    """reserve_gpt_budgets' p_requests: known users (with a job or none), or anything else."""
+    users, jobs = world.ids["user"], world.ids["job"]
+    valid = st.lists(st.fixed_dictionaries({"user_id": st.sampled_from(users)},
+                                           optional={"scan_job_id": st.sampled_from(
+                                               [*jobs, None])}),
+                     max_size=len(users), unique_by=lambda e: e["user_id"])
+    entry = st.fixed_dictionaries({}, optional={
+        "user_id": uuid_text(users), "scan_job_id": uuid_text(jobs),
+        "extra": json_values(floats=False, max_leaves=2)})
+    edges = (None, [], {}, [None], [{}], [{"user_id": users[0]}] * 2,
+             [{"user_id": users[0], "scan_job_id": jobs[-1]}],  # another user's job
+             [{"user_id": str(uuid.uuid4())}],
+             [{"user_id": str(uuid.uuid4())} for _ in range(1001)])
+    return Param(valid, st.one_of(st.lists(entry, max_size=3), json_values(floats=False),
+                                  odd_text()),
+                 [{"user_id": users[0]}], edges)
+
+
 def exchange_orders_param() -> Param:
     """record_exchange_orders's p_orders: orders as the sweep lists them (unknown clientOrderIds:
     orphans), or entries with every member fuzzed, wrong shapes, one past the 10,000 limit."""
@@ -375,6 +457,14 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
         "fuzz-key-default", key_edges)
     return {
         "check_gpt_budget": {"p_user_id": user},
+        "claim_oracle_answer": {
+            "p_worker_id": worker, "p_market": market, "p_candle_interval": text_param("1h", "1m"),
+            "p_input_digest": text_param("a" * 64, "0" * 64),
+            "p_oracle": text_param("openai", "rules"), "p_model": model,
+            "p_prompt_version": text_param("p1"), "p_schema_version": text_param("s1"),
+            "p_max_prompt_tokens": int_param(100, 0, 10_000_000),
+            "p_max_completion_tokens": int_param(50, 0, 10_000_000),
+            "p_claim_seconds": int_param(60, 1, 3600), "p_answer": json_object_param()},
         "claim_due_scan_jobs": {"p_worker_id": worker, "p_limit": int_param(1, 10, 1000),
                                 "p_lock_seconds": int_param(10, 300, 3600)},
         "claim_trade_execution": {"p_user_id": user, "p_proposal_id": proposal,
@@ -392,6 +482,9 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
             "p_confidence": confidence, "p_rationale": rationale, "p_source": source,
             "p_model": model, "p_reference_price": numeric_param("50000", "0.0001"),
             "p_ttl_seconds": int_param(1, 900, 86400)},
+        "create_scan_proposals": {"p_worker_id": worker,
+                                  "p_proposals": scan_proposals_param(world),
+                                  "p_ttl_seconds": int_param(1, 900, 86400)},
         "create_trade_proposal": {
             "p_user_id": user, "p_market": market, "p_side": side, "p_amount_quote": amount,
             "p_confidence": confidence, "p_rationale": rationale, "p_source": source,
@@ -402,8 +495,12 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
                                   "p_decision": text_param("approve", "reject")},
         "get_budget_analytics": {"p_user_id": user, "p_days": int_param(1, 7, 366)},
         "get_scan_context": {"p_job_id": job, "p_worker_id": worker, "p_mode": mode},
+        "get_scan_contexts": {"p_worker_id": worker, "p_job_ids": id_list_param(world, "job"),
+                              "p_mode": mode},
         "heartbeat_scan_job": {"p_job_id": job, "p_worker_id": worker,
                                "p_lock_seconds": int_param(10, 300, 3600)},
+        "heartbeat_scan_jobs": {"p_worker_id": worker, "p_job_ids": id_list_param(world, "job"),
+                                "p_lock_seconds": int_param(10, 300, 3600)},
         "lease_auto_approved_proposals": {"p_dispatcher": worker,
                                           "p_limit": int_param(1, 100, 1000),
                                           "p_lease_seconds": int_param(30, 1, 3600)},
@@ -419,6 +516,13 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
         "release_auto_execution_leases": {"p_dispatcher": worker},
         "record_execution_result": {"p_execution_id": execution,
                                     "p_result": execution_result_param()},
+        "record_oracle_answer": {
+            "p_answer_id": uuid_param(world, "answer"), "p_worker_id": worker,
+            "p_status": text_param("answered", "failed"), "p_answer": json_object_param(),
+            "p_prompt_tokens": int_param(100, 0, 2**31 - 1),
+            "p_cached_prompt_tokens": int_param(0, 10), "p_completion_tokens": int_param(50, 0),
+            "p_request_id": text_param("req-1", plain=True),
+            "p_failure": text_param("timeout", plain=True)},
         "release_job_lock": {"p_job_id": job, "p_worker_id": worker, "p_succeeded": bool_param(),
                              "p_error": text_param(plain=True)},
         "release_job_locks": {"p_worker_id": worker, "p_results": release_results_param(world)},
@@ -426,6 +530,8 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
                                "p_max_prompt_tokens": int_param(0, 100, 10_000_000),
                                "p_max_completion_tokens": int_param(0, 50, 10_000_000),
                                "p_scan_job_id": job},
+        "reserve_gpt_budgets": {"p_oracle_answer_id": uuid_param(world, "answer"),
+                                "p_requests": gpt_requests_param(world)},
         "run_maintenance": {},
         "set_trading_halted": {"p_halted": bool_param(), "p_reason": text_param(plain=True)},
         "settle_gpt_usage": {"p_reservation_id": reservation,
@@ -433,6 +539,7 @@ def strategies(world: World) -> dict[str, dict[str, Param]]:
                              "p_cached_prompt_tokens": int_param(0, 10),
                              "p_completion_tokens": int_param(0, 50),
                              "p_request_id": text_param("req-1", plain=True)},
+        "settle_oracle_answers": {"p_answer_ids": id_list_param(world, "answer")},
     }
 
 
@@ -453,20 +560,23 @@ def draw_args(data: st.DataObject, world: World, fn: str) -> dict[str, Any]:
 
 # The examples each RPC gets in CI: more for the ones with many parameters or a JSON document.
 BUDGET = {"record_execution_result": 300, "release_job_locks": 200, "create_trade_proposal": 200,
-          "create_scan_proposal": 200, "claim_trade_execution": 200,
+          "create_scan_proposal": 200, "claim_trade_execution": 200, "create_scan_proposals": 200,
+          "claim_oracle_answer": 200, "record_oracle_answer": 200, "reserve_gpt_budgets": 200,
           "record_exchange_orders": 200}
 # As service_role: every RPC in public but decide_trade_proposal, which acts for auth.uid() only
 # (SPEC §3) and refuses any caller without one — service_role included — with 42501 before it
 # reads its arguments (test_decide_trade_proposal_is_for_a_signed_in_user_only).
 SERVICE_RPCS = ("acknowledge_exchange_discrepancy", "check_gpt_budget", "claim_due_scan_jobs",
-                "claim_trade_execution",
-                "cleanup_expired_locks", "clear_todays_budget", "create_scan_proposal",
+                "claim_oracle_answer", "claim_trade_execution", "cleanup_expired_locks",
+                "clear_todays_budget", "create_scan_proposal", "create_scan_proposals",
                 "create_trade_proposal", "debug_check_locks", "get_budget_analytics",
-                "get_scan_context", "heartbeat_scan_job", "lease_auto_approved_proposals",
-                "list_sweep_markets", "list_unsettled_executions", "record_exchange_orders",
-                "record_execution_result", "release_auto_execution_leases", "release_job_lock",
-                "release_job_locks",
-                "reserve_gpt_budget", "run_maintenance", "set_trading_halted", "settle_gpt_usage")
+                "get_scan_context", "get_scan_contexts", "heartbeat_scan_job",
+                "heartbeat_scan_jobs", "lease_auto_approved_proposals", "list_sweep_markets",
+                "list_unsettled_executions", "record_exchange_orders", "record_execution_result",
+                "record_oracle_answer", "release_auto_execution_leases", "release_job_lock",
+                "release_job_locks", "reserve_gpt_budget", "reserve_gpt_budgets",
+                "run_maintenance", "set_trading_halted", "settle_gpt_usage",
+                "settle_oracle_answers")
 USER_RPCS = ("decide_trade_proposal", "get_budget_analytics")
 SETOF = {"claim_due_scan_jobs", "debug_check_locks", "lease_auto_approved_proposals",
          "list_unsettled_executions"}

@@ -29,6 +29,8 @@ insert into public.market_allowlist (market, enabled, min_order_quote, max_order
 values ('NUM-EUR', true, 5, 100);
 insert into public.trading_allowlist (user_id, market, max_order_quote)
 values (%(u)s, 'NUM-EUR', 50);
+insert into public.scan_jobs (user_id, market, last_claim_lag_seconds)
+values (%(u)s, 'NUM-EUR', 1.5);
 insert into public.trade_proposals (id, user_id, market, side, amount_quote, reference_price,
                                     confidence, source, status, expires_at)
 values (%(p)s, %(u)s, 'NUM-EUR', 'buy', 10, 50000, 0.9, 'rules', 'executing',

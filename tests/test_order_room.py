@@ -159,5 +159,5 @@ def test_the_order_room_is_defined_once(db: Database) -> None:
     daily = [name for name, body in sources.items() if "sum(e.amount_quote)" in body]
     assert cap == ["private.order_cap"]
     assert daily == ["private.daily_executions"]
-    for rpc in ("public.claim_trade_execution", "public.get_scan_context"):
+    for rpc in ("public.claim_trade_execution", "public.get_scan_contexts"):
         assert "private.order_cap(" in sources[rpc] and "private.daily_executions(" in sources[rpc]

@@ -163,10 +163,11 @@ def test_a_proposal_that_cannot_go_before_it_expires_ends_expired_with_the_reaso
         "executed": 2, "expired": 3}
     expired = db.query("select a.detail from public.execution_audit_log a "
                        "join public.trade_proposals p on p.id = a.proposal_id "
-                       "where a.event = 'proposal.expired' order by p.created_at")
+                       "where a.event = 'proposal.expired' order by p.created_at, p.id")
     assert [d["reason"] for (d,) in expired] == ["not_executed_before_expiry"] * 3
     assert [d["status_was"] for (d,) in expired] == ["approved"] * 3
-    # The oldest waiting one was refused for the order budget; the others were never sent.
+    # The first waiting one in the queue's order (created_at, id: a batch writes its proposals at
+    # one created_at) was refused for the order budget; the others were never sent.
     assert [(d["last_claim"] or {}).get("event") for (d,) in expired] == [
         "claim.rate_limited", None, None]
     assert sandbox.limits()["refused"] == 0

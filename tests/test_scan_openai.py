@@ -1,15 +1,18 @@
-"""The openai oracle (shared/scanning/gpt.py) on recorded response bodies, with pytest-httpx.
+"""The openai oracle (shared/scanning/gpt.py) and its sharing (answers.py) on recorded response
+bodies, with pytest-httpx.
 
-Every case goes through the official SDK over httpx: reserve → one request → settle. Checked:
-- a valid answer → a Signal (or NoSignal for hold), usage settled as reported (prompt incl. cached,
+Every case goes through the official SDK over httpx: every user reserves → one request → the bill
+recorded on the shared answer. Checked:
+- a valid answer → a Signal (or NoSignal for hold), the bill as reported (prompt incl. cached,
   cached, completion) with the provider's request id;
-- malformed output, a refusal, an answer cut off by the cap → Unusable, usage still settled;
-- an HTTP error answer → no answer, zero tokens settled (nothing billed) unless its body reports
-  usage; the SDK never retries (max_retries=0: exactly one request);
-- a connection refused → zero settled; a timeout → nothing settled (the reservation expires);
-- no usage in a 200 → the reservation's worst case settled;
-- never a request without a granted reservation: denied → no request at all; granted → the request
-  carries that reservation's id, sent after the grant and before the settle;
+- malformed output, a refusal, an answer cut off by the cap → Unusable, the bill still recorded;
+- an HTTP error answer → no answer, a zero bill (nothing billed) unless its body reports usage;
+  the SDK never retries (max_retries=0: exactly one request);
+- a connection refused → zero; a timeout → no bill (the reservations expire);
+- no usage in a 200 → the call's worst case;
+- never a request without a granted reservation: all users denied → no request at all; some
+  granted → one request for all of them, carrying the answer's id, after the grants and before the
+  bill is recorded; a denied user gets BudgetDenied, the others the answer;
 - the request itself: the model, the strict JSON schema, max_completion_tokens = the reserved
   completion tokens, and a prompt bound of at least the prompt's UTF-8 bytes.
 """
@@ -29,7 +32,7 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from shared.api.steplog import StepLog
-from shared.scanning.budget import GptBudget
+from shared.scanning.answers import AnswerBook, Asker, NoTimeLeft
 from shared.scanning.gpt import (
     RESPONSE_FORMAT,
     SIGNAL_SCHEMA,
@@ -41,13 +44,11 @@ from shared.scanning.gpt import (
 from shared.scanning.oracle import (
     BudgetDenied,
     NoSignal,
-    OracleRequest,
     OracleUnavailable,
     Signal,
     Unusable,
 )
 from shared.scanning.settings import ScannerSettings
-from shared.scanning.sizing import OrderRoom
 from tests.test_scan_rules import UPTREND, snapshot
 
 BASE_URL = "http://model.test/v1"
@@ -102,36 +103,46 @@ RATE_LIMITED = {"error": {"message": "Rate limit reached for gpt-4o-mini.",
                           "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
 
 
-class FakeBudgetPort:
-    """The RPC port's reserve/settle as the database answers them; records the order of events."""
+class FakeAnswerPort:
+    """The RPC port's claim / reserve / record / settle as the database answers them for one
+    tick that owns its calls; `denied` users are refused. Records the order of events."""
 
-    def __init__(self, events: list[tuple[Any, ...]], *, allowed: bool = True) -> None:
+    def __init__(self, events: list[tuple[Any, ...]], *, denied: set[str] = frozenset()) -> None:
         self.events = events
-        self.allowed = allowed
-        self.settled: dict[str, tuple[int, int, int, str | None]] = {}
+        self.denied = denied
+        self.recorded: dict[str, dict[str, Any]] = {}
+        self.reserved: dict[str, list[str]] = {}
 
     def call(self, fn: str, args: Mapping[str, Any] | None = None) -> Any:
         args = dict(args or {})
-        if fn == "reserve_gpt_budget":
-            if not self.allowed:
-                self.events.append(("denied",))
-                return {"allowed": False, "reservation_id": None, "reserved_usd": 0,
-                        "reason": "hourly_budget_exceeded", "worst_case_usd": Decimal("0.001"),
-                        "spent_hour_usd": Decimal("0.25"), "spent_day_usd": Decimal("0.5"),
-                        "hourly_limit_usd": Decimal("0.25"), "daily_limit_usd": Decimal(1)}
-            rid = str(uuid.uuid4())
-            self.events.append(("reserved", rid, args["p_max_prompt_tokens"],
+        if fn == "claim_oracle_answer":
+            answer_id = str(uuid.uuid4())
+            self.events.append(("claimed", answer_id, args["p_max_prompt_tokens"],
                                 args["p_max_completion_tokens"]))
-            return {"allowed": True, "reservation_id": rid, "reserved_usd": Decimal("0.0008"),
-                    "reason": None, "expires_at": "2026-11-28T13:15:00+00:00"}
-        if fn == "settle_gpt_usage":
-            rid = args["p_reservation_id"]
-            tokens = (args["p_prompt_tokens"], args["p_cached_prompt_tokens"],
-                      args["p_completion_tokens"], args["p_request_id"])
-            self.settled[rid] = tokens
-            self.events.append(("settled", rid, *tokens))
-            return {"status": "settled" if tokens[0] or tokens[2] else "released",
-                    "cost_usd": Decimal(0)}
+            return {"outcome": "claimed", "answer_id": answer_id}
+        if fn == "reserve_gpt_budgets":
+            answer_id = args["p_oracle_answer_id"]
+            results = []
+            for request in args["p_requests"]:
+                user = request["user_id"]
+                if user in self.denied:
+                    results.append({"user_id": user, "allowed": False,
+                                    "reason": "hourly_budget_exceeded"})
+                else:
+                    self.reserved.setdefault(answer_id, []).append(user)
+                    results.append({"user_id": user, "allowed": True,
+                                    "reservation_id": str(uuid.uuid4()),
+                                    "reserved_usd": Decimal("0.0008")})
+            self.events.append(("reserved", answer_id, len(self.reserved.get(answer_id, []))))
+            return {"answer_status": "pending", "results": results}
+        if fn == "record_oracle_answer":
+            self.recorded[args["p_answer_id"]] = args
+            self.events.append(("recorded", args["p_answer_id"]))
+            return {"recorded": True}
+        if fn == "settle_oracle_answers":
+            self.events.append(("settled", *args["p_answer_ids"]))
+            return {"results": [{"answer_id": a, "status": "settled"}
+                                for a in args["p_answer_ids"]]}
         raise AssertionError(f"unexpected rpc {fn}")
 
     def rows(self, fn: str, args: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
@@ -140,6 +151,11 @@ class FakeBudgetPort:
     def close(self) -> None:
         pass
 
+    def bill(self) -> tuple[Any, ...]:
+        (recorded,) = self.recorded.values()
+        return (recorded["p_prompt_tokens"], recorded["p_cached_prompt_tokens"],
+                recorded["p_completion_tokens"], recorded["p_request_id"])
+
 
 @pytest.fixture
 def events() -> list[tuple[Any, ...]]:
@@ -147,66 +163,72 @@ def events() -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture
-def port(events: list[tuple[Any, ...]]) -> FakeBudgetPort:
-    return FakeBudgetPort(events)
+def port(events: list[tuple[Any, ...]]) -> FakeAnswerPort:
+    return FakeAnswerPort(events)
 
 
 @pytest.fixture
-def oracle(port: FakeBudgetPort) -> OpenAIOracle:
-    return OpenAIOracle(SETTINGS, GptBudget(port))
+def oracle() -> OpenAIOracle:
+    return OpenAIOracle(SETTINGS)
 
 
-def ask(oracle: OpenAIOracle) -> Any:
-    return oracle.decide(OracleRequest(
-        job_id=str(uuid.uuid4()), user_id=str(uuid.uuid4()), market="BTC-EUR",
-        snapshot=snapshot(UPTREND), room=OrderRoom(Decimal(50), "50 EUR"),
-        log=StepLog(logger=logging.getLogger("test"))))
+USERS = [str(uuid.UUID(int=n + 1)) for n in range(3)]
+
+
+def book(port: FakeAnswerPort, oracle: OpenAIOracle, time_left: float = 1e9) -> AnswerBook:
+    return AnswerBook(port, oracle, "worker-1", StepLog(logger=logging.getLogger("test")),
+                      lambda: time_left)
+
+
+def ask(port: FakeAnswerPort, oracle: OpenAIOracle, users: list[str] = USERS) -> Any:
+    """Every user's answer for one BTC-EUR snapshot; the answer of the first user."""
+    shared = book(port, oracle).answers(snapshot(UPTREND), [Asker(f"job-{u}", u) for u in users])
+    return shared[f"job-{users[0]}"].answer
 
 
 def guarded(events: list[tuple[Any, ...]], status: int, body: Any,
             headers: Mapping[str, str] | None = None) -> Any:
-    """An httpx_mock callback that refuses any request not covered by a granted, unsettled
-    reservation whose id the request carries — and records the request among the events."""
+    """An httpx_mock callback that refuses any request not covered by granted reservations for
+    the answer whose id it carries — and records the request among the events."""
 
     def callback(request: httpx.Request) -> httpx.Response:
-        rid = request.headers.get("X-Client-Request-Id")
-        granted = [e for e in events if e[0] == "reserved"]
-        assert granted and granted[-1][1] == rid, "a model request without its reservation"
-        assert not any(e[0] == "settled" and e[1] == rid for e in events), "settled before call"
-        events.append(("request", rid, json.loads(request.content)))
+        answer_id = request.headers.get("X-Client-Request-Id")
+        granted = [e for e in events if e[0] == "reserved" and e[1] == answer_id]
+        assert granted and granted[-1][2] > 0, "a model request without a reservation"
+        assert not any(e[0] == "recorded" for e in events), "recorded before the call"
+        events.append(("request", answer_id, json.loads(request.content)))
         return httpx.Response(status, json=body,
                               headers={"x-request-id": "req_abc123", **(headers or {})})
 
     return callback
 
 
-def settled_only(port: FakeBudgetPort) -> tuple[int, int, int, str | None]:
-    assert len(port.settled) == 1
-    return next(iter(port.settled.values()))
-
-
 # -- answers --------------------------------------------------------------------------------------
-def test_a_valid_answer_is_a_signal_and_its_usage_is_settled(
-        oracle: OpenAIOracle, port: FakeBudgetPort, events: list[tuple[Any, ...]],
+def test_a_valid_answer_is_a_signal_for_every_user_and_its_bill_is_recorded(
+        oracle: OpenAIOracle, port: FakeAnswerPort, events: list[tuple[Any, ...]],
         httpx_mock: HTTPXMock) -> None:
     httpx_mock.add_callback(guarded(events, 200, VALID), url=COMPLETIONS, method="POST")
-    answer = ask(oracle)
+    shared = book(port, oracle).answers(snapshot(UPTREND), [Asker(f"job-{u}", u) for u in USERS])
+    answers = {s.answer for s in shared.values()}
+    assert len(shared) == 3 and len(answers) == 1
+    (answer,) = answers
     assert isinstance(answer, Signal)
     assert (answer.side, answer.confidence) == ("buy", Decimal("0.82"))
     assert answer.rationale.startswith("gpt-4o-mini: EMA12 is above EMA26")
-    assert settled_only(port) == (1234, 1024, 41, "req_abc123")
-    assert [e[0] for e in events] == ["reserved", "request", "settled"]
+    assert port.bill() == (1234, 1024, 41, "req_abc123")
+    assert [e[0] for e in events] == ["claimed", "reserved", "request", "recorded"]
 
-    # The request: model, strict schema, the reserved completion cap, the reservation's id.
-    _, rid, max_prompt, max_completion = events[0]
+    # The request: model, strict schema, the reserved completion cap, the answer's id.
+    _, answer_id, max_prompt, max_completion = events[0]
     (request,) = httpx_mock.get_requests()
     sent = json.loads(request.content)
     assert sent["model"] == "gpt-4o-mini"
     assert sent["response_format"] == RESPONSE_FORMAT
     assert sent["response_format"]["json_schema"]["strict"] is True
     assert sent["max_completion_tokens"] == max_completion == 300
-    assert request.headers["X-Client-Request-Id"] == rid
+    assert request.headers["X-Client-Request-Id"] == answer_id
     assert request.headers["Authorization"] == "Bearer sk-test-key-0123456789"
+    assert {s.answer_id for s in shared.values()} == {answer_id}
     # The prompt bound covers every byte sent as prompt (messages and schema).
     prompt_bytes = sum(len(str(v).encode()) for m in sent["messages"] for v in m.values())
     schema_bytes = len(json.dumps(sent["response_format"]).encode())
@@ -215,127 +237,143 @@ def test_a_valid_answer_is_a_signal_and_its_usage_is_settled(
 
 
 def test_control_characters_in_the_rationale_are_dropped_not_fatal(
-        oracle: OpenAIOracle, port: FakeBudgetPort, events: list[tuple[Any, ...]],
+        oracle: OpenAIOracle, port: FakeAnswerPort, events: list[tuple[Any, ...]],
         httpx_mock: HTTPXMock) -> None:
-    # NUL cannot be stored in PostgreSQL text: kept, it would fail the job at create_scan_proposal
-    # and its retry would spend the budget again.
+    # NUL cannot be stored in PostgreSQL text: kept, it would fail every job at
+    # create_scan_proposals and their retries would spend the budget again.
     content = json.dumps({"action": "sell", "confidence": 0.9,
                           "rationale": "Down\u0000trend\u0007 below EMA26.\nSell."})
     httpx_mock.add_callback(guarded(events, 200, variant(content)), url=COMPLETIONS)
-    answer = ask(oracle)
+    answer = ask(port, oracle)
     assert isinstance(answer, Signal) and answer.side == "sell"
     assert answer.rationale == "gpt-4o-mini: Downtrend below EMA26.\nSell."
-    assert settled_only(port)[:3] == (1234, 1024, 41)
+    assert port.bill()[:3] == (1234, 1024, 41)
 
 
-def test_hold_is_no_signal_and_still_settled(oracle: OpenAIOracle, port: FakeBudgetPort,
-                                             events: list[tuple[Any, ...]],
-                                             httpx_mock: HTTPXMock) -> None:
+def test_hold_is_no_signal_and_still_billed(oracle: OpenAIOracle, port: FakeAnswerPort,
+                                            events: list[tuple[Any, ...]],
+                                            httpx_mock: HTTPXMock) -> None:
     httpx_mock.add_callback(guarded(events, 200, HOLD), url=COMPLETIONS)
-    answer = ask(oracle)
+    answer = ask(port, oracle)
     assert isinstance(answer, NoSignal) and "No clear trend." in answer.reason
-    assert settled_only(port)[:3] == (1234, 1024, 41)
+    assert port.bill()[:3] == (1234, 1024, 41)
 
 
 @pytest.mark.parametrize(("body", "kind"), [
     (MALFORMED, "malformed"), (NOT_JSON, "malformed"), (REFUSAL, "refusal"),
     (TRUNCATED, "truncated"),
 ])
-def test_an_unusable_answer_makes_no_proposal_but_its_usage_is_settled(
-        oracle: OpenAIOracle, port: FakeBudgetPort, events: list[tuple[Any, ...]],
+def test_an_unusable_answer_makes_no_proposal_but_its_bill_is_recorded(
+        oracle: OpenAIOracle, port: FakeAnswerPort, events: list[tuple[Any, ...]],
         httpx_mock: HTTPXMock, body: dict[str, Any], kind: str) -> None:
     httpx_mock.add_callback(guarded(events, 200, body), url=COMPLETIONS)
-    answer = ask(oracle)
+    answer = ask(port, oracle)
     assert isinstance(answer, Unusable) and answer.kind == kind
-    assert settled_only(port) == (1234, 1024, 41, "req_abc123")
+    assert port.bill() == (1234, 1024, 41, "req_abc123")
 
 
-def test_an_answer_without_usage_settles_the_reserved_worst_case(
-        oracle: OpenAIOracle, port: FakeBudgetPort, events: list[tuple[Any, ...]],
+def test_an_answer_without_usage_records_the_calls_worst_case(
+        oracle: OpenAIOracle, port: FakeAnswerPort, events: list[tuple[Any, ...]],
         httpx_mock: HTTPXMock) -> None:
     httpx_mock.add_callback(guarded(events, 200, NO_USAGE), url=COMPLETIONS)
-    assert isinstance(ask(oracle), Signal)
+    assert isinstance(ask(port, oracle), Signal)
     _, _, max_prompt, max_completion = events[0]
-    assert settled_only(port) == (max_prompt, 0, max_completion, "req_abc123")
+    assert port.bill() == (max_prompt, 0, max_completion, "req_abc123")
 
 
 @pytest.mark.parametrize(("status", "body"), [(500, SERVER_ERROR), (429, RATE_LIMITED),
                                               (400, SERVER_ERROR)])
-def test_an_http_error_answer_settles_zero_and_is_never_retried(
-        oracle: OpenAIOracle, port: FakeBudgetPort, events: list[tuple[Any, ...]],
+def test_an_http_error_answer_records_zero_and_is_never_retried(
+        oracle: OpenAIOracle, port: FakeAnswerPort, events: list[tuple[Any, ...]],
         httpx_mock: HTTPXMock, status: int, body: dict[str, Any]) -> None:
     httpx_mock.add_callback(guarded(events, status, body), url=COMPLETIONS)
+    answers = book(port, oracle)
     with pytest.raises(OracleUnavailable, match=f"HTTP {status}"):
-        ask(oracle)
+        answers.answers(snapshot(UPTREND), [Asker("j", USERS[0])])
     assert len(httpx_mock.get_requests()) == 1  # max_retries=0: one billed call at most
-    assert settled_only(port) == (0, 0, 0, "req_abc123")  # zero releases the reservation
+    assert port.bill() == (0, 0, 0, "req_abc123")  # zero releases the reservations
+    assert next(iter(port.recorded.values()))["p_status"] == "failed"
+    # The tick does not call again for that snapshot: its later batches fail at once.
+    with pytest.raises(OracleUnavailable):
+        answers.answers(snapshot(UPTREND), [Asker("k", USERS[1])])
+    assert len(httpx_mock.get_requests()) == 1
 
 
-def test_an_error_answer_that_reports_usage_settles_it(
-        oracle: OpenAIOracle, port: FakeBudgetPort, events: list[tuple[Any, ...]],
+def test_an_error_answer_that_reports_usage_records_it(
+        oracle: OpenAIOracle, port: FakeAnswerPort, events: list[tuple[Any, ...]],
         httpx_mock: HTTPXMock) -> None:
     billed = {**SERVER_ERROR, "usage": {"prompt_tokens": 900, "completion_tokens": 12,
                                         "prompt_tokens_details": {"cached_tokens": 0}}}
     httpx_mock.add_callback(guarded(events, 502, billed), url=COMPLETIONS)
     with pytest.raises(OracleUnavailable):
-        ask(oracle)
-    assert settled_only(port)[:3] == (900, 0, 12)
+        ask(port, oracle)
+    assert port.bill()[:3] == (900, 0, 12)
 
 
-def test_a_refused_connection_settles_zero(oracle: OpenAIOracle, port: FakeBudgetPort,
+def test_a_refused_connection_records_zero(oracle: OpenAIOracle, port: FakeAnswerPort,
                                            httpx_mock: HTTPXMock) -> None:
     httpx_mock.add_exception(httpx.ConnectError("connection refused"), url=COMPLETIONS)
     with pytest.raises(OracleUnavailable, match="could not be reached"):
-        ask(oracle)
-    assert settled_only(port) == (0, 0, 0, None)
+        ask(port, oracle)
+    assert port.bill() == (0, 0, 0, None)
 
 
 @pytest.mark.parametrize("error", [httpx.ReadTimeout("read timed out"),
                                    httpx.RemoteProtocolError("server disconnected")])
-def test_no_answer_after_sending_leaves_the_reservation_to_expire(
-        oracle: OpenAIOracle, port: FakeBudgetPort, events: list[tuple[Any, ...]],
+def test_no_answer_after_sending_records_no_bill(
+        oracle: OpenAIOracle, port: FakeAnswerPort, events: list[tuple[Any, ...]],
         httpx_mock: HTTPXMock, error: Exception) -> None:
     httpx_mock.add_exception(error, url=COMPLETIONS)
-    with pytest.raises(OracleUnavailable, match="expires unsettled"):
-        ask(oracle)
+    with pytest.raises(OracleUnavailable, match="expire unsettled"):
+        ask(port, oracle)
     assert len(httpx_mock.get_requests()) == 1
-    assert port.settled == {}  # unknown whether billed: nothing recorded, nothing released
-    assert [e[0] for e in events] == ["reserved"]
+    # Unknown whether billed: no bill recorded, the reservations stay until maintenance.
+    assert port.bill() == (None, None, None, None)
 
 
 # -- never without a reservation ------------------------------------------------------------------
-def test_a_denied_reservation_sends_no_request(events: list[tuple[Any, ...]],
-                                               httpx_mock: HTTPXMock) -> None:
-    port = FakeBudgetPort(events, allowed=False)
-    answer = ask(OpenAIOracle(SETTINGS, GptBudget(port)))
+def test_a_denied_user_gets_no_answer_and_nobody_granted_means_no_request(
+        events: list[tuple[Any, ...]], oracle: OpenAIOracle, httpx_mock: HTTPXMock) -> None:
+    port = FakeAnswerPort(events, denied=set(USERS))
+    answer = ask(port, oracle)
     assert isinstance(answer, BudgetDenied) and answer.reason == "hourly_budget_exceeded"
     assert httpx_mock.get_requests() == []
-    assert events == [("denied",)] and port.settled == {}
+    assert [e[0] for e in events] == ["claimed", "reserved", "recorded"]  # the claim given up
+    assert next(iter(port.recorded.values()))["p_status"] == "failed"
+
+
+def test_one_call_serves_the_granted_users_and_the_denied_get_budget_denied(
+        events: list[tuple[Any, ...]], oracle: OpenAIOracle, httpx_mock: HTTPXMock) -> None:
+    port = FakeAnswerPort(events, denied={USERS[1]})
+    httpx_mock.add_callback(guarded(events, 200, VALID), url=COMPLETIONS)
+    shared = book(port, oracle).answers(snapshot(UPTREND), [Asker(f"job-{u}", u) for u in USERS])
+    assert isinstance(shared[f"job-{USERS[1]}"].answer, BudgetDenied)
+    assert {type(shared[f"job-{u}"].answer) for u in (USERS[0], USERS[2])} == {Signal}
+    assert len(httpx_mock.get_requests()) == 1
+
+
+def test_later_batches_reserve_for_the_same_answer_and_the_tick_settles_it_once(
+        events: list[tuple[Any, ...]], oracle: OpenAIOracle, port: FakeAnswerPort,
+        httpx_mock: HTTPXMock) -> None:
+    httpx_mock.add_callback(guarded(events, 200, VALID), url=COMPLETIONS)
+    answers = book(port, oracle)
+    first = answers.answers(snapshot(UPTREND), [Asker("a", USERS[0])])
+    later = answers.answers(snapshot(UPTREND), [Asker("b", USERS[1]), Asker("c", USERS[2])])
+    assert len(httpx_mock.get_requests()) == 1
+    assert first["a"].answer == later["b"].answer == later["c"].answer
+    answer_id = first["a"].answer_id
+    assert port.reserved[answer_id] == USERS
+    answers.settle()
+    assert events[-1] == ("settled", answer_id)
 
 
 def test_no_time_left_in_the_tick_means_no_reservation_and_no_request(
-        oracle: OpenAIOracle, events: list[tuple[Any, ...]], httpx_mock: HTTPXMock) -> None:
-    request = OracleRequest(job_id="j", user_id=str(uuid.uuid4()), market="BTC-EUR",
-                            snapshot=snapshot(UPTREND), room=OrderRoom(Decimal(50), "50"),
-                            log=StepLog(logger=logging.getLogger("test")),
-                            time_left=lambda: SETTINGS.openai_timeout_seconds - 1)
-    with pytest.raises(OracleUnavailable, match="not enough time"):
-        oracle.decide(request)
-    assert events == [] and httpx_mock.get_requests() == []
-
-
-def test_every_request_of_many_calls_carries_its_own_granted_reservation(
-        oracle: OpenAIOracle, port: FakeBudgetPort, events: list[tuple[Any, ...]],
+        oracle: OpenAIOracle, port: FakeAnswerPort, events: list[tuple[Any, ...]],
         httpx_mock: HTTPXMock) -> None:
-    bodies = [VALID, MALFORMED, REFUSAL, HOLD, VALID]
-    for body in bodies:
-        httpx_mock.add_callback(guarded(events, 200, body), url=COMPLETIONS)
-    for _ in bodies:
-        ask(oracle)
-    requests = [e for e in events if e[0] == "request"]
-    reserved = [e[1] for e in events if e[0] == "reserved"]
-    assert [r[1] for r in requests] == reserved and len(set(reserved)) == len(bodies)
-    assert sorted(port.settled) == sorted(reserved)
+    with pytest.raises(NoTimeLeft):
+        book(port, oracle, time_left=SETTINGS.openai_timeout_seconds - 1).answers(
+            snapshot(UPTREND), [Asker("j", USERS[0])])
+    assert events == [] and httpx_mock.get_requests() == []
 
 
 # -- the schema and the prompt bound --------------------------------------------------------------
@@ -355,9 +393,18 @@ def test_the_prompt_bound_counts_bytes_not_characters() -> None:
     ascii_msgs = [{"role": "user", "content": "a" * 100}]
     euro_msgs = [{"role": "user", "content": "€" * 100}]  # 3 bytes each in UTF-8
     assert prompt_token_bound(euro_msgs) - prompt_token_bound(ascii_msgs) == 200
-    request = OracleRequest(job_id="j", user_id="u", market="BTC-EUR",
-                            snapshot=snapshot(UPTREND), room=OrderRoom(Decimal(50), "50"),
-                            log=StepLog(logger=logging.getLogger("test")))
-    messages = build_messages(request, SETTINGS)
+    messages = build_messages(snapshot(UPTREND), SETTINGS)
     total_bytes = sum(len(m["content"].encode()) + len(m["role"].encode()) for m in messages)
     assert prompt_token_bound(messages) > total_bytes
+
+
+def test_the_prompt_holds_nothing_about_a_user_so_its_key_is_the_snapshots(
+        oracle: OpenAIOracle) -> None:
+    key = oracle.key(snapshot(UPTREND))
+    assert key == oracle.key(snapshot(UPTREND))
+    assert key.digest != oracle.key(snapshot(UPTREND, market="ETH-EUR")).digest
+    assert key.digest != oracle.key(snapshot(UPTREND[:-1] + [UPTREND[-1] + 1])).digest
+    other_cap = OpenAIOracle(ScannerSettings(**{**SETTINGS.model_dump(),
+                                                "openai_max_completion_tokens": 301}))
+    assert other_cap.key(snapshot(UPTREND)).max_completion_tokens == 301
+    assert other_cap.key(snapshot(UPTREND)).digest != key.digest

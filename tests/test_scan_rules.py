@@ -8,19 +8,17 @@ number the decision used.
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from shared.api.steplog import StepLog
 from shared.exchange.models import Candle
 from shared.scanning.marketdata import MarketSnapshot
-from shared.scanning.oracle import NoSignal, OracleRequest, Signal
+from shared.scanning.oracle import NoSignal, Signal
 from shared.scanning.rules import RulesOracle, ema, rsi
 from shared.scanning.settings import ScannerSettings
-from shared.scanning.sizing import OrderRoom, order_room
+from shared.scanning.sizing import order_room
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -31,12 +29,6 @@ def snapshot(closes: list[Decimal], market: str = "BTC-EUR") -> MarketSnapshot:
                volume=Decimal(1))
         for i, c in enumerate(closes))
     return MarketSnapshot(market=market, interval="1h", candles=candles, price=closes[-1])
-
-
-def request(closes: list[Decimal]) -> OracleRequest:
-    return OracleRequest(job_id="j", user_id="u", market="BTC-EUR", snapshot=snapshot(closes),
-                         room=OrderRoom(Decimal(50), "50 EUR"),
-                         log=StepLog(logger=logging.getLogger("test")))
 
 
 def zigzag(start: int, step: int, up: int, down: int, n: int = 80) -> list[Decimal]:
@@ -75,24 +67,24 @@ def test_ema_and_rsi_match_hand_computed_values() -> None:
 
 def test_uptrend_with_momentum_is_a_buy_with_every_number_in_the_rationale(
         oracle: RulesOracle) -> None:
-    answer = oracle.decide(request(UPTREND))
+    answer = oracle.decide(snapshot(UPTREND))
     assert isinstance(answer, Signal) and answer.side == "buy"
     fast, slow, strength = ema(UPTREND, 12), ema(UPTREND, 26), rsi(UPTREND, 14)
     assert 50 < strength < 70 and fast > slow
     assert Decimal("0.50") <= answer.confidence <= Decimal("0.95")
-    assert answer.confidence == oracle.decide(request(UPTREND)).confidence  # deterministic
+    assert answer.confidence == oracle.decide(snapshot(UPTREND)).confidence  # deterministic
     for text in ("EMA12", "EMA26", "above", "uptrend", "RSI14", f"{strength:.1f}",
                  "not overbought", "Signal: buy", str(answer.confidence), "Last price"):
         assert text in answer.rationale, text
 
 
 def test_downtrend_with_momentum_is_a_sell(oracle: RulesOracle) -> None:
-    answer = oracle.decide(request(DOWNTREND))
+    answer = oracle.decide(snapshot(DOWNTREND))
     assert isinstance(answer, Signal) and answer.side == "sell"
     assert "below EMA26" in answer.rationale and "downtrend" in answer.rationale
     # The mirror image of the buy: the same momentum agreement (the RSI mirrors around 50).
     assert "momentum 0.71" in answer.rationale and "momentum 0.71" in oracle.decide(
-        request(UPTREND)).rationale  # type: ignore[union-attr]
+        snapshot(UPTREND)).rationale  # type: ignore[union-attr]
     assert Decimal("0.50") <= answer.confidence <= Decimal("0.95")
 
 
@@ -103,13 +95,13 @@ def test_downtrend_with_momentum_is_a_sell(oracle: RulesOracle) -> None:
     (CRASH, "oversold"),
 ])
 def test_no_signal(oracle: RulesOracle, series: list[Decimal], why: str) -> None:
-    answer = oracle.decide(request(series))
+    answer = oracle.decide(snapshot(series))
     assert isinstance(answer, NoSignal)
     assert why in answer.reason and "No signal." in answer.reason
 
 
 def test_too_few_candles_is_no_signal(oracle: RulesOracle) -> None:
-    answer = oracle.decide(request(UPTREND[:20]))
+    answer = oracle.decide(snapshot(UPTREND[:20]))
     assert isinstance(answer, NoSignal) and "only 20 1h candles" in answer.reason
 
 
@@ -117,10 +109,10 @@ def test_the_filter_thresholds_are_settings() -> None:
     loose = RulesOracle(ScannerSettings(rules_min_trend_pct=Decimal(0),
                                         rules_rsi_overbought=Decimal(100),
                                         rules_rsi_oversold=Decimal(0)))
-    assert isinstance(loose.decide(request(RANGE)), Signal)      # any EMA gap is a trend
-    assert isinstance(loose.decide(request(RALLY)), NoSignal)    # RSI 100 is still ≥ 100
+    assert isinstance(loose.decide(snapshot(RANGE)), Signal)      # any EMA gap is a trend
+    assert isinstance(loose.decide(snapshot(RALLY)), NoSignal)    # RSI 100 is still ≥ 100
     strict = RulesOracle(ScannerSettings(rules_min_trend_pct=Decimal(50)))
-    assert isinstance(strict.decide(request(UPTREND)), NoSignal)
+    assert isinstance(strict.decide(snapshot(UPTREND)), NoSignal)
 
 
 # -- sizing ---------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """The tick's own rules, with fakes for the database and the exchange (the end-to-end tests in
 test_scan_e2e.py run the same code over real HTTP, the real database and the sandbox):
 
-- the body: {"max_jobs": n}, optional, validated;
-- claims only as many jobs as it has free threads, stops claiming after the time budget, and
-  releases every claimed job — succeeded or failed with its error — in ONE release_job_locks call;
-- one job's failure never stops the others;
+- the body: {"max_jobs": n}, optional (without it the tick drains what is due), validated;
+- claims in batches, stops claiming after the time budget, and per batch reads every context in
+  ONE get_scan_contexts call, writes every proposal in ONE create_scan_proposals call and releases
+  every job — succeeded, failed with its error, or given back unrun — in ONE release_job_locks
+  call: RPCs per job fall as the batch grows;
+- one market's failure never stops the others;
 - a lost lease stops the job before it writes;
 - settings: refuse to start without what they need (naming the variable, never a value); the
   scanner's settings have no trade-credential field, and a trade key in its environment refuses
@@ -43,10 +45,10 @@ from tests.test_scan_rules import UPTREND
 # -- the body -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("body", "expected"), [(b"", 10), (b"  ", 10), (b"{}", 10),
+@pytest.mark.parametrize(("body", "expected"), [(b"", None), (b"  ", None), (b"{}", None),
                                                 (b'{"max_jobs": 1}', 1),
                                                 (b'{"max_jobs": 100}', 100)])
-def test_max_jobs_is_optional(body: bytes, expected: int) -> None:
+def test_max_jobs_is_optional(body: bytes, expected: int | None) -> None:
     assert max_jobs_from_body(body, 100) == expected
 
 
@@ -88,7 +90,10 @@ def test_oracle_openai_without_its_key_refuses_to_start(monkeypatch: pytest.Monk
     ({"HEARTBEAT_SECONDS": "200"}, "HEARTBEAT_SECONDS"),
     ({"FUNCTION_TIMEOUT_SECONDS": "60"}, "FUNCTION_TIMEOUT_SECONDS"),
     ({"OPENAI_TIMEOUT_SECONDS": "300", "ORACLE": "openai", "OPENAI_API_KEY": "sk-abc-123456",
-      "FUNCTION_TIMEOUT_SECONDS": "900"}, "OPENAI_TIMEOUT_SECONDS"),
+      "FUNCTION_TIMEOUT_SECONDS": "540"}, "OPENAI_TIMEOUT_SECONDS"),
+    # run_maintenance splits a bill no tick settled after 10 minutes: a tick must be over by then.
+    ({"FUNCTION_TIMEOUT_SECONDS": "541"}, "FUNCTION_TIMEOUT_SECONDS"),
+    ({"SCAN_BATCH_SIZE": "1001"}, "SCAN_BATCH_SIZE"),
     ({"ORACLE": "magic"}, "ORACLE"),
     ({"CANDLE_INTERVAL": "7m"}, "CANDLE_INTERVAL"),
     ({"EXECUTE_FUNCTION_URL": "ftp://x"}, "EXECUTE_FUNCTION_URL"),
@@ -211,9 +216,9 @@ class BeatPort:
         self.done = threading.Event()
 
     def call(self, fn: str, args: Mapping[str, Any] | None = None) -> Any:
-        assert fn == "heartbeat_scan_job"
+        assert fn == "heartbeat_scan_jobs"
         self.calls.append(dict(args or {}))
-        answer = self.answers.pop(0) if self.answers else True
+        answer = self.answers.pop(0) if self.answers else list(args["p_job_ids"] if args else [])
         if not self.answers:
             self.done.set()
         if isinstance(answer, Exception):
@@ -227,36 +232,49 @@ class BeatPort:
         pass
 
 
-def test_the_heartbeat_confirms_extends_and_notices_a_lost_lease() -> None:
+def test_the_heartbeat_confirms_extends_and_notices_a_lost_lease_in_one_call_per_beat() -> None:
     import logging
 
     from shared.api.steplog import StepLog
 
-    port = BeatPort([True, RpcUnavailable("down"), False])
+    port = BeatPort([["job-1", "job-2"], RpcUnavailable("down"), ["job-2"], []])
     clock = Clock()
     beat = Heartbeat(port, "w", 30, 0.01, StepLog(logger=logging.getLogger("t")), clock=clock)
-    lease = beat.track("job-1", clock.now)
+    one, two = beat.track("job-1", clock.now), beat.track("job-2", clock.now)
     beat.start()
     assert port.done.wait(5)
     beat.stop()
-    assert port.calls[0] == {"p_job_id": "job-1", "p_worker_id": "w", "p_lock_seconds": 30}
-    assert lease.lost.is_set()
+    assert port.calls[0] == {"p_worker_id": "w", "p_job_ids": ["job-1", "job-2"],
+                             "p_lock_seconds": 30}
+    assert one.lost.is_set() and two.lost.is_set()
     with pytest.raises(LeaseLost):
-        lease.check()
-    assert len(port.calls) == 3  # a lost lease is not beaten again
+        one.check()
+    # A lost lease is not beaten again: job-1 drops out after the third beat, job-2 after the
+    # fourth, and then there is nothing left to beat.
+    assert [call["p_job_ids"] for call in port.calls] == [["job-1", "job-2"]] * 3 + [["job-2"]]
+    beat.forget(["job-2"])
+    assert beat._leases == {"job-1": one}
 
 
 # -- the tick with fakes --------------------------------------------------------------------------
+CANDLES_FROM = datetime(2026, 11, 1, tzinfo=UTC)
+LAST_CANDLE = CANDLES_FROM + timedelta(hours=len(UPTREND) - 1)
+
+
 class FakeWorld:
-    """claim_due_scan_jobs / get_scan_context / create_scan_proposal / heartbeat /
-    release_job_locks over an in-memory queue; the clock advances one second per claim."""
+    """claim_due_scan_jobs / get_scan_contexts / claim_oracle_answer / create_scan_proposals /
+    heartbeat_scan_jobs / release_job_locks over an in-memory queue, counting every call; the
+    clock advances one second per claim."""
 
     def __init__(self, jobs: int, clock: Clock, markets: tuple[str, ...] = ("BTC-EUR",)) -> None:
         self.queue = [{"id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()),
                        "market": markets[i % len(markets)], "attempts": 1,
-                       "next_run_at": "2026-11-28T12:00:00Z"} for i in range(jobs)]
+                       "last_claim_lag_seconds": Decimal(i), "next_run_at": "2026-11-28T12:00:00Z"}
+                      for i in range(jobs)]
+        self.market_of = {j["id"]: j["market"] for j in self.queue}
         self.clock = clock
         self.claims: list[int] = []
+        self.calls: dict[str, int] = {}
         self.releases: list[list[dict[str, Any]]] = []
         self.proposals: list[str] = []
         self.lock = threading.Lock()
@@ -264,19 +282,28 @@ class FakeWorld:
 
     def call(self, fn: str, args: Mapping[str, Any] | None = None) -> Any:
         args = dict(args or {})
-        if fn == "get_scan_context":
-            return {"found": True, "lease_held": args["p_job_id"] not in self.lose,
-                    "proposal": None, "sizing": {"min_order_quote": Decimal(5),
-                                                 "max_order_quote": Decimal(50),
-                                                 "daily_remaining_quote": Decimal(200),
-                                                 "trades_left_today": 10}}
-        if fn == "create_scan_proposal":
+        with self.lock:
+            self.calls[fn] = self.calls.get(fn, 0) + 1
+        if fn == "get_scan_contexts":
+            return {"contexts": [{"found": True, "job_id": job, "lease_held": job not in self.lose,
+                                  "market": self.market_of[job], "proposal": None,
+                                  "open_sides": [],
+                                  "sizing": {"min_order_quote": Decimal(5),
+                                             "max_order_quote": Decimal(50),
+                                             "daily_remaining_quote": Decimal(200),
+                                             "trades_left_today": 10}}
+                                 for job in args["p_job_ids"]]}
+        if fn == "claim_oracle_answer":
+            return {"outcome": "answered", "answer_id": str(uuid.uuid4()),
+                    "answer": args["p_answer"]}
+        if fn == "create_scan_proposals":
             with self.lock:
-                self.proposals.append(args["p_job_id"])
-            return {"outcome": "created", "proposal_id": str(uuid.uuid4()), "status": "pending",
-                    "decided_by": None}
-        if fn == "heartbeat_scan_job":
-            return True
+                self.proposals += [p["job_id"] for p in args["p_proposals"]]
+            return {"results": [{"job_id": p["job_id"], "outcome": "created",
+                                 "proposal_id": str(uuid.uuid4()), "status": "pending",
+                                 "decided_by": None} for p in args["p_proposals"]]}
+        if fn == "heartbeat_scan_jobs":
+            return list(args["p_job_ids"])
         if fn == "release_job_locks":
             self.releases.append(args["p_results"])
             return {"released_count": len(args["p_results"]),
@@ -288,6 +315,7 @@ class FakeWorld:
         assert fn == "claim_due_scan_jobs"
         args = dict(args or {})
         with self.lock:
+            self.calls[fn] = self.calls.get(fn, 0) + 1
             self.claims.append(args["p_limit"])
             taken, self.queue = self.queue[:args["p_limit"]], self.queue[args["p_limit"]:]
             self.clock.now += 1.0
@@ -298,48 +326,66 @@ class FakeWorld:
 
 
 class FakeMarket:
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+
     def candles(self, market: str, interval: str, *, limit: int) -> list[Candle]:
+        self.requests.append(f"candles {market}")
         if market == "DOGE-EUR":
             raise InvalidParameter("market parameter is invalid.", http_status=400, error_code=205)
-        start = datetime(2026, 11, 1, tzinfo=UTC)
-        return [Candle(timestamp=start + timedelta(hours=i), open=c, high=c, low=c, close=c,
-                       volume=Decimal(1)) for i, c in enumerate(UPTREND)][::-1]
+        return [Candle(timestamp=CANDLES_FROM + timedelta(hours=i), open=c, high=c, low=c,
+                       close=c, volume=Decimal(1)) for i, c in enumerate(UPTREND)][::-1]
 
-    def ticker_price(self, market: str) -> TickerPrice:
-        return TickerPrice(market=market, price=UPTREND[-1])
-
-
-def scanner(world: FakeWorld, **settings: Any) -> Scanner:
-    options = ScannerSettings(**{"scan_concurrency": 3, **settings})
-    return Scanner(options, world, FakeMarket(), RulesOracle(options), None,  # type: ignore[arg-type]
-                   clock=world.clock)
+    def ticker_price(self, market: None = None) -> list[TickerPrice]:
+        self.requests.append("prices")
+        return [TickerPrice(market=m, price=UPTREND[-1]) for m in ("BTC-EUR", "ETH-EUR")]
 
 
-def test_claims_only_free_threads_and_releases_every_job_in_one_call() -> None:
+def scanner(world: FakeWorld, market: FakeMarket | None = None, **settings: Any) -> Scanner:
+    options = ScannerSettings(**{"scan_concurrency": 3, "candle_limit": 60, **settings})
+    return Scanner(options, world, market or FakeMarket(), RulesOracle(options),  # type: ignore[arg-type]
+                   None, clock=world.clock, wall_clock=LAST_CANDLE.timestamp)
+
+
+def test_batches_read_write_and_release_each_in_one_call_and_one_market_failing_spares_others(
+        ) -> None:
     clock = Clock()
-    world = FakeWorld(8, clock, markets=("BTC-EUR", "DOGE-EUR"))
-    report = scanner(world).tick(7)
-    assert world.claims[0] == 3 and all(n <= 3 for n in world.claims)
-    assert report.claimed == 7 and report.stopped == "max_jobs"
-    assert len(world.releases) == 1 and len(world.releases[0]) == 7
-    by_id = {r["job_id"]: r for r in world.releases[0]}
-    failed = [r for r in by_id.values() if not r["succeeded"]]
-    # One job's failure never stops the others: every DOGE job failed with its error, every
-    # BTC job proposed.
-    assert len(failed) == 3 and all("205" in r["error"] or "invalid" in r["error"]
-                                    for r in failed)
-    assert report.failed == 3 and report.succeeded == 4 and report.proposals == 4
-    assert len(world.proposals) == 4 and len(world.queue) == 1
+    world = FakeWorld(20, clock, markets=("BTC-EUR", "DOGE-EUR", "ETH-EUR", "BTC-EUR"))
+    market = FakeMarket()
+    report = scanner(world, market, scan_batch_size=8).tick()
+    assert world.claims == [8, 8, 8] and report.claimed == 20 and report.batches == 3
+    assert report.stopped == "no_due_jobs"
+    assert world.calls == {"claim_due_scan_jobs": 3, "get_scan_contexts": 3,
+                           "claim_oracle_answer": 2, "create_scan_proposals": 3,
+                           "release_job_locks": 3}
+    assert report.rpc_calls == sum(world.calls.values())
+    assert [len(r) for r in world.releases] == [8, 8, 4]
+    failed = [r for batch in world.releases for r in batch if not r["succeeded"]]
+    # One market's failure never stops the others: every DOGE job failed with its error (read
+    # once in the tick), every other job proposed.
+    assert len(failed) == 5 and all("205" in r["error"] for r in failed)
+    assert report.failed == 5 and report.succeeded == 15 and report.proposals == 15
+    assert sorted(market.requests) == ["candles BTC-EUR", "candles DOGE-EUR", "candles ETH-EUR",
+                                       "prices"]
+    assert report.exchange_weight == 4
+    assert (report.as_json()["lag_p50_ms"], report.as_json()["lag_max_ms"]) == (9000, 19000)
 
 
-def test_no_job_is_claimed_after_the_time_budget() -> None:
+def test_max_jobs_caps_the_tick() -> None:
+    clock = Clock()
+    world = FakeWorld(20, clock)
+    report = scanner(world, scan_batch_size=8).tick(11)
+    assert world.claims == [8, 3] and report.claimed == 11 and report.stopped == "max_jobs"
+
+
+def test_no_batch_is_claimed_after_the_time_budget() -> None:
     clock = Clock()
     world = FakeWorld(50, clock)
-    report = scanner(world, tick_time_budget_seconds=2.5).tick(50)
+    report = scanner(world, tick_time_budget_seconds=2.5, scan_batch_size=5).tick()
     # The clock moves a second per claim: claims at t=0, 1, 2; none at t ≥ 2.5.
     assert report.stopped == "time_budget" and len(world.claims) == 3
-    assert report.claimed == sum(world.claims) and len(world.releases) == 1
-    assert len(world.releases[0]) == report.claimed == report.succeeded
+    assert report.claimed == sum(world.claims) == 15 and len(world.releases) == 3
+    assert sum(len(r) for r in world.releases) == report.claimed == report.succeeded
 
 
 def test_a_job_whose_lease_is_gone_writes_nothing() -> None:
@@ -350,6 +396,7 @@ def test_a_job_whose_lease_is_gone_writes_nothing() -> None:
     assert report.lease_lost == 1 and report.proposals == 2
     assert world.queue == [] and world.releases[0][1]["succeeded"] is False
     assert "lease" in world.releases[0][1]["error"]
+    assert world.queue == [] and world.releases[0][1]["job_id"] not in world.proposals
 
 
 # -- the execute request --------------------------------------------------------------------------

@@ -154,6 +154,83 @@ def test_g2_batch_applies_exactly_release_job_locks_rule_on_twin_jobs(db: Databa
                       "unspecified error", "y" * 2000, "unspecified error"]
 
 
+# -- a job given back unrun (a rate limit, no time left) ---------------------------------------
+def test_a_job_given_back_unrun_keeps_its_schedule_failures_and_error_and_gets_its_attempt_back(
+        db: Database) -> None:
+    """A tick that could not start a job (its exchange budget ran out) gives it back: no attempt,
+    no failure, no backoff — due again at once, for the next tick."""
+    user = db.create_user()
+    m = markets(db, user, 2)
+    unrun, ran = add_job(db, user, m[0], due_seconds_ago=40), add_job(db, user, m[1])
+    db.query("update public.scan_jobs set consecutive_failures = 2, last_error = 'earlier', "
+             "last_run_at = now() - interval '1 hour'")
+    before = job(db, unrun)
+    assert sorted(claim(db, "w", limit=2)) == sorted([unrun, ran])
+    assert job(db, unrun)["attempts"] == before["attempts"] + 1
+
+    answer = release_batch(db, "w", [{"job_id": str(unrun), "succeeded": False,
+                                      "error": "RateLimitWouldExceed: …", "ran": False},
+                                     outcome(ran, False, "exchange down")])
+
+    assert answer["released_count"] == 2
+    assert answer["results"][0] == {"job_id": str(unrun), "released": True,
+                                    "next_run_at": answer["results"][0]["next_run_at"],
+                                    "reason": "not_run", "consecutive_failures": 2}
+    after = job(db, unrun)
+    assert after["locked_by"] is None and after["lock_expires_at"] is None
+    for column in ("attempts", "consecutive_failures", "next_run_at", "last_run_at",
+                   "last_success_at", "last_error"):
+        assert after[column] == before[column], column
+    assert job(db, ran)["consecutive_failures"] == 3  # a run that failed still counts
+    assert claim(db, "w2", limit=1) == [unrun], "due again at once"
+
+
+@pytest.mark.parametrize("entry", [
+    {"succeeded": True, "ran": False},      # a job that did not run did not succeed
+    {"succeeded": False, "ran": "no"},
+    {"succeeded": False, "ran": None},
+])
+def test_a_malformed_not_run_entry_is_22023(db: Database, entry: dict[str, Any]) -> None:
+    user = db.create_user()
+    held = add_job(db, user, markets(db, user, 1)[0])
+    claim(db, "w")
+    before = job(db, held)
+    with pytest.raises(psycopg.Error) as exc:
+        release_batch(db, "w", [{"job_id": str(held), **entry}])
+    assert exc.value.sqlstate == "22023"
+    assert job(db, held) == before
+    # The well-formed entry is taken.
+    given_back = release_batch(db, "w", [{"job_id": str(held), "succeeded": False,
+                                          "ran": False}])
+    assert given_back["results"][0]["reason"] == "not_run"
+
+
+# -- G2: one heartbeat for a tick's leases ------------------------------------------------------
+def test_g2_heartbeat_scan_jobs_extends_only_the_callers_leases(db: Database) -> None:
+    user = db.create_user()
+    m = markets(db, user, 3)
+    mine = add_job(db, user, m[0], due_seconds_ago=30)
+    taken = add_job(db, user, m[1], due_seconds_ago=20)
+    free = add_job(db, user, m[2], due_seconds_ago=-600)  # not due: nobody holds it
+    assert sorted(claim(db, "w", limit=5, lock_seconds=30)) == sorted([mine, taken])
+    expire_lease(db, taken)
+    assert claim(db, "thief", limit=5) == [taken]
+    before = {j: job(db, j) for j in (mine, taken, free)}
+
+    held = db.rpc("heartbeat_scan_jobs", p_worker_id="w",
+                  p_job_ids=Jsonb([str(mine), str(taken), str(free), str(uuid.uuid4())]),
+                  p_lock_seconds=600)
+
+    assert held == [str(mine)]
+    assert job(db, mine)["lock_expires_at"] > before[mine]["lock_expires_at"]
+    assert job(db, taken) == before[taken] and job(db, free) == before[free]
+    for bad in (Jsonb(["nope"]), Jsonb({"a": 1}), Jsonb([str(uuid.UUID(int=i + 1))
+                                                         for i in range(1001)])):
+        with pytest.raises(psycopg.Error) as exc:
+            db.rpc("heartbeat_scan_jobs", p_worker_id="w", p_job_ids=bad, p_lock_seconds=60)
+        assert exc.value.sqlstate == "22023"
+
+
 # -- arguments ---------------------------------------------------------------------------------
 BAD_BATCHES = {
     "not an array (object)": {"job_id": "x"},
@@ -234,7 +311,7 @@ def test_batch_release_is_service_only(db: Database, role: str) -> None:
         release_batch(db, "w", [outcome(held, True)], role=role, user_id=caller)
     assert exc.value.sqlstate == "42501"
     for helper in ("select * from private.release_scan_jobs('w', "
-                   "array[row(%s, true, null)::private.scan_job_outcome])",):
+                   "array[row(%s, true, null, true)::private.scan_job_outcome])",):
         with pytest.raises(psycopg.Error) as exc, db.as_role(role) as cur:
             cur.execute(helper, (held,))
         assert exc.value.sqlstate == "42501", "the private rule is not callable either"

@@ -17,8 +17,11 @@ market and side) touches another:
                     without a fill, rejected, failed, and a failed one the exchange corrected —
                     with their ledger rows
     exchange        an orphan order open and one acknowledged, a contradicted execution
-    scan jobs       two leased to a worker (one with this period's proposal), one released after
-                    a success, one after a failure, one due and free, one not due, one disabled
+    scan jobs       two leased to a worker (one with this period's proposal, made from a shared
+                    rules answer), one released after a success, one after a failure, one due and
+                    free, one not due, one disabled
+    oracle answers  a rules answer, a model answer shared by two users (their reservations, its
+                    bill recorded and split), a model call that failed
     GPT budget      reserved, settled and released rows
     audit log       what all of the above wrote
 
@@ -231,6 +234,7 @@ def fill(db: Database) -> World:
     propose(db, bob, markets.new(bob), confidence="0.5")
 
     fill_scan_jobs(db, world, markets)
+    fill_oracle_answers(db, world)
     fill_budget(db, world)
     return world
 
@@ -266,12 +270,60 @@ def fill_scan_jobs(db: Database, world: World, markets: Markets) -> None:
     leased = db.rpc_rows("claim_due_scan_jobs", p_worker_id=WORKER, p_limit=2,
                          p_lock_seconds=3600)
     assert {row["id"] for row in leased} == {leased_a, leased_b}, leased
-    answer = db.rpc("create_scan_proposal", conn=api(db), p_job_id=leased_a, p_worker_id=WORKER,
-                    p_side="buy", p_amount_quote=Decimal("10"), p_confidence=Decimal("0.5"),
-                    p_rationale="upgrade test", p_source="rules")
-    assert answer["outcome"] == "created", answer
+    # As a tick writes them: the batch's contexts, the market's one rules answer, its proposals.
+    contexts = db.rpc("get_scan_contexts", conn=api(db), p_worker_id=WORKER,
+                      p_job_ids=Jsonb([str(leased_a)]), p_mode="paper")["contexts"]
+    assert contexts[0]["lease_held"] is True, contexts
+    market = scalar(db, "select market from public.scan_jobs where id = %s", (leased_a,))
+    signal = {"kind": "signal", "side": "buy", "confidence": "0.5", "rationale": "upgrade test"}
+    rules = oracle_answer(db, market, "rules", "", answer=signal)
+    assert rules["outcome"] == "answered", rules
+    answer = db.rpc("create_scan_proposals", conn=api(db), p_worker_id=WORKER, p_proposals=Jsonb([
+        {"job_id": str(leased_a), "side": "buy", "amount_quote": "10", "confidence": "0.5",
+         "rationale": "upgrade test", "source": "rules", "model": None,
+         "reference_price": "50000", "oracle_answer_id": str(rules["answer_id"])}]))
+    assert [r["outcome"] for r in answer["results"]] == ["created"], answer
     world.leased_jobs, world.free_job = [leased_a, leased_b], free
     assert not_due not in {row["id"] for row in leased}
+
+
+def oracle_answer(db: Database, market: str, oracle: str, model: str,
+                  answer: dict[str, Any] | None = None, digest: str = "a" * 64) -> dict[str, Any]:
+    """claim_oracle_answer as the tick asks it: the rules answer stored at once, or the right to
+    make the model's call."""
+    return dict(db.rpc("claim_oracle_answer", conn=api(db), p_worker_id=WORKER, p_market=market,
+                       p_candle_interval="1h", p_input_digest=digest, p_oracle=oracle,
+                       p_model=model, p_prompt_version="upgrade-1", p_schema_version="upgrade-1",
+                       p_max_prompt_tokens=0 if oracle == "rules" else 1000,
+                       p_max_completion_tokens=0 if oracle == "rules" else 500,
+                       p_claim_seconds=60, p_answer=None if answer is None else Jsonb(answer)))
+
+
+def fill_oracle_answers(db: Database, world: World) -> None:
+    """A model answer shared by alice and bob: both reserve for it, the call's bill is recorded
+    and split between them (settled rows naming the answer); and a model call that failed."""
+    market = "UPGORC-EUR"
+    claimed = oracle_answer(db, market, "openai", MODEL)
+    assert claimed["outcome"] == "claimed", claimed
+    answer_id = claimed["answer_id"]
+    reserved = db.rpc("reserve_gpt_budgets", conn=api(db), p_oracle_answer_id=answer_id,
+                      p_requests=Jsonb([{"user_id": str(world.alice)},
+                                        {"user_id": str(world.bob)}]))
+    assert [r["allowed"] for r in reserved["results"]] == [True, True], reserved
+    recorded = db.rpc("record_oracle_answer", conn=api(db), p_answer_id=answer_id,
+                      p_worker_id=WORKER, p_status="answered",
+                      p_answer=Jsonb({"kind": "no_signal", "reason": "upgrade test"}),
+                      p_prompt_tokens=900, p_cached_prompt_tokens=100, p_completion_tokens=120,
+                      p_request_id="req-upgrade-shared")
+    assert recorded["recorded"] is True, recorded
+    settled = db.rpc("settle_oracle_answers", conn=api(db), p_answer_ids=Jsonb([str(answer_id)]))
+    assert settled["results"][0]["shared_by"] == 2, settled
+    failed = oracle_answer(db, market, "openai", MODEL, digest="b" * 64)
+    answer = db.rpc("record_oracle_answer", conn=api(db), p_answer_id=failed["answer_id"],
+                    p_worker_id=WORKER, p_status="failed", p_answer=None, p_prompt_tokens=None,
+                    p_cached_prompt_tokens=None, p_completion_tokens=None,
+                    p_failure="upgrade test: the model timed out")
+    assert answer["recorded"] is True, answer
 
 
 def fill_budget(db: Database, world: World) -> None:

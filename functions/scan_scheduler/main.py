@@ -1,11 +1,15 @@
-"""scan_scheduler — Supabase Cron's tick (SPEC §4): claim due scan jobs, scan, propose, release.
+"""scan_scheduler — Supabase Cron's tick (SPEC §4): drain due scan jobs, scan, propose, release.
 
-    POST /        Authorization: Bearer <service-role key>   body {"max_jobs": n} (optional)
+    POST /        Authorization: Bearer <service-role key>   body {"max_jobs": n} (optional:
+                  without it the tick drains what is due within its time budget)
     GET  /health  liveness: 200 {"status": "ok"} (no authentication)
 
     200      {"claimed", "succeeded", "failed", "proposals", "budget_denied",
-              "executions_requested", "proposals_replayed", "no_signal", "no_room",
-              "oracle_unusable", "lease_lost", "released", "stopped", "worker_id", "elapsed_ms"}
+              "executions_requested", "proposals_replayed", "unchanged", "no_signal", "no_room",
+              "oracle_unusable", "lease_lost", "not_run", "released", "batches",
+              "exchange_weight", "model_calls", "oracle_answers", "rpc_calls", "rate_limited",
+              "lag_p50_ms", "lag_p99_ms", "lag_max_ms", "stopped", "worker_id", "elapsed_ms",
+              "dispatch"}
     400 bad body · 401 no / a user's / an invalid bearer · 413 body over 1 KiB
     503 the database could not be reached to claim, or the tick's jobs could not be released
 

@@ -86,6 +86,9 @@ class FreeBalance:
         self._clock = clock
         self._figures: dict[str, _Figure] = {}
         self._lock = threading.Lock()
+        # One read at a time: buys sent at once to a process with no young figure wait for the
+        # first one's read instead of each reading (a burst's first requests arrive together).
+        self._reading = threading.Lock()
 
     def before(self, request: OrderRequest) -> Decimal | None:
         """What is free to size this order by: None for anything but a buy by amountQuote, or when
@@ -94,20 +97,31 @@ class FreeBalance:
         if request.side != "buy" or request.amount_quote is None:
             return None
         symbol = quote_of(request.market)
-        now = self._clock()
+        figure = self._young(symbol, self._clock())
+        if figure is not None:
+            return figure.free
+        with self._reading:
+            now = self._clock()
+            figure = self._young(symbol, now)  # read by the buy this one waited for
+            if figure is not None:
+                return figure.free
+            try:
+                free: Decimal | None = self._read(symbol)
+            except ExchangeError as error:
+                logger.warning("bitvavo GET /balance failed (%s): buys go unsized, the exchange "
+                               "checks the funds", type(error).__name__)
+                free = None
+            with self._lock:
+                self._figures[symbol] = _Figure(free, now)
+            return free
+
+    def _young(self, symbol: str, now: float) -> _Figure | None:
+        """The figure for `symbol` if it is younger than the TTL."""
         with self._lock:
             figure = self._figures.get(symbol)
         if figure is not None and now - figure.read_at < self.headroom.balance_ttl_seconds:
-            return figure.free
-        try:
-            free: Decimal | None = self._read(symbol)
-        except ExchangeError as error:
-            logger.warning("bitvavo GET /balance failed (%s): buys go unsized, the exchange checks "
-                           "the funds", type(error).__name__)
-            free = None
-        with self._lock:
-            self._figures[symbol] = _Figure(free, now)
-        return free
+            return figure
+        return None
 
     def after(self, request: OrderRequest, outcome: Order | ExchangeError) -> None:
         """Account for a buy that was sent: what it may have spent comes off the figure; a refusal

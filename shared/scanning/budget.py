@@ -1,33 +1,36 @@
-"""The GPT budget around one model call (G7): reserve before, settle after.
+"""The GPT budget around one shared model call (G7): every user reserves before, the bill is split.
 
-    reservation = budget.reserve(user_id, model, max_prompt_tokens, max_completion_tokens, job_id)
-    if isinstance(reservation, Denial): no call
-    … the call …
-    budget.settle(reservation, usage, request_id)
+    granted = budget.reserve(answer_id, [(user_id, job_id), …])   # reserve_gpt_budgets
+    … one model call if any user was granted …
+    budget.record(answer_id, worker_id, call)                     # record_oracle_answer
+    budget.settle([answer_id, …])                                 # settle_oracle_answers (tick end)
 
-reserve_gpt_budget (SQL, per-user advisory lock) reserves the worst-case cost only if the user's
-settled + reserved spend of the last hour and of the UTC day stay within their limits; the caller
-makes that worst case a true upper bound (gpt.py: the prompt's byte bound, and the completion cap it
-sends as max_completion_tokens). settle_gpt_usage records the provider's reported usage priced in
-SQL — also above the reservation (audited overshoot) and also after run_maintenance released the
-reservation as stale (a late settle is still recorded). Settling zero tokens releases it.
+reserve_gpt_budgets applies reserve_gpt_budget's rule to each user under that user's lock: the
+call's whole worst case (the answer's prompt bound and completion cap, priced from
+gpt_model_prices) is reserved only if the user's settled + reserved spend of the last hour and of
+the UTC day stay within their limits; a denied user gets no proposal. The caller makes that worst
+case a true upper bound (gpt.py: the prompt's byte bound, and the completion cap it sends as
+max_completion_tokens). settle_oracle_answers splits the recorded bill among the reservations that
+used the answer — the shares sum to the bill exactly and none exceeds it (the scanning
+migration's header has the rule) — also after run_maintenance released a reservation as stale (a
+late settlement is still recorded). A bill of zero tokens releases them all.
 
-What the caller settles, by how the call ended:
+What is recorded as the bill, by how the call ended:
 - an answer with `usage` (valid, malformed, refused, cut off): that usage;
-- an answer without `usage` (a server that omits it): the reservation's own maximum, since the call
-  was billed and the bill is unknown — never less than it can have cost;
+- an answer without `usage` (a server that omits it): the call's worst case, since the call was
+  billed and the bill is unknown — never less than it can have cost;
 - an HTTP error answered by the provider: its body's `usage` if it has one, else zero (an error
-  answer is not billed) — which releases the reservation;
+  answer is not billed) — which releases the reservations;
 - the request never left (connection refused, connect timeout): zero;
 - a timeout or a broken connection after the request was sent: UNKNOWN whether it was billed.
-  Nothing is settled; the reservation keeps blocking its worst case until run_maintenance releases
-  it after 15 minutes (private.gpt_reservation_lifetime). If the provider did bill the call, that
-  spend is not recorded: the one case where recorded spend can be below the bill.
+  No bill is recorded; the reservations keep blocking their worst case until run_maintenance
+  releases them after 15 minutes (private.gpt_reservation_lifetime). If the provider did bill the
+  call, that spend is not recorded: the one case where recorded spend can be below the bill.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -57,15 +60,6 @@ NO_TOKENS = Usage(0, 0, 0)
 class Reservation:
     id: str
     reserved_usd: Decimal
-    max_prompt_tokens: int
-    max_completion_tokens: int
-    expires_at: str | None
-    reserved_at: float  # time.monotonic() when reserve_gpt_budget was sent
-
-    @property
-    def worst_case(self) -> Usage:
-        """What the reservation covers: every prompt token uncached, the whole completion cap."""
-        return Usage(self.max_prompt_tokens, 0, self.max_completion_tokens)
 
 
 @dataclass(frozen=True)
@@ -78,39 +72,67 @@ class Denial:
     daily_limit_usd: Decimal | None
 
 
+@dataclass(frozen=True)
+class Reservations:
+    """reserve_gpt_budgets' answer: per user, a reservation or a denial; `failed` when the answer
+    failed meanwhile (nothing was reserved)."""
+
+    answer_id: str
+    answer_status: str
+    by_user: dict[str, Reservation | Denial]
+
+    @property
+    def failed(self) -> bool:
+        return self.answer_status == "failed"
+
+    @property
+    def granted(self) -> int:
+        return sum(isinstance(r, Reservation) for r in self.by_user.values())
+
+
 class GptBudget:
     def __init__(self, rpc: RpcPort) -> None:
         self._rpc = rpc
 
-    def reserve(self, user_id: str, model: str, max_prompt_tokens: int,
-                max_completion_tokens: int, job_id: str | None = None) -> Reservation | Denial:
-        sent = time.monotonic()
-        answer: dict[str, Any] = self._rpc.call("reserve_gpt_budget", {
-            "p_user_id": user_id, "p_model": model,
-            "p_max_prompt_tokens": max_prompt_tokens,
-            "p_max_completion_tokens": max_completion_tokens,
-            "p_scan_job_id": job_id,
-        })
-        if not answer.get("allowed"):
-            return Denial(reason=str(answer.get("reason")),
-                          worst_case_usd=answer.get("worst_case_usd"),
-                          spent_hour_usd=answer.get("spent_hour_usd"),
-                          spent_day_usd=answer.get("spent_day_usd"),
-                          hourly_limit_usd=answer.get("hourly_limit_usd"),
-                          daily_limit_usd=answer.get("daily_limit_usd"))
-        return Reservation(id=str(answer["reservation_id"]),
-                           reserved_usd=answer["reserved_usd"],
-                           max_prompt_tokens=max_prompt_tokens,
-                           max_completion_tokens=max_completion_tokens,
-                           expires_at=answer.get("expires_at"), reserved_at=sent)
+    def reserve(self, answer_id: str, requests: Sequence[tuple[str, str | None]]
+                ) -> Reservations:
+        """(user id, scan job id) pairs, distinct users, at most 1000."""
+        answer: dict[str, Any] = self._rpc.call("reserve_gpt_budgets", {
+            "p_oracle_answer_id": answer_id,
+            "p_requests": [{"user_id": user, "scan_job_id": job} for user, job in requests]})
+        by_user: dict[str, Reservation | Denial] = {}
+        for row in answer.get("results", []):
+            user = str(row["user_id"])
+            if row.get("allowed"):
+                by_user[user] = Reservation(str(row["reservation_id"]), row["reserved_usd"])
+            else:
+                by_user[user] = Denial(reason=str(row.get("reason")),
+                                       worst_case_usd=row.get("worst_case_usd"),
+                                       spent_hour_usd=row.get("spent_hour_usd"),
+                                       spent_day_usd=row.get("spent_day_usd"),
+                                       hourly_limit_usd=row.get("hourly_limit_usd"),
+                                       daily_limit_usd=row.get("daily_limit_usd"))
+        return Reservations(answer_id, str(answer.get("answer_status")), by_user)
 
-    def settle(self, reservation: Reservation, usage: Usage,
-               request_id: str | None = None) -> dict[str, Any]:
-        answer: dict[str, Any] = self._rpc.call("settle_gpt_usage", {
-            "p_reservation_id": reservation.id,
-            "p_prompt_tokens": usage.prompt_tokens,
-            "p_cached_prompt_tokens": usage.cached_prompt_tokens,
-            "p_completion_tokens": usage.completion_tokens,
+    def record(self, answer_id: str, worker_id: str, *, answer: dict[str, Any] | None,
+               bill: Usage | None, request_id: str | None, failure: str | None
+               ) -> dict[str, Any]:
+        """The call's outcome and bill (None: unknown whether billed) on its answer."""
+        result: dict[str, Any] = self._rpc.call("record_oracle_answer", {
+            "p_answer_id": answer_id, "p_worker_id": worker_id,
+            "p_status": "answered" if answer is not None else "failed",
+            "p_answer": answer,
+            "p_prompt_tokens": None if bill is None else bill.prompt_tokens,
+            "p_cached_prompt_tokens": None if bill is None else bill.cached_prompt_tokens,
+            "p_completion_tokens": None if bill is None else bill.completion_tokens,
             "p_request_id": request_id[:200] if request_id else None,
-        })
-        return answer
+            "p_failure": failure[:500] if failure else None})
+        return result
+
+    def settle(self, answer_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Split each answer's recorded bill among its reservations (idempotent)."""
+        if not answer_ids:
+            return []
+        result: dict[str, Any] = self._rpc.call("settle_oracle_answers",
+                                                {"p_answer_ids": list(answer_ids)})
+        return list(result.get("results", []))

@@ -1,8 +1,14 @@
-"""The `openai` oracle (ORACLE=openai): one chat completion per scan, within the user's GPT budget.
+"""The `openai` oracle (ORACLE=openai): one chat completion per market snapshot, shared by every
+user who scans it, each within their own GPT budget.
 
-    reserve (worst case) → one model call (no retry) → settle (reported usage) → answer
+    every user reserves the call's worst case (answers.py, reserve_gpt_budgets) → one model call
+      (no retry) → its bill recorded on the answer → split among the users (settle_oracle_answers)
 
-G7 is kept by three numbers that make the reservation an upper bound on the bill:
+The prompt holds nothing about a user — the market, its candles and indicators — so one answer
+serves all of them; `key` names it by a digest of exactly what is sent (the messages, the response
+schema, the model and the completion cap) with PROMPT_VERSION and SCHEMA_VERSION.
+
+G7 is kept by three numbers that make each reservation an upper bound on the bill:
 - the prompt bound (`prompt_token_bound`): UTF-8 bytes of everything sent as prompt — every
   message's role and content, and the response schema — plus fixed overheads. A byte-level BPE
   tokenizer (OpenAI's cl100k/o200k, and any byte-fallback SentencePiece of a compatible server)
@@ -14,24 +20,27 @@ G7 is kept by three numbers that make the reservation an upper bound on the bill
   which is not published). The bound is typically 3-4× the real count: the price of certainty.
 - `max_completion_tokens` = the completion tokens reserved (OPENAI_MAX_COMPLETION_TOKENS): the
   provider cannot bill more output than that (reasoning tokens included).
-- `max_retries=0`: the SDK's retry would be a second billed call on one reservation. One call, one
-  request; its timeout (OPENAI_TIMEOUT_SECONDS, ≤ 300 s) is far below the 15-minute reservation
-  lifetime and below the job lease, and the call is not started unless it fits before the tick's
-  hard deadline.
+- `max_retries=0`: the SDK's retry would be a second billed call on the same reservations. One
+  call, one request; its timeout (OPENAI_TIMEOUT_SECONDS, ≤ 300 s) is far below the 15-minute
+  reservation lifetime and below the job lease, and the call is not started unless it fits before
+  the tick's hard deadline.
+Every user reserves the whole call's worst case (alone, they would pay all of it); the bill is then
+split, so each user's share is at most the bill, hence at most their reservation.
 
-The reservation id travels as the `X-Client-Request-Id` header, so each provider-side request can
-be matched to its gpt_usage_log row (and a test's fake server checks that a reservation exists for
-every request it sees). What is settled when the call goes wrong is listed in budget.py.
+The answer's id (private.oracle_answers) travels as the `X-Client-Request-Id` header, so each
+provider-side request can be matched to the answer and the reservations that paid for it (a test's
+fake server checks that live reservations exist for every request it sees). What is recorded as the
+bill when the call goes wrong is listed in budget.py.
 
 The answer is structured output (a strict JSON schema) validated by `ModelSignal`; a malformed
-answer, a refusal or an answer cut off by the completion cap is `Unusable` — no proposal, usage
-settled all the same.
+answer, a refusal or an answer cut off by the completion cap is `Unusable` — no proposal, the bill
+recorded all the same.
 """
 
 from __future__ import annotations
 
 import json
-import time
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal, cast
 
@@ -42,25 +51,21 @@ from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from shared.scanning.budget import NO_TOKENS, Denial, GptBudget, Reservation, Usage
-from shared.scanning.oracle import (
-    BudgetDenied,
-    NoSignal,
-    OracleAnswer,
-    OracleRequest,
-    OracleUnavailable,
-    Signal,
-    Unusable,
-)
+from shared.api.steplog import StepLog
+from shared.scanning.budget import NO_TOKENS, Usage
+from shared.scanning.marketdata import MarketSnapshot
+from shared.scanning.oracle import Answer, AnswerKey, NoSignal, Signal, Unusable, digest
 from shared.scanning.rules import ema, rsi
-from shared.scanning.settings import RESERVATION_LIFETIME_SECONDS, ScannerSettings
+from shared.scanning.settings import ScannerSettings
 
 PER_MESSAGE_TOKENS = 8
 REPLY_PRIMING_TOKENS = 8
 SCHEMA_WRAPPER_TOKENS = 256
 PROMPT_CANDLES = 48
-# A call must end this long before its reservation could be released as stale.
-RESERVATION_MARGIN_SECONDS = 120.0
+# Parts of every answer's key: bump them when the prompt's wording or the response schema change.
+PROMPT_VERSION = "prompt-2"
+SCHEMA_VERSION = "trade_signal-1"
+GAP_MARK = "no trades"
 
 SIGNAL_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -84,7 +89,9 @@ SYSTEM_PROMPT = (
     "You are a cautious crypto market analyst for a trading assistant. You receive recent candles "
     "and indicators for one Bitvavo market. Answer with one action: buy, sell or hold; a "
     "confidence between 0 and 1; and a rationale of at most three sentences that a person can "
-    "check against the data. Recommend buy or sell only when the data clearly supports it, "
+    f"check against the data. A candle marked '{GAP_MARK}' is an interval in which nothing "
+    "traded: its prices repeat the previous close and its volume is 0; do not read it as a "
+    "price that held. Recommend buy or sell only when the data clearly supports it, "
     "otherwise hold. The order size is fixed by the user's limits; do not discuss it."
 )
 
@@ -114,8 +121,7 @@ def _printable(char: str) -> bool:
     return char in "\n\t" or (char >= " " and char != "\x7f" and not "\ud800" <= char <= "\udfff")
 
 
-def build_messages(request: OracleRequest, settings: ScannerSettings) -> list[dict[str, str]]:
-    snapshot = request.snapshot
+def build_messages(snapshot: MarketSnapshot, settings: ScannerSettings) -> list[dict[str, str]]:
     closes = snapshot.closes
     lines = [
         f"Market: {snapshot.market}",
@@ -127,10 +133,17 @@ def build_messages(request: OracleRequest, settings: ScannerSettings) -> list[di
             f"EMA{settings.rules_fast_ema}: {ema(closes, settings.rules_fast_ema):.6g}; "
             f"EMA{settings.rules_slow_ema}: {ema(closes, settings.rules_slow_ema):.6g}; "
             f"RSI{settings.rules_rsi_period}: {rsi(closes, settings.rules_rsi_period):.4g}")
+    if snapshot.gaps:
+        lines.append(f"Intervals without trades: {snapshot.gaps} of the last "
+                     f"{len(snapshot.candles)} (filled forward from the previous close, "
+                     f"volume 0, marked '{GAP_MARK}')")
     lines.append("Candles, oldest first (time UTC, open, high, low, close, volume):")
-    for c in snapshot.candles[-PROMPT_CANDLES:]:
+    first = max(0, len(snapshot.candles) - PROMPT_CANDLES)
+    for index in range(first, len(snapshot.candles)):
+        c = snapshot.candles[index]
+        mark = f",{GAP_MARK}" if snapshot.is_filled(index) else ""
         lines.append(f"{c.timestamp:%Y-%m-%dT%H:%MZ},{c.open},{c.high},{c.low},{c.close},"
-                     f"{c.volume}")
+                     f"{c.volume}{mark}")
     return [{"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": "\n".join(lines)}]
 
@@ -180,125 +193,96 @@ def _never_sent(exc: openai.APIConnectionError) -> bool:
     return isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
+@dataclass(frozen=True)
+class ModelCall:
+    """How one model call ended: its answer (None: none was obtained, `failure` says why) and its
+    bill — the usage to record, or None when it is unknown whether the call was billed."""
+
+    answer: Answer | None
+    bill: Usage | None
+    request_id: str | None = None
+    failure: str | None = None
+
+
 class OpenAIOracle:
     source: Literal["openai"] = "openai"
 
-    def __init__(self, settings: ScannerSettings, budget: GptBudget, *,
+    def __init__(self, settings: ScannerSettings, *,
                  http_client: httpx.Client | None = None) -> None:
         if settings.openai_api_key is None:
             raise ValueError("OPENAI_API_KEY is not set: ORACLE=openai needs it")
         self.settings = settings
         self.model: str = settings.openai_model
-        self.budget = budget
+        self.timeout = settings.openai_timeout_seconds
         self.client = OpenAI(
             api_key=settings.openai_api_key.get_secret_value(),
             base_url=settings.openai_base_url,
             timeout=settings.openai_timeout_seconds,
-            max_retries=0,  # a retry would be a second billed call on one reservation
+            max_retries=0,  # a retry would be a second billed call on the same reservations
             http_client=http_client,
         )
 
     def close(self) -> None:
         self.client.close()
 
-    def decide(self, request: OracleRequest) -> OracleAnswer:
-        log = request.log
-        timeout = self.settings.openai_timeout_seconds
-        if request.time_left() < timeout:
-            raise OracleUnavailable("not enough time left in this tick for a model call; the job "
-                                    "runs again after its backoff")
-        messages = build_messages(request, self.settings)
-        max_prompt = prompt_token_bound(messages)
-        max_completion = self.settings.openai_max_completion_tokens
+    def messages(self, snapshot: MarketSnapshot) -> list[dict[str, str]]:
+        return build_messages(snapshot, self.settings)
 
-        with log.step("reserve", model=self.model, max_prompt_tokens=max_prompt,
-                      max_completion_tokens=max_completion) as step:
-            reservation = self.budget.reserve(request.user_id, self.model, max_prompt,
-                                              max_completion, request.job_id)
-            if isinstance(reservation, Denial):
-                step.set("denied", reason=reservation.reason,
-                         worst_case_usd=reservation.worst_case_usd,
-                         spent_hour_usd=reservation.spent_hour_usd,
-                         spent_day_usd=reservation.spent_day_usd,
-                         hourly_limit_usd=reservation.hourly_limit_usd,
-                         daily_limit_usd=reservation.daily_limit_usd)
-                return BudgetDenied(reservation.reason)
-            step.set("reserved", reservation_id=reservation.id,
-                     reserved_usd=reservation.reserved_usd, expires_at=reservation.expires_at)
+    def key(self, snapshot: MarketSnapshot) -> AnswerKey:
+        messages = self.messages(snapshot)
+        cap = self.settings.openai_max_completion_tokens
+        sent = {"model": self.model, "messages": messages, "response_format": RESPONSE_FORMAT,
+                "max_completion_tokens": cap}
+        return AnswerKey(oracle="openai", model=self.model, prompt_version=PROMPT_VERSION,
+                         schema_version=SCHEMA_VERSION,
+                         max_prompt_tokens=prompt_token_bound(messages),
+                         max_completion_tokens=cap, digest=digest(sent))
 
-        age = time.monotonic() - reservation.reserved_at
-        if age + timeout > RESERVATION_LIFETIME_SECONDS - RESERVATION_MARGIN_SECONDS:
-            self._settle(request, reservation, NO_TOKENS, None, "not_called")
-            raise OracleUnavailable("the reservation is too old to cover a model call")
-
-        # How the call ended decides what is settled (budget.py): `settle` is the usage to
-        # record, or None to leave the reservation to expire; `failure` ends the job.
-        completion: Any = None
-        settle: Usage | None = None
-        request_id: str | None = None
-        failure: OracleUnavailable | None = None
-        unusable: Unusable | None = None
-        with log.step("model_call", model=self.model, reservation_id=reservation.id) as step:
+    def call(self, snapshot: MarketSnapshot, key: AnswerKey, answer_id: str,
+             log: StepLog) -> ModelCall:
+        """One request, never retried, for the answer `answer_id` whose reservations exist."""
+        worst_case = Usage(key.max_prompt_tokens, 0, key.max_completion_tokens)
+        with log.step("model_call", model=self.model, answer_id=answer_id,
+                      market=snapshot.market) as step:
             try:
                 completion = self.client.chat.completions.create(
                     model=self.model,
-                    messages=cast("list[ChatCompletionMessageParam]", messages),
+                    messages=cast("list[ChatCompletionMessageParam]", self.messages(snapshot)),
                     response_format=cast("ResponseFormatJSONSchema", RESPONSE_FORMAT),
-                    max_completion_tokens=max_completion,
-                    extra_headers={"X-Client-Request-Id": reservation.id},
-                    timeout=timeout,
+                    max_completion_tokens=key.max_completion_tokens,
+                    extra_headers={"X-Client-Request-Id": answer_id},
+                    timeout=self.timeout,
                 )
             except openai.APIStatusError as exc:
                 # An error answer is not billed, unless its body says it was.
-                settle, request_id = _usage_in_error(exc) or NO_TOKENS, exc.request_id
-                failure = OracleUnavailable(f"the model answered HTTP {exc.status_code}")
+                bill = _usage_in_error(exc) or NO_TOKENS
                 step.set("http_error", severity="WARNING", http_status=exc.status_code,
-                         request_id=request_id, billed=settle != NO_TOKENS)
+                         request_id=exc.request_id, billed=bill != NO_TOKENS)
+                return ModelCall(None, bill, exc.request_id,
+                                 f"the model answered HTTP {exc.status_code}")
             except openai.APIResponseValidationError as exc:
                 # A 200 whose body is not a completion: billed, amount unknown → the worst case.
-                settle = reservation.worst_case
-                unusable = Unusable("malformed", "the answer was not a chat completion")
                 step.set("invalid_response", severity="WARNING", http_status=exc.status_code)
+                return ModelCall(Unusable("malformed", "the answer was not a chat completion"),
+                                 worst_case)
             except openai.APIConnectionError as exc:
                 cause = type(exc.__cause__).__name__
                 if _never_sent(exc):
-                    settle = NO_TOKENS
-                    failure = OracleUnavailable("the model could not be reached")
                     step.set("not_sent", severity="WARNING", error_type=cause)
-                else:
-                    # Sent, no answer: unknown whether billed. Nothing is settled; the reservation
-                    # keeps its worst case until run_maintenance releases it (budget.py).
-                    failure = OracleUnavailable("no answer from the model; its reservation "
-                                                "expires unsettled")
-                    step.set("timeout" if isinstance(exc, openai.APITimeoutError) else "no_answer",
-                             severity="WARNING", error_type=cause, settled=False)
-            else:
-                request_id = getattr(completion, "_request_id", None)
-                reported = reported_usage(completion)
-                # Billed but not reported: record the most it can have cost.
-                settle = reported or reservation.worst_case
-                step.set("answered", request_id=request_id, usage_reported=reported is not None)
+                    return ModelCall(None, NO_TOKENS, None, "the model could not be reached")
+                # Sent, no answer: unknown whether billed. Nothing is recorded; the reservations
+                # keep their worst case until run_maintenance releases them (budget.py).
+                step.set("timeout" if isinstance(exc, openai.APITimeoutError) else "no_answer",
+                         severity="WARNING", error_type=cause, settled=False)
+                return ModelCall(None, None, None,
+                                 "no answer from the model; its reservations expire unsettled")
+            request_id = getattr(completion, "_request_id", None)
+            reported = reported_usage(completion)
+            step.set("answered", request_id=request_id, usage_reported=reported is not None)
+        # Billed but not reported: record the most it can have cost.
+        return ModelCall(self._answer(completion), reported or worst_case, request_id)
 
-        if settle is not None:
-            self._settle(request, reservation, settle, request_id,
-                         "answered" if failure is None and unusable is None else "failed_call")
-        if failure is not None:
-            raise failure
-        if unusable is not None:
-            return unusable
-        return self._answer(completion)
-
-    def _settle(self, request: OracleRequest, reservation: Reservation, usage: Usage,
-                request_id: str | None, why: str) -> None:
-        with request.log.step("settle", reservation_id=reservation.id, why=why,
-                              prompt_tokens=usage.prompt_tokens,
-                              cached_prompt_tokens=usage.cached_prompt_tokens,
-                              completion_tokens=usage.completion_tokens) as step:
-            answer = self.budget.settle(reservation, usage, request_id)
-            step.set(str(answer.get("status")), cost_usd=answer.get("cost_usd"),
-                     overshoot_usd=answer.get("overshoot_usd"))
-
-    def _answer(self, completion: Any) -> OracleAnswer:
+    def _answer(self, completion: Any) -> Answer:
         try:
             choice = completion.choices[0]
             message = choice.message

@@ -1,21 +1,22 @@
 """The tick's leases on its claimed jobs, and the heartbeat that keeps them (G2).
 
 Every job a tick claims is leased to the tick's worker id for JOB_LEASE_SECONDS. From the claim to
-the one release at the end of the tick — while the job runs, and after it finished but is not yet
-released — a background thread calls heartbeat_scan_job for it every HEARTBEAT_SECONDS, which
-extends the lease only while this worker still holds it.
+its batch's release — while the job runs, and after it finished but is not yet released — a
+background thread extends the leases of all of them every HEARTBEAT_SECONDS with one
+heartbeat_scan_jobs call per thousand jobs, which extends a lease only while this worker still
+holds it.
 
 A lease is *lost* when
-- heartbeat_scan_job answers false: the lease was freed (cleanup_expired_locks) or taken over by
-  another worker after it expired — e.g. this process stalled past it; or
+- heartbeat_scan_jobs leaves it out of its answer: the lease was freed (cleanup_expired_locks) or
+  taken over by another worker after it expired — e.g. this process stalled past it; or
 - the last confirmed extension is older than the lease (minus a safety margin), measured with the
   monotonic clock from when that heartbeat (or the claim) was *sent*: a heartbeat that fails (the
   database unreachable) confirms nothing, and we cannot know the lease is still ours.
 
-A job checks its lease before each step that costs something or writes (market data, the oracle,
-the proposal, the execute request) and stops with `LeaseLost`. That is the cheap half; the other
-half is in the database: create_scan_proposal writes only for the lease holder, under the job's row
-lock, so a job that lost its lease between its check and its write still writes nothing.
+A job's lease is checked before its proposal is written, and a job that lost it writes nothing.
+That is the cheap half; the other half is in the database: create_scan_proposals writes only for
+the lease holder, under the job's row lock, so a job that lost its lease between the check and the
+write still writes nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from shared.rpc.port import RpcPort
 
 # Treat a lease as gone this long before it would expire by our own clock.
 SAFETY_MARGIN_SECONDS = 2.0
+# heartbeat_scan_jobs takes at most this many job ids per call.
+BEAT_BATCH = 1000
 
 
 class LeaseLost(Exception):
@@ -85,6 +88,12 @@ class Heartbeat:
             self._leases[job_id] = lease
         return lease
 
+    def forget(self, job_ids: list[str]) -> None:
+        """Released jobs: no longer ours to extend."""
+        with self._lock:
+            for job_id in job_ids:
+                self._leases.pop(job_id, None)
+
     def start(self) -> None:
         self._thread.start()
 
@@ -97,24 +106,28 @@ class Heartbeat:
         while not self._stop.wait(self._interval):
             with self._lock:
                 leases = [lease for lease in self._leases.values() if not lease.lost.is_set()]
-            for lease in leases:
+            for start in range(0, len(leases), BEAT_BATCH):
                 if self._stop.is_set():
                     return
-                self._beat(lease)
+                self._beat(leases[start:start + BEAT_BATCH])
 
-    def _beat(self, lease: Lease) -> None:
+    def _beat(self, leases: list[Lease]) -> None:
         sent = self._clock()
         try:
-            held = self._rpc.call("heartbeat_scan_job", {
-                "p_job_id": lease.job_id, "p_worker_id": self._worker_id,
+            held = self._rpc.call("heartbeat_scan_jobs", {
+                "p_worker_id": self._worker_id, "p_job_ids": [lease.job_id for lease in leases],
                 "p_lock_seconds": self._lease_seconds})
         except RpcError as exc:
             # Confirms nothing; Lease.check notices when the last confirmation grows too old.
-            self._log.event("heartbeat", "error", severity="WARNING", job_id=lease.job_id,
+            self._log.event("heartbeat", "error", severity="WARNING", jobs=len(leases),
                             error=type(exc).__name__, error_code=exc.code)
             return
-        if held is True:
-            lease.confirmed_at = sent
-        else:
-            lease.lose("heartbeat_scan_job: another worker holds the lease, or it was freed")
-            self._log.event("heartbeat", "lease_lost", severity="WARNING", job_id=lease.job_id)
+        extended = {str(job_id) for job_id in held}
+        lost = [lease.job_id for lease in leases if lease.job_id not in extended]
+        for lease in leases:
+            if lease.job_id in extended:
+                lease.confirmed_at = sent
+            else:
+                lease.lose("heartbeat_scan_jobs: another worker holds the lease, or it was freed")
+        if lost:
+            self._log.event("heartbeat", "lease_lost", severity="WARNING", job_ids=lost)

@@ -1,46 +1,34 @@
-"""The oracle interface: one question per scan job, one of four answers.
+"""The oracle interface: one answer per market snapshot, one of four kinds.
 
-    oracle.decide(OracleRequest) -> Signal | NoSignal | Unusable | BudgetDenied
+An oracle sees a market snapshot and nothing about any user, so one answer serves every user
+whose scan read that snapshot (answers.py shares it); each user's proposal then follows from that
+answer and the user's own settings and order room (tick.py).
 
 - `Signal`: buy or sell, a confidence in [0, 1] and a rationale a person can read. The scan then
   proposes an order of the size sizing.py computed (oracles never size orders).
 - `NoSignal`: nothing to do, and why.
 - `Unusable`: a model answered, but the answer cannot be used (malformed, refused, cut off by
-  the completion cap). No proposal; the call was still billed and settled.
-- `BudgetDenied`: reserve_gpt_budget said no (G7); the model was not called.
-
-A failure to get any answer (a provider HTTP error, a timeout) raises `OracleUnavailable`; the job
-fails and the scheduler backs it off.
+  the completion cap). No proposal; the call was still billed and its bill split.
+- `BudgetDenied`: reserve_gpt_budget's rule said no to this user (G7): no proposal for them.
 
 `ORACLE` picks the implementation: `rules` (shared/scanning/rules.py, the default: free,
-deterministic, explainable) or `openai` (shared/scanning/gpt.py: the official SDK within the
-user's GPT budget).
+deterministic, explainable) or `openai` (shared/scanning/gpt.py: the official SDK, within each
+user's GPT budget). Each names its answers by an `AnswerKey`: everything the answer depends on,
+with a SHA-256 digest of exactly what the oracle sees — the key of private.oracle_answers, so
+concurrent ticks that read the same snapshot make one call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from shared.api.steplog import StepLog
 from shared.scanning.marketdata import MarketSnapshot
-from shared.scanning.sizing import OrderRoom
 
 Side = Literal["buy", "sell"]
-
-
-@dataclass(frozen=True)
-class OracleRequest:
-    job_id: str
-    user_id: str
-    market: str
-    snapshot: MarketSnapshot
-    room: OrderRoom
-    log: StepLog
-    # Seconds a model call may still take before the tick's hard deadline (None: no limit).
-    time_left: Callable[[], float] = field(default=lambda: float("inf"))
 
 
 @dataclass(frozen=True)
@@ -66,11 +54,57 @@ class BudgetDenied:
     reason: str
 
 
-OracleAnswer = Signal | NoSignal | Unusable | BudgetDenied
+Answer = Signal | NoSignal | Unusable
+OracleAnswer = Answer | BudgetDenied
 
 
 class OracleUnavailable(Exception):
-    """No answer was obtained (provider error, timeout, not enough time left). The job fails."""
+    """No answer was obtained (provider error, timeout). The jobs that needed it fail."""
+
+
+@dataclass(frozen=True)
+class AnswerKey:
+    """What an answer depends on (private.oracle_answers' unique key, with the market and
+    interval of the snapshot)."""
+
+    oracle: Literal["rules", "openai"]
+    model: str  # '' for the rules oracle
+    prompt_version: str
+    schema_version: str
+    max_prompt_tokens: int  # the reservation's prompt bound (0: free)
+    max_completion_tokens: int  # the completion cap sent (0: free)
+    digest: str  # SHA-256 (hex) of exactly what the oracle sees
+
+
+def digest(document: Any) -> str:
+    """SHA-256 of a JSON document in one canonical form (sorted keys, no spaces, Decimals and
+    datetimes as their text)."""
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def answer_json(answer: Answer) -> dict[str, Any]:
+    """An answer as private.oracle_answers.answer stores it."""
+    if isinstance(answer, Signal):
+        return {"kind": "signal", "side": answer.side, "confidence": answer.confidence,
+                "rationale": answer.rationale}
+    if isinstance(answer, NoSignal):
+        return {"kind": "no_signal", "reason": answer.reason}
+    return {"kind": "unusable", "unusable": answer.kind, "detail": answer.detail}
+
+
+def answer_from_json(stored: dict[str, Any]) -> Answer:
+    """The answer answer_json stored (read back from the database, possibly another tick's)."""
+    kind = stored.get("kind")
+    if kind == "signal" and stored.get("side") in ("buy", "sell"):
+        return Signal(side=stored["side"], confidence=Decimal(stored["confidence"]),
+                      rationale=str(stored.get("rationale", "")))
+    if kind == "no_signal":
+        return NoSignal(str(stored.get("reason", "")))
+    unusable = stored.get("unusable")
+    return Unusable(unusable if unusable in ("malformed", "refusal", "truncated") else "malformed",
+                    str(stored.get("detail", "the stored answer is not one this version reads")))
 
 
 class Oracle(Protocol):
@@ -82,4 +116,4 @@ class Oracle(Protocol):
     def model(self) -> str | None:  # trade_proposals.model
         ...
 
-    def decide(self, request: OracleRequest) -> OracleAnswer: ...
+    def key(self, snapshot: MarketSnapshot) -> AnswerKey: ...

@@ -12,7 +12,11 @@ A trend signal with a momentum filter, on the candles' closes (Decimal arithmeti
   RSI sits on the trend's side of 50, as a share of the distance to the overbought (buy) or
   oversold (sell) line (0 when it sits on the other side). Rounded down to 0.01.
 
-The rationale states every number the decision used, so a person can check it against a chart.
+The rationale states every number the decision used, so a person can check it against a chart,
+and how many of the candles were intervals without trades (filled forward: marketdata.py).
+
+The answer depends on the snapshot alone, so it is computed once per snapshot (`key` names it) and
+shared by every user scanning that market.
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ from collections.abc import Sequence
 from decimal import ROUND_DOWN, Decimal
 from typing import Literal
 
-from shared.scanning.oracle import NoSignal, OracleAnswer, OracleRequest, Signal
+from shared.scanning.marketdata import MarketSnapshot
+from shared.scanning.oracle import AnswerKey, NoSignal, Signal, digest
 from shared.scanning.settings import ScannerSettings
+
+# Part of every answer's key: bump it when the rules or their rationale change.
+RULES_VERSION = "rules-1"
 
 ONE = Decimal(1)
 HUNDRED = Decimal(100)
@@ -84,8 +92,16 @@ class RulesOracle:
         self.overbought = settings.rules_rsi_overbought
         self.oversold = settings.rules_rsi_oversold
 
-    def decide(self, request: OracleRequest) -> OracleAnswer:
-        snapshot = request.snapshot
+    def key(self, snapshot: MarketSnapshot) -> AnswerKey:
+        seen = {"market": snapshot.market, "interval": snapshot.interval,
+                "closes": snapshot.closes, "filled": snapshot.filled, "price": snapshot.price,
+                "parameters": [self.fast, self.slow, self.rsi_period, self.min_trend_pct,
+                               self.overbought, self.oversold]}
+        return AnswerKey(oracle="rules", model="", prompt_version=RULES_VERSION,
+                         schema_version=RULES_VERSION, max_prompt_tokens=0,
+                         max_completion_tokens=0, digest=digest(seen))
+
+    def decide(self, snapshot: MarketSnapshot) -> Signal | NoSignal:
         closes = snapshot.closes
         needed = max(self.slow, self.rsi_period + 1)
         if len(closes) < needed:
@@ -94,7 +110,8 @@ class RulesOracle:
         fast, slow = ema(closes, self.fast), ema(closes, self.slow)
         strength = rsi(closes, self.rsi_period)
         gap_pct = (fast - slow) / slow * HUNDRED
-        head = (f"{snapshot.market} on {len(closes)} {snapshot.interval} candles: "
+        gaps = (f" ({snapshot.gaps} without trades, filled forward)" if snapshot.gaps else "")
+        head = (f"{snapshot.market} on {len(closes)} {snapshot.interval} candles{gaps}: "
                 f"EMA{self.fast} {_num(fast)} is {_num(abs(gap_pct))} % "
                 f"{'above' if gap_pct >= 0 else 'below'} EMA{self.slow} {_num(slow)}")
         rsi_text = f"RSI{self.rsi_period} {_num(strength, 1)}"

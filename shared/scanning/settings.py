@@ -20,14 +20,17 @@ All their problems are reported together in one ConfigurationError that names va
 values. Cross-field rules that span the models (the service key the auto-execute path needs) are
 checked last.
 
-Timing, one rule: a tick starts no job after TICK_TIME_BUDGET_SECONDS; a started job is bounded by
-its I/O timeouts (two market-data requests, at most one model call of OPENAI_TIMEOUT_SECONDS with
-no retry, a few RPCs), and it starts the model call only while that call's timeout still fits
-before the tick's hard deadline (FUNCTION_TIMEOUT_SECONDS minus a reserve for the release and the
-answer). After the release, the auto-execute dispatch (shared.scanning.dispatch) starts an execute
+Timing, one rule: a tick claims no batch after TICK_TIME_BUDGET_SECONDS; a claimed batch is bounded
+by its I/O timeouts (a market-data request per market it has not read yet, at most one model call
+of OPENAI_TIMEOUT_SECONDS per snapshot with no retry, a few RPCs), and a model call starts only
+while its timeout still fits before the tick's hard deadline (FUNCTION_TIMEOUT_SECONDS minus a
+reserve for the release and the answer; a call that does not fit gives its jobs back unrun). After
+every batch is released, the auto-execute dispatch (shared.scanning.dispatch) starts an execute
 request (EXECUTE_TIMEOUT_SECONDS) or waits out a 429 only while that still fits before the same
-deadline. So a tick ends before the function's own timeout, and every lease outlives it
-(TICK_TIME_BUDGET_SECONDS < JOB_LEASE_SECONDS; the heartbeat extends leases while jobs run).
+deadline. So a tick ends — every batch released — before the function's own timeout, and every
+lease outlives it (TICK_TIME_BUDGET_SECONDS < JOB_LEASE_SECONDS; the heartbeat extends leases while
+jobs run). FUNCTION_TIMEOUT_SECONDS is at most 540 s: run_maintenance settles a shared model bill
+that no tick settled 10 minutes after its call, when its tick is certainly over.
 """
 
 from __future__ import annotations
@@ -110,17 +113,23 @@ class ScannerSettings(BaseSettings):
     trading_mode: Literal["paper", "live"] = "paper"
 
     # -- the tick --------------------------------------------------------------------------------
-    tick_time_budget_seconds: float = Field(default=30.0, gt=0, le=3000)
-    function_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+    # The deployed schedule's (invoke-scan-scheduler: two ticks a minute, 150 s timeout).
+    tick_time_budget_seconds: float = Field(default=45.0, gt=0, le=3000)
+    function_timeout_seconds: float = Field(default=150.0, gt=0, le=540)
     job_lease_seconds: int = Field(default=300, ge=10, le=3600)  # claim_due_scan_jobs' bounds
     heartbeat_seconds: float | None = Field(default=None, gt=0)  # default: a third of the lease
     scan_concurrency: int = Field(default=4, ge=1, le=32)
-    max_jobs_limit: int = Field(default=100, ge=1, le=1000)  # the largest max_jobs a body may ask
+    # Jobs claimed, read, proposed and released per database call (the batch RPCs take ≤ 1000).
+    scan_batch_size: int = Field(default=1000, ge=1, le=1000)
+    # The largest max_jobs a body may ask (no max_jobs: the tick drains what is due).
+    max_jobs_limit: int = Field(default=1_000_000, ge=1, le=10_000_000)
     proposal_ttl_seconds: int = Field(default=900, ge=60, le=86400)
 
     # -- market data and the rules oracle ---------------------------------------------------------
     candle_interval: str = "1h"
     candle_limit: int = Field(default=100, ge=30, le=1440)
+    # Past this share of candles without trades (filled forward) a snapshot is too thin: no signal.
+    candle_max_gap_pct: Decimal = Field(default=Decimal(20), ge=0, le=100)
     rules_fast_ema: int = Field(default=12, ge=2, le=200)
     rules_slow_ema: int = Field(default=26, ge=3, le=400)
     rules_rsi_period: int = Field(default=14, ge=2, le=100)
@@ -191,7 +200,7 @@ class ScannerSettings(BaseSettings):
                       + self.execute_timeout_seconds + RELEASE_RESERVE_SECONDS)
         if worst_tick > self.function_timeout_seconds:
             raise ValueError(
-                "FUNCTION_TIMEOUT_SECONDS is too short for TICK_TIME_BUDGET_SECONDS plus one job "
+                "FUNCTION_TIMEOUT_SECONDS is too short for TICK_TIME_BUDGET_SECONDS plus one batch "
                 f"(market data and RPCs {JOB_IO_ALLOWANCE_SECONDS:.0f} s, OPENAI_TIMEOUT_SECONDS "
                 f"when ORACLE=openai, EXECUTE_TIMEOUT_SECONDS) plus "
                 f"{RELEASE_RESERVE_SECONDS:.0f} s for the release: it needs at least "

@@ -5,7 +5,9 @@
  *   claim_due_scan_jobs      hands due jobs to a worker under a lease (FOR UPDATE SKIP LOCKED)
  *   heartbeat_scan_job       the lease holder extends its lease while it works
  *   release_job_lock         the lease holder reports the outcome; schedules the next run / backoff
- *   release_job_locks        the same for a tick's finished jobs in one call (one rule: private.release_scan_jobs)
+ *   release_job_locks        the same for a tick's finished jobs in one call (one rule: private.release_scan_jobs),
+ *                            and gives back, untouched, the jobs a tick claimed but did not run
+ *   heartbeat_scan_jobs      heartbeat_scan_job for all of a tick's unreleased jobs in one call
  *   cleanup_expired_locks    frees leases of crashed workers (also run by run_maintenance)
  *   debug_check_locks        what is leased right now, for the SQL editor
  *
@@ -43,6 +45,8 @@ create table public.scan_jobs (
   last_run_at timestamptz,
   last_success_at timestamptz,
   last_error text,
+  -- Scheduling lag of the latest claim: how long after next_run_at a worker took the job.
+  last_claim_lag_seconds numeric,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   -- One job per (user, market): a second one would only double the scans, proposals and GPT spend.
@@ -57,7 +61,10 @@ create table public.scan_jobs (
   ),
   constraint scan_jobs_locked_by_format check (locked_by is null or length(locked_by) between 1 and 200),
   constraint scan_jobs_counters_nonnegative check (attempts >= 0 and consecutive_failures >= 0),
-  constraint scan_jobs_last_error_length check (last_error is null or length(last_error) <= 2000)
+  constraint scan_jobs_last_error_length check (last_error is null or length(last_error) <= 2000),
+  -- `< 'Infinity'` also excludes NaN.
+  constraint scan_jobs_claim_lag_finite check (
+    last_claim_lag_seconds >= 0 and last_claim_lag_seconds < 'Infinity')
 );
 
 -- The due-job scan of claim_due_scan_jobs: enabled jobs in next_run_at order.
@@ -127,6 +134,44 @@ create policy "users can delete their own scan jobs"
   using (user_id = (select auth.uid()));
 
 -- =============================================================================================
+-- Section - helpers (private)
+-- =============================================================================================
+
+-- A JSON array of at most p_max uuid strings as uuid[] (duplicates dropped, order kept); anything
+-- else is 22023 naming p_name, so a batch RPC refuses a malformed list before it touches a row.
+create or replace function private.uuid_array(p_value jsonb, p_name text, p_max integer)
+returns uuid[]
+language plpgsql
+immutable
+set search_path = ''
+as $$
+declare
+  v_bad bigint;
+begin
+  if p_value is null or jsonb_typeof(p_value) <> 'array' then
+    raise exception '% must be a JSON array of uuids', p_name using errcode = '22023';
+  end if;
+  if jsonb_array_length(p_value) > p_max then
+    raise exception '% holds at most % entries, got %', p_name, p_max, jsonb_array_length(p_value)
+      using errcode = '22023';
+  end if;
+  select min(t.ord) into v_bad
+    from jsonb_array_elements(p_value) with ordinality as t (e, ord)
+   where jsonb_typeof(t.e) <> 'string'
+      or t.e #>> '{}' !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$';
+  if v_bad is not null then
+    raise exception '%[%] is not a uuid', p_name, v_bad - 1 using errcode = '22023';
+  end if;
+  return array(select x.id
+                 from (select (t.e #>> '{}')::uuid as id, min(t.ord) as ord
+                         from jsonb_array_elements(p_value) with ordinality as t (e, ord)
+                        group by 1) x
+                order by x.ord);
+end;
+$$;
+revoke all on function private.uuid_array(jsonb, text, integer) from public, anon, authenticated;
+
+-- =============================================================================================
 -- Section - scheduler RPCs (service-only)
 -- =============================================================================================
 
@@ -183,7 +228,8 @@ begin
      set locked_by = p_worker_id,
          locked_at = now(),
          lock_expires_at = now() + make_interval(secs => p_lock_seconds),
-         attempts = j.attempts + 1
+         attempts = j.attempts + 1,
+         last_claim_lag_seconds = greatest(extract(epoch from now() - j.next_run_at), 0)
    -- By primary key: joining `due` let the planner hash-join a sequential scan of the whole table.
    where j.id = any(array(select due.id from due))
   returning j.*;
@@ -229,15 +275,62 @@ $$;
 revoke execute on function public.heartbeat_scan_job(uuid, text, integer) from public, anon, authenticated;
 grant execute on function public.heartbeat_scan_job(uuid, text, integer) to service_role;
 
--- One finished job as a worker reports it: release_job_lock passes one, release_job_locks many.
-create type private.scan_job_outcome as (job_id uuid, succeeded boolean, error text);
+-- G2 for a whole tick: heartbeat_scan_job's rule for every job in p_job_ids (a JSON array of at
+-- most 1000 job ids) in one statement; answers the ids whose lease this worker still holds (and
+-- extended), so a job missing from the answer has lost its lease.
+create or replace function public.heartbeat_scan_jobs(
+  p_worker_id text,
+  p_job_ids jsonb,
+  p_lock_seconds integer default 300
+) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  v_ids uuid[];
+  v_held jsonb;
+begin
+  if p_worker_id is null or btrim(p_worker_id) = '' then
+    raise exception 'p_worker_id must be a non-empty text' using errcode = '22023';
+  end if;
+  if p_lock_seconds is null or p_lock_seconds not between 10 and 3600 then
+    raise exception 'p_lock_seconds must be between 10 and 3600, got %', p_lock_seconds
+      using errcode = '22023';
+  end if;
+  v_ids := private.uuid_array(p_job_ids, 'p_job_ids', 1000);
+
+  -- In id order, as every batch writer of scan_jobs locks its rows (no deadlock between them).
+  with extended as (
+    update public.scan_jobs j
+       set lock_expires_at = greatest(j.lock_expires_at, now() + make_interval(secs => p_lock_seconds))
+     where j.id = any(array(select h.id from public.scan_jobs h
+                             where h.id = any(v_ids) and h.locked_by = p_worker_id
+                             order by h.id
+                               for update))
+       and j.locked_by = p_worker_id
+    returning j.id
+  )
+  select coalesce(jsonb_agg(e.id order by e.id), '[]'::jsonb) into v_held from extended e;
+  return v_held;
+end;
+$$;
+revoke execute on function public.heartbeat_scan_jobs(text, jsonb, integer) from public, anon, authenticated;
+grant execute on function public.heartbeat_scan_jobs(text, jsonb, integer) to service_role;
+
+-- One claimed job as a worker reports it: release_job_lock passes one, release_job_locks many.
+-- `ran` false: the worker gave the job back without running it (its exchange budget ran out, or
+-- its time): not a run, not a failure.
+create type private.scan_job_outcome as (job_id uuid, succeeded boolean, error text, ran boolean);
 
 -- G2: the one rule that ends a lease, shared by release_job_lock and release_job_locks so the two
 -- cannot drift. Per job, in input order: only the lease holder (`locked_by = p_worker_id`) releases;
 -- success schedules the next run one interval from now and resets the failure count; failure backs
--- off exponentially (30 s × 2^(failures − 1)) but never waits longer than the job's interval. Any
--- other job is left untouched and answered `not_lock_owner` (it exists) or `not_found`.
--- Callers validate their arguments; duplicate job ids are theirs to refuse.
+-- off exponentially (30 s × 2^(failures − 1)) but never waits longer than the job's interval; a job
+-- that did not run (`ran` false) only loses its lease and gets its attempt back — its schedule,
+-- failure count, last run and last error stay as they were, so it is due again at once and a rate
+-- limit never backs it off. Any other job is left untouched and answered `not_lock_owner` (it
+-- exists) or `not_found`. Callers validate their arguments; duplicate job ids are theirs to refuse.
 create or replace function private.release_scan_jobs(
   p_worker_id text,
   p_outcomes private.scan_job_outcome[]
@@ -252,9 +345,11 @@ declare
   v_ids uuid[] := array(select o.job_id from unnest(p_outcomes) o);
   v_failed jsonb := (select coalesce(jsonb_object_agg(o.job_id::text, o.error), '{}')
                        from unnest(p_outcomes) o
-                      where not o.succeeded);
+                      where not o.succeeded and o.ran is distinct from false);
+  v_not_run uuid[] := array(select o.job_id from unnest(p_outcomes) o where o.ran is false);
   v_held uuid[];
   v_released jsonb;
+  v_given_back jsonb;
 begin
   -- Row locks first, in id order: two releases (or a release and cleanup_expired_locks, which also
   -- waits for row locks) then queue behind each other instead of locking in opposite orders.
@@ -270,6 +365,19 @@ begin
   select coalesce(array_agg(l.id) filter (where l.locked_by = p_worker_id), '{}')
     into v_held
     from locked l;
+
+  with given_back as (
+    update public.scan_jobs j
+       set locked_by = null, locked_at = null, lock_expires_at = null,
+           attempts = greatest(j.attempts - 1, 0)
+     where j.id = any(v_held) and j.id = any(v_not_run)
+    returning j.id, j.next_run_at, j.consecutive_failures
+  )
+  select jsonb_object_agg(g.id::text, jsonb_build_object(
+           'released', true, 'next_run_at', g.next_run_at, 'reason', 'not_run',
+           'consecutive_failures', g.consecutive_failures))
+    into v_given_back
+    from given_back g;
 
   with released as (
     update public.scan_jobs j
@@ -291,7 +399,7 @@ begin
                                           ::double precision)
              else make_interval(secs => j.interval_seconds)
            end
-     where j.id = any(v_held)
+     where j.id = any(v_held) and j.id <> all(v_not_run)
     returning j.id, j.next_run_at, j.consecutive_failures, not (v_failed ? j.id::text) as succeeded
   )
   select jsonb_object_agg(r.id::text, jsonb_build_object(
@@ -306,11 +414,12 @@ begin
   select o.job_id,
          coalesce(
            v_released -> o.job_id::text,
+           v_given_back -> o.job_id::text,
            (select jsonb_build_object('released', false, 'next_run_at', s.next_run_at,
                                       'reason', 'not_lock_owner')
               from public.scan_jobs s where s.id = o.job_id),
            jsonb_build_object('released', false, 'next_run_at', null, 'reason', 'not_found'))
-    from unnest(p_outcomes) with ordinality as o (job_id, succeeded, error, ord)
+    from unnest(p_outcomes) with ordinality as o (job_id, succeeded, error, ran, ord)
    order by o.ord;
 end;
 $$;
@@ -341,7 +450,7 @@ begin
   return (select r.answer
             from private.release_scan_jobs(
                    p_worker_id,
-                   array[row(p_job_id, p_succeeded, p_error)::private.scan_job_outcome]) r);
+                   array[row(p_job_id, p_succeeded, p_error, true)::private.scan_job_outcome]) r);
 end;
 $$;
 revoke execute on function public.release_job_lock(uuid, text, boolean, text) from public, anon, authenticated;
@@ -351,7 +460,9 @@ grant execute on function public.release_job_lock(uuid, text, boolean, text) to 
 -- instead of one per job), with release_job_lock's rule per job (private.release_scan_jobs): a job
 -- this worker does not hold is answered `not_lock_owner` / `not_found` and the others are still
 -- released. p_results is a JSON array of at most 1000 {"job_id": uuid, "succeeded": bool,
--- "error": text|null (optional)} with distinct job ids; anything else is 22023 and changes nothing.
+-- "error": text|null (optional), "ran": bool (optional, default true)} with distinct job ids; an
+-- entry with "ran": false (and "succeeded": false) is a job the worker claimed but did not run,
+-- given back untouched (reason `not_run`). Anything else is 22023 and changes nothing.
 -- Answer: {"released_count": n, "results": [{"job_id", <release_job_lock's answer>}, …]} in input order.
 create or replace function public.release_job_locks(
   p_worker_id text,
@@ -384,8 +495,8 @@ begin
       select t.ord, case
         when jsonb_typeof(t.e) <> 'object' then 'is not an object'
         when exists (select 1 from jsonb_object_keys(t.e) k
-                     where k not in ('job_id', 'succeeded', 'error'))
-          then 'has a key other than "job_id", "succeeded", "error"'
+                     where k not in ('job_id', 'succeeded', 'error', 'ran'))
+          then 'has a key other than "job_id", "succeeded", "error", "ran"'
         when not t.e ? 'job_id' then 'has no "job_id"'
         when not t.e ? 'succeeded' then 'has no "succeeded"'
         when jsonb_typeof(t.e -> 'job_id') <> 'string'
@@ -394,6 +505,9 @@ begin
         when jsonb_typeof(t.e -> 'succeeded') <> 'boolean' then '"succeeded" is not a boolean'
         when jsonb_typeof(t.e -> 'error') not in ('string', 'null')
           then '"error" is not a string or null'
+        when jsonb_typeof(t.e -> 'ran') <> 'boolean' then '"ran" is not a boolean'
+        when t.e -> 'ran' = 'false'::jsonb and t.e -> 'succeeded' = 'true'::jsonb
+          then 'says a job that did not run succeeded'
       end as problem
       from jsonb_array_elements(p_results) with ordinality as t (e, ord)
     ) e
@@ -404,7 +518,8 @@ begin
     raise exception '%', v_problem using errcode = '22023';
   end if;
 
-  select array_agg(row((t.e ->> 'job_id')::uuid, (t.e -> 'succeeded')::boolean, t.e ->> 'error')
+  select array_agg(row((t.e ->> 'job_id')::uuid, (t.e -> 'succeeded')::boolean, t.e ->> 'error',
+                       coalesce((t.e -> 'ran')::boolean, true))
                      ::private.scan_job_outcome order by t.ord)
     into v_outcomes
     from jsonb_array_elements(p_results) with ordinality as t (e, ord);

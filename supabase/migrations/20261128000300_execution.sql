@@ -23,7 +23,9 @@
  *   release_auto_execution_leases  service-only; a dispatcher gives back what it did not send
  *   private.order_budget_seconds, private.take_order_budget
  *                              the trade key's order budget, shared by every trading_execute instance
- *   private.uuid_v7            the time-ordered ids of the three tables, so they grow cheaply
+ *   private.oracle_answers     one oracle answer per market snapshot (the scanning migration's
+ *                              functions write it; proposals and GPT reservations name it)
+ *   private.uuid_v7            the time-ordered ids of these tables, so they grow cheaply
  *   private.order_cap,         the order room: the smallest order cap and its source, today's
  *   private.daily_executions   (UTC) counting executions — read by the claim's order_limits and
  *                              daily_limits validators and by get_scan_context (the scanner's sizing)
@@ -110,6 +112,68 @@ $$;
 revoke all on function private.uuid_v7() from public, anon, authenticated;
 
 -- =============================================================================================
+-- Section - private.oracle_answers
+-- =============================================================================================
+-- One row per oracle answer (the scanning migration's claim_oracle_answer, record_oracle_answer and
+-- settle_oracle_answers write it; it lives here because each scanner proposal, and each GPT
+-- reservation of the gpt_budget migration, names the answer it came from). The key is everything the answer depends on: the market and candle
+-- interval, a SHA-256 digest of exactly what the oracle sees (the prompt's messages and response
+-- schema, or the rules' candles and parameters), the oracle and model, the prompt and schema
+-- versions, the completion cap. Life: `pending` (claimed_by is making the call, until
+-- claimed_until) → `answered` (the answer; its bill once known) | `failed` (no answer). The bill
+-- (tokens and cost) is null while unknown (a call that timed out may or may not be billed);
+-- settled_at is set once it was split among the reservations (shared_by of them).
+create table private.oracle_answers (
+  id uuid primary key default private.uuid_v7(),
+  market text not null check (market ~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$'),
+  candle_interval text not null check (candle_interval ~ '^[0-9]{1,2}[mhdWM]$'),
+  input_digest text not null check (input_digest ~ '^[0-9a-f]{64}$'),
+  oracle text not null check (oracle in ('rules', 'openai')),
+  model text not null default '' check (length(model) <= 100),
+  prompt_version text not null check (length(prompt_version) between 1 and 50),
+  schema_version text not null check (length(schema_version) between 1 and 50),
+  max_prompt_tokens integer not null default 0 check (max_prompt_tokens between 0 and 10000000),
+  max_completion_tokens integer not null default 0 check (max_completion_tokens between 0 and 10000000),
+  status text not null check (status in ('pending', 'answered', 'failed')),
+  claimed_by text check (claimed_by is null or length(claimed_by) between 1 and 200),
+  claimed_until timestamptz,
+  answer jsonb check (answer is null or jsonb_typeof(answer) = 'object'),
+  failure text check (failure is null or length(failure) <= 500),
+  prompt_tokens integer check (prompt_tokens >= 0),
+  cached_prompt_tokens integer check (cached_prompt_tokens >= 0),
+  completion_tokens integer check (completion_tokens >= 0),
+  cost_usd numeric check (cost_usd >= 0 and cost_usd < 'Infinity'),
+  request_id text check (request_id is null or length(request_id) <= 200),
+  shared_by integer check (shared_by >= 0),
+  created_at timestamptz not null default now(),
+  answered_at timestamptz,
+  settled_at timestamptz,
+  constraint oracle_answers_bill_complete check (
+    num_nulls(prompt_tokens, cached_prompt_tokens, completion_tokens, cost_usd) in (0, 4)),
+  constraint oracle_answers_cached_within_prompt check (cached_prompt_tokens <= prompt_tokens),
+  constraint oracle_answers_pending_claimed check (
+    status <> 'pending' or (claimed_by is not null and claimed_until is not null)),
+  constraint oracle_answers_answered_complete check (
+    status <> 'answered' or (answer is not null and answered_at is not null)),
+  constraint oracle_answers_settled_billed check (
+    settled_at is null or (prompt_tokens is not null and shared_by is not null))
+);
+-- The key: one live answer per snapshot, whatever the number of instances asking; a failed attempt
+-- leaves the key free for the next.
+create unique index oracle_answers_key_idx on private.oracle_answers
+  (market, candle_interval, input_digest, oracle, model, prompt_version, schema_version,
+   max_completion_tokens)
+  where status <> 'failed';
+-- run_maintenance: bills recorded but never split (the tick that made the call died before).
+create index oracle_answers_unsettled_idx on private.oracle_answers (answered_at)
+  where settled_at is null and prompt_tokens is not null;
+
+alter table private.oracle_answers enable row level security;
+
+-- Written and read only by the SECURITY DEFINER functions below; no API role touches it.
+revoke all on private.oracle_answers from public, anon, authenticated, service_role;
+
+-- =============================================================================================
 -- Section - trade_proposals
 -- =============================================================================================
 create table public.trade_proposals (
@@ -130,6 +194,8 @@ create table public.trade_proposals (
   decided_by text,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
+  -- A scanner's proposal names the oracle answer it came from.
+  oracle_answer_id uuid references private.oracle_answers (id),
   constraint trade_proposals_market_format check (market ~ '^[A-Z0-9]{1,15}-[A-Z]{2,6}$'),
   constraint trade_proposals_side check (side in ('buy', 'sell')),
   -- `< 'Infinity'` also excludes NaN, which sorts above every number in PostgreSQL.
@@ -159,6 +225,15 @@ create index trade_proposals_open_expiry_idx
 -- The scan_jobs foreign key's ON DELETE SET NULL.
 create index trade_proposals_scan_job_idx
   on public.trade_proposals (scan_job_id) where scan_job_id is not null;
+-- The oracle_answers foreign key.
+create index trade_proposals_oracle_answer_idx on public.trade_proposals (oracle_answer_id)
+  where oracle_answer_id is not null;
+-- An unchanged signal does not stack: a user has at most one open (pending or approved) scan
+-- proposal per (market, side). create_trade_proposal and create_scan_proposals answer the open one
+-- instead of a second (ON CONFLICT DO NOTHING); it also serves get_scan_contexts' open sides.
+create unique index trade_proposals_one_open_scan_proposal_idx
+  on public.trade_proposals (user_id, market, side)
+  where scan_job_id is not null and status in ('pending', 'approved');
 -- lease_auto_approved_proposals: the auto-execute queue, oldest first.
 create index trade_proposals_auto_approved_idx
   on public.trade_proposals (created_at, id) where status = 'approved' and decided_by = 'auto';
@@ -784,7 +859,9 @@ revoke all on function private.daily_executions(uuid, text, timestamptz) from pu
 -- =============================================================================================
 
 -- Creates a proposal for a known user from valid arguments only (22023 otherwise); approved by
--- 'auto' exactly when the user has auto_execute and the confidence reaches min_confidence.
+-- 'auto' exactly when the user has auto_execute and the confidence reaches min_confidence. A scan's
+-- proposal (p_scan_job_id) while the user has an open one on that market and side is not created:
+-- the open one is answered.
 create or replace function public.create_trade_proposal(
   p_user_id uuid,
   p_market text,
@@ -864,7 +941,16 @@ begin
           now() + make_interval(secs => p_ttl_seconds),
           case when v_auto then now() end,
           case when v_auto then 'auto' end)
+  on conflict (user_id, market, side)
+     where scan_job_id is not null and status in ('pending', 'approved')
+     do nothing
   returning * into v_proposal;
+  if not found then
+    select * into v_proposal from public.trade_proposals p
+     where p.user_id = p_user_id and p.market = p_market and p.side = p_side
+       and p.scan_job_id is not null and p.status in ('pending', 'approved');
+    return pg_catalog.jsonb_build_object('proposal_id', v_proposal.id, 'status', v_proposal.status);
+  end if;
 
   perform private.audit('proposal.created', p_user_id, v_proposal.id, null, pg_catalog.jsonb_build_object(
     'market', v_proposal.market, 'side', v_proposal.side, 'amount_quote', v_proposal.amount_quote,

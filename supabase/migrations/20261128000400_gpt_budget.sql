@@ -95,6 +95,11 @@ create table public.gpt_usage_log (
   settled_at timestamptz,
   released_at timestamptz,
   release_reason text,
+  -- A reservation for a shared oracle answer (one model call for every user whose scan read the
+  -- same market snapshot) and, once settled, how many reservations the call's bill was split
+  -- among: the row's cost is its share, its token counts are the call's.
+  oracle_answer_id uuid references private.oracle_answers (id),
+  shared_by integer check (shared_by >= 1),
   -- OpenAI reports cached tokens as part of the prompt tokens.
   constraint gpt_usage_log_cached_within_prompt check (cached_prompt_tokens <= prompt_tokens),
   -- A settled row carries its usage and cost; a reserved row has neither yet.
@@ -117,6 +122,9 @@ create index gpt_usage_log_reserved_created_idx on public.gpt_usage_log (created
 create index gpt_usage_log_scan_job_idx on public.gpt_usage_log (scan_job_id) where scan_job_id is not null;
 -- The gpt_model_prices foreign key: deleting or renaming a price checks the usage log by model.
 create index gpt_usage_log_model_idx on public.gpt_usage_log (model);
+-- The reservations that paid into an answer (the oracle_answers foreign key).
+create index gpt_usage_log_oracle_answer_idx on public.gpt_usage_log (oracle_answer_id)
+  where oracle_answer_id is not null;
 
 alter table public.gpt_usage_log enable row level security;
 
@@ -181,27 +189,88 @@ create policy "users can read their own gpt usage"
 -- function would not be inlined and would be parsed and planned again in every transaction —
 -- every reservation is one (the same reasoning as the execution helpers').
 
--- The user's spend (settled cost + outstanding reservations) in the last hour and this UTC day.
+-- Each user's spend (settled cost + outstanding reservations) in the last hour and this UTC day:
+-- the figures every budget decision reads, for many users at once (reserve_gpt_budgets).
+create or replace function private.gpt_spends(p_user_ids uuid[])
+returns table (user_id uuid, spent_hour_usd numeric, spent_day_usd numeric)
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return query
+  select u.id,
+    coalesce(sum(case l.status when 'settled' then l.cost_usd when 'reserved' then l.reserved_usd else 0 end)
+               filter (where l.created_at > now() - interval '1 hour'), 0),
+    coalesce(sum(case l.status when 'settled' then l.cost_usd when 'reserved' then l.reserved_usd else 0 end)
+               filter (where l.created_at >= (date_trunc('day', now() at time zone 'utc') at time zone 'utc')), 0)
+  from unnest(p_user_ids) as u (id)
+  left join public.gpt_usage_log l
+    on l.user_id = u.id
+   and l.status <> 'released'
+   and l.created_at >= least(now() - interval '1 hour',
+                             date_trunc('day', now() at time zone 'utc') at time zone 'utc')
+  group by u.id;
+end;
+$$;
+revoke all on function private.gpt_spends(uuid[]) from public, anon, authenticated;
+
+-- The user's spend in the last hour and this UTC day (private.gpt_spends for one user).
 create or replace function private.gpt_spend(p_user_id uuid, out spent_hour_usd numeric, out spent_day_usd numeric)
 language plpgsql
 stable
 set search_path = ''
 as $$
 begin
-  select
-    coalesce(sum(case l.status when 'settled' then l.cost_usd when 'reserved' then l.reserved_usd else 0 end)
-               filter (where l.created_at > now() - interval '1 hour'), 0),
-    coalesce(sum(case l.status when 'settled' then l.cost_usd when 'reserved' then l.reserved_usd else 0 end)
-               filter (where l.created_at >= (date_trunc('day', now() at time zone 'utc') at time zone 'utc')), 0)
-    into spent_hour_usd, spent_day_usd
-  from public.gpt_usage_log l
-  where l.user_id = p_user_id
-    and l.status <> 'released'
-    and l.created_at >= least(now() - interval '1 hour',
-                              date_trunc('day', now() at time zone 'utc') at time zone 'utc');
+  select s.spent_hour_usd, s.spent_day_usd into spent_hour_usd, spent_day_usd
+    from private.gpt_spends(array[p_user_id]) s;
 end;
 $$;
 revoke all on function private.gpt_spend(uuid) from public, anon, authenticated;
+
+-- A call's worst case in USD from gpt_model_prices (every prompt token uncached, the whole
+-- completion cap), or null for a model without a price. Multiplying by 0.000001 (not dividing
+-- by a million) keeps numeric arithmetic exact.
+create or replace function private.gpt_worst_case_usd(p_model text, p_max_prompt_tokens integer,
+                                                      p_max_completion_tokens integer)
+returns numeric
+language plpgsql
+stable
+set search_path = ''
+as $$
+begin
+  return (select (p_max_prompt_tokens * m.input_usd_per_mtok
+                  + p_max_completion_tokens * m.output_usd_per_mtok) * 0.000001
+            from public.gpt_model_prices m where m.model = p_model);
+end;
+$$;
+revoke all on function private.gpt_worst_case_usd(text, integer, integer) from public, anon, authenticated;
+
+-- G7's decision, given the spend read under the user's lock: why a reservation of p_cost is
+-- denied (an unknown model's cost is null), or null when it fits both limits. The daily limit
+-- is named first when both are exceeded. reserve_gpt_budget and reserve_gpt_budgets both decide
+-- with it.
+create or replace function private.gpt_budget_denial(p_cost numeric, p_spent_hour_usd numeric,
+                                                     p_spent_day_usd numeric,
+                                                     p_hourly_limit_usd numeric,
+                                                     p_daily_limit_usd numeric)
+returns text
+language plpgsql
+immutable
+set search_path = ''
+as $$
+begin
+  if p_cost is null then
+    return 'unknown_model';
+  elsif p_spent_day_usd + p_cost > p_daily_limit_usd then
+    return 'daily_budget_exceeded';
+  elsif p_spent_hour_usd + p_cost > p_hourly_limit_usd then
+    return 'hourly_budget_exceeded';
+  end if;
+  return null;
+end;
+$$;
+revoke all on function private.gpt_budget_denial(numeric, numeric, numeric, numeric, numeric) from public, anon, authenticated;
 
 -- The per-user lock every budget decision of one user queues on (G7); namespaced so it cannot
 -- collide with another feature's advisory locks.
@@ -256,7 +325,6 @@ set search_path = ''
 as $$
 declare
   v_settings public.trading_settings;
-  v_price public.gpt_model_prices;
   v_cost numeric;
   v_hour numeric;
   v_day numeric;
@@ -307,19 +375,9 @@ begin
   perform private.lock_gpt_budget(p_user_id);
   select s.spent_hour_usd, s.spent_day_usd into v_hour, v_day from private.gpt_spend(p_user_id) s;
 
-  select * into v_price from public.gpt_model_prices m where m.model = p_model;
-  if not found then
-    v_reason := 'unknown_model';
-  else
-    -- Multiplying by 0.000001 (not dividing by a million) keeps numeric arithmetic exact.
-    v_cost := (p_max_prompt_tokens * v_price.input_usd_per_mtok
-               + p_max_completion_tokens * v_price.output_usd_per_mtok) * 0.000001;
-    if v_day + v_cost > v_settings.gpt_daily_budget_usd then
-      v_reason := 'daily_budget_exceeded';
-    elsif v_hour + v_cost > v_settings.gpt_hourly_budget_usd then
-      v_reason := 'hourly_budget_exceeded';
-    end if;
-  end if;
+  v_cost := private.gpt_worst_case_usd(p_model, p_max_prompt_tokens, p_max_completion_tokens);
+  v_reason := private.gpt_budget_denial(v_cost, v_hour, v_day, v_settings.gpt_hourly_budget_usd,
+                                        v_settings.gpt_daily_budget_usd);
 
   if v_reason is not null then
     perform private.audit('gpt_budget.denied', p_user_id, null, null,

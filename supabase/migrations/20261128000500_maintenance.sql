@@ -3,14 +3,15 @@
  * half-way, and the pg_cron jobs that run it.
  *
  *   run_maintenance          every minute: frees expired scan-job leases, expires stale trade
- *                            proposals, releases GPT reservations older than their lifetime
+ *                            proposals, splits shared model bills a dead tick left unsettled,
+ *                            releases GPT reservations older than their lifetime
  *                            (private.gpt_reservation_lifetime: 15 minutes), deletes run-out
  *                            auto-execute dispatch leases
  *   cron 'run-maintenance'   * * * * *  select public.run_maintenance()
  *   cron 'purge-cron-history' daily: pg_cron's own run log older than 7 days
  *   cron 'invoke-scan-scheduler' (hosted Supabase only, when pg_net's net.http_post and Vault
- *                            exist): POSTs a tick to the scan_scheduler function every minute, URL
- *                            and bearer from Vault secrets `scan_scheduler_url` and
+ *                            exist): POSTs two ticks at once to the scan_scheduler function every
+ *                            minute, URL and bearer from Vault secrets `scan_scheduler_url` and
  *                            `scan_scheduler_service_key`; locally the dev stack calls it itself.
  *   cron 'invoke-trading-reconcile' (the same condition): POSTs to trading_execute's /reconcile
  *                            every minute (G10: unknown outcomes settled by clientOrderId), URL
@@ -34,9 +35,10 @@ create extension if not exists pg_cron with schema pg_catalog;
 -- Frees leases of crashed workers (G2), expires proposals past expires_at that were never executed
 -- (each audited with why: not decided, or approved and not executed before it expired — with the
 -- last claim answer it got, e.g. `claim.rate_limited` when the trade key's order budget kept it
--- waiting), and releases GPT reservations whose call never settled within their lifetime
--- (15 minutes, G7); returns the counts. A settle arriving after the release is still recorded
--- (settle_gpt_usage).
+-- waiting), splits the recorded bill of every shared model answer whose tick died before settling
+-- it (G7, private.settle_oracle_answer in the scanning migration), and releases GPT reservations
+-- whose call never settled within their lifetime (15 minutes, G7); returns the counts. A settle
+-- arriving after the release is still recorded (settle_gpt_usage).
 create or replace function public.run_maintenance() returns jsonb
 language plpgsql
 security definer
@@ -46,8 +48,24 @@ declare
   v_expired_locks integer;
   v_expired_proposals bigint;  -- count(*)'s type: no hidden cast
   v_released_reservations bigint;
+  v_settled_answers integer := 0;
+  v_answer_id uuid;
 begin
   v_expired_locks := public.cleanup_expired_locks();
+
+  -- A tick settles the bills of its calls when it ends, within its function's timeout (the
+  -- scanner refuses a FUNCTION_TIMEOUT_SECONDS above 540 s); ten minutes later it is dead, and
+  -- splitting here, before the stale release below, settles its reservations instead of
+  -- releasing them unpaid.
+  for v_answer_id in
+    select a.id from private.oracle_answers a
+     where a.settled_at is null and a.prompt_tokens is not null
+       and a.answered_at < now() - interval '10 minutes'
+     order by a.id
+  loop
+    perform private.settle_oracle_answer(v_answer_id);
+    v_settled_answers := v_settled_answers + 1;
+  end loop;
 
   -- Only proposals nobody started executing: `executing` and later states belong to
   -- trade_executions' state machine and are settled by the reconciler, never by age.
@@ -108,6 +126,7 @@ begin
     'expired_locks', v_expired_locks,
     'expired_proposals', v_expired_proposals,
     'released_reservations', v_released_reservations,
+    'settled_answers', v_settled_answers,
     'ran_at', now()
   );
 end;
@@ -144,12 +163,21 @@ $$;
 -- ran, run this block again in the SQL editor (`oracle verify` names the missing jobs).
 --
 -- invoke-scan-scheduler matches scan_scheduler's contract (SPEC §4, shared/scanning/tick.py):
---   POST <scan_scheduler_url>             net.http_post always POSTs
+--   POST <scan_scheduler_url>, twice      net.http_post always POSTs; two ticks start at once each
+--                                         minute (generate_series(1, 2)), each on an instance of its
+--                                         own: at 10,000 users × 5 markets every minute (50,000
+--                                         jobs) two ticks drain the minute's jobs in about 40 s on a
+--                                         2-core machine where one cannot (bench/scan_scale.py; the
+--                                         README's Performance section says how to size this for a
+--                                         number of users). They share nothing but the database:
+--                                         SKIP LOCKED hands each job to one of them, leases keep
+--                                         them apart (G2), and their market snapshots meet in one
+--                                         oracle answer (claim_oracle_answer).
 --   Authorization: Bearer <service key>   the tick accepts the service-role key only (401 otherwise)
---   Content-Type: application/json        body {"max_jobs": 10}, the tick's default, said explicitly
---   timeout_milliseconds 120000           the function's own timeout (FUNCTION_TIMEOUT_SECONDS, 120 s):
---                                         a tick stops starting jobs after TICK_TIME_BUDGET_SECONDS
---                                         (30 s) and ends before that timeout, so pg_net waits for
+--   Content-Type: application/json        body {}: no max_jobs, each tick drains what is due
+--   timeout_milliseconds 150000           the function's own timeout (FUNCTION_TIMEOUT_SECONDS, 150 s):
+--                                         a tick claims no batch after TICK_TIME_BUDGET_SECONDS
+--                                         (45 s) and ends before that timeout, so pg_net waits for
 --                                         its answer (net._http_response) instead of recording a
 --                                         timeout for every tick that works for more than 5 s.
 --   A tick still running when the next minute's starts is safe: the jobs it holds are leased (G2).
@@ -179,12 +207,13 @@ begin
   perform cron.schedule('invoke-scan-scheduler', '* * * * *', $cmd$
     select net.http_post(
       url := (select s.decrypted_secret from vault.decrypted_secrets s where s.name = 'scan_scheduler_url'),
-      body := '{"max_jobs": 10}'::jsonb,
+      body := '{}'::jsonb,
       headers := jsonb_build_object(
         'Authorization', 'Bearer ' || (select s.decrypted_secret from vault.decrypted_secrets s
                                        where s.name = 'scan_scheduler_service_key'),
         'Content-Type', 'application/json'),
-      timeout_milliseconds := 120000)
+      timeout_milliseconds := 150000)
+    from generate_series(1, 2)
     where exists (select from vault.decrypted_secrets s where s.name = 'scan_scheduler_url')
       and exists (select from vault.decrypted_secrets s where s.name = 'scan_scheduler_service_key')
   $cmd$);
