@@ -1,5 +1,5 @@
 """Burst of auto-execution: 1,000 auto-approved proposals on one market against the trade key's
-budget (issue 15's benchmark, "a burst").
+budget: paced, never banned, exactly one order per proposal.
 
 One market's signal has just made every user's proposal auto-approved: the proposals are written
 as a tick writes them (status `approved`, decided_by `auto`, one per user, BTC-EUR, 10 EUR; the
@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make `ops`, `scripts`, `shared` importable
+if str(ROOT) not in sys.path:  # run as a script: make `stack`, `sandbox`, `shared` importable
     sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402

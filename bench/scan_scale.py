@@ -1,4 +1,4 @@
-"""Scanning at scale: one minute's due scan jobs of 1,000 and 10,000 users × 5 markets (issue 15).
+"""Scanning at scale: one minute's due scan jobs of 1,000 and 10,000 users × 5 markets.
 
 What runs, as deployed: scan_scheduler through the functions-framework CLI (gunicorn's defaults)
 with ORACLE=openai against an OpenAI-compatible fake that answers each call in about a second
